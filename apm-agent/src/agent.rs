@@ -1,0 +1,215 @@
+//! `apm-agent run`: checks privileges, mounts tracefs, loads and attaches the kernel
+//! programs, seeds pre-existing connections, then runs the event thread and the listener until
+//! SIGINT/SIGTERM, and detaches cleanly.
+use std::{
+    io,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+
+use crate::{
+    config::Config,
+    console,
+    ebpf::{LoadError, LoadOptions, Probes, drain::Drain, drain::lock, seed, tracefs},
+    internal::Internal,
+    metrics::red::{Red, RedConfig},
+    pipeline::{Pipeline, PipelineConfig},
+    privileges,
+    server::{self, Shared},
+};
+
+/// Why the agent could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("insufficient privileges: missing {0}; run as root (sudo apm-agent run)")]
+    Privileges(String),
+    #[error("tracefs is not mounted and mounting it at /sys/kernel/tracing failed: {0}")]
+    Tracefs(#[source] io::Error),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("starting the runtime: {0}")]
+    Runtime(#[source] io::Error),
+    #[error("the event thread stopped abnormally")]
+    EventThread,
+}
+
+/// Runs the agent until a termination signal.
+pub fn run(cfg: Config) -> Result<(), AgentError> {
+    let mut needed = privileges::REQUIRED.to_vec();
+    if tracefs::find().is_none() {
+        needed.push(privileges::MOUNT);
+    }
+    let missing = privileges::missing(privileges::effective(), &needed);
+    if !missing.is_empty() {
+        let names: Vec<String> = missing
+            .iter()
+            .map(|n| format!("{} ({})", n.name, n.why))
+            .collect();
+        return Err(AgentError::Privileges(names.join(", ")));
+    }
+    raise_memlock();
+    let (root, state) = tracefs::ensure().map_err(AgentError::Tracefs)?;
+    if state == tracefs::TracefsState::MountedNow {
+        log::info!("mounted tracefs at {}", root.display());
+    }
+    // Bind before loading anything: a busy port fails fast.
+    let listener =
+        std::net::TcpListener::bind(cfg.listen).map_err(|source| AgentError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| AgentError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+
+    let internal = Arc::new(Internal::default());
+    let red = Arc::new(Mutex::new(Red::new(RedConfig {
+        apdex_threshold_ns: cfg.apdex_threshold_ms.saturating_mul(1_000_000),
+        max_services: cfg.max_services,
+        max_routes_per_service: cfg.max_routes_per_service,
+        max_series: cfg.max_series,
+        max_peers: cfg.max_server_addresses,
+        max_route_windows: cfg.max_route_windows,
+    })));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("apm-listener")
+        .enable_all()
+        .build()
+        .map_err(AgentError::Runtime)?;
+    let shared = Shared {
+        red: red.clone(),
+        internal: internal.clone(),
+        window_secs: cfg.window_secs,
+    };
+    let listen = cfg.listen;
+    runtime.spawn(async move {
+        let result = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => server::serve(l, shared).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            log::error!("listener on {listen} stopped: {e}");
+        }
+    });
+
+    let mut probes = Probes::load(&LoadOptions {
+        agent_tgid: std::process::id(),
+        capture_bytes: cfg.capture_bytes,
+        ring_buffer_bytes: cfg.ring_buffer_bytes,
+        wakeup_bytes: cfg.wakeup_bytes,
+        max_sockets: cfg.max_kernel_sockets,
+        listen: Some(cfg.listen),
+    })?;
+    // Attach before mapping the ring buffer: attaching parses the kernel BTF (several MB,
+    // freed afterwards), and the two together would set the agent's peak memory.
+    probes.attach_all()?;
+    let mut maps = probes.take_maps()?;
+    let seeded = seed::seed_existing(&mut maps.sockets, std::process::id(), cfg.listen.port());
+    internal
+        .programs_attached
+        .store(probes.attached().len() as u64, Relaxed);
+    internal
+        .seeded_connections
+        .store(u64::from(seeded.seeded), Relaxed);
+    internal.ready.store(true, Relaxed);
+    log::info!(
+        "attached {} kernel programs; {} existing connections seeded; metrics on http://{}/metrics",
+        probes.attached().len(),
+        seeded.seeded,
+        cfg.listen
+    );
+    if seeded.table_full > 0 {
+        log::warn!(
+            "{} existing connections not seeded: kernel socket table full",
+            seeded.table_full
+        );
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let drain = Drain {
+        maps,
+        pipeline: Pipeline::new(PipelineConfig {
+            detect_attempts: cfg.detect_attempts,
+            idle_timeout_ns: cfg.response_idle_timeout_secs.saturating_mul(1_000_000_000),
+            max_connections: cfg.max_connections,
+            max_processes: cfg.max_processes,
+        }),
+        red: red.clone(),
+        internal: internal.clone(),
+        stop: stop.clone(),
+        poll_interval: Duration::from_millis(cfg.poll_interval_ms),
+    };
+    let events = std::thread::Builder::new()
+        .name("apm-events".to_owned())
+        .spawn(move || drain.run())
+        .map_err(AgentError::Runtime)?;
+
+    runtime.block_on(windows_until_signal(&cfg, &red));
+    log::info!("stopping: detaching kernel programs");
+    stop.store(true, Relaxed);
+    let joined = events.join();
+    drop(probes);
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    joined.map_err(|_| AgentError::EventThread)
+}
+
+/// Rolls the percentile window (and prints the console table) until SIGINT or SIGTERM.
+async fn windows_until_signal(cfg: &Config, red: &Mutex<Red>) {
+    let period = Duration::from_secs(cfg.window_secs);
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut started = Instant::now();
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                let elapsed = started.elapsed().as_secs_f64();
+                started = Instant::now();
+                let table = {
+                    let mut red = lock(red);
+                    let rows = red.roll_window(elapsed);
+                    cfg.console.then(|| console::table(rows, cfg.console_rows, cfg.window_secs))
+                };
+                if let Some(table) = table {
+                    print!("{table}");
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = async {
+                match terminate.as_mut() {
+                    Some(t) => { t.recv().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => break,
+        }
+    }
+}
+
+/// BPF memory is charged to the cgroup on current kernels; older ones need RLIMIT_MEMLOCK.
+fn raise_memlock() {
+    let limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: valid rlimit pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
+        log::debug!(
+            "could not raise RLIMIT_MEMLOCK ({}); fine on kernels that charge BPF memory to cgroups",
+            io::Error::last_os_error()
+        );
+    }
+}

@@ -1,0 +1,269 @@
+//! `apm-agent check`: the preflight. Prints every kernel feature the agent needs as ok or
+//! missing (and the optional ones), and fails with a clear message when the agent cannot run.
+use std::{io, path::Path};
+
+use crate::{
+    ebpf::{
+        LoadOptions, Probes,
+        load::{RAW_PROGRAMS, TRACEPOINT_PROGRAMS},
+        tracefs,
+    },
+    privileges,
+};
+
+/// One line of the report.
+#[derive(Debug)]
+pub struct Item {
+    pub name: String,
+    pub ok: bool,
+    pub required: bool,
+    pub detail: String,
+}
+
+fn item(name: impl Into<String>, ok: bool, required: bool, detail: impl Into<String>) -> Item {
+    Item {
+        name: name.into(),
+        ok,
+        required,
+        detail: detail.into(),
+    }
+}
+
+/// Runs every check.
+pub fn run_checks() -> Vec<Item> {
+    let mut items = Vec::new();
+    let caps = privileges::effective();
+    let missing = privileges::missing(caps, &privileges::REQUIRED);
+    let names: Vec<&str> = missing.iter().map(|n| n.name).collect();
+    items.push(item(
+        "privileges",
+        missing.is_empty(),
+        true,
+        if missing.is_empty() {
+            format!("CapEff={caps:#x}")
+        } else {
+            format!("missing {}", names.join(", "))
+        },
+    ));
+    let bpf = bpf_syscall();
+    items.push(item(
+        "bpf() syscall",
+        bpf.is_ok(),
+        true,
+        match &bpf {
+            Ok(()) => "created and freed a test map".to_owned(),
+            Err(e) => e.to_string(),
+        },
+    ));
+    let btf = Path::new("/sys/kernel/btf/vmlinux");
+    items.push(item(
+        "kernel BTF",
+        btf.is_file(),
+        true,
+        btf.display().to_string(),
+    ));
+    let tracefs = tracefs::ensure();
+    let tracefs_root = tracefs.as_ref().ok().map(|(root, _)| root.clone());
+    items.push(item(
+        "tracefs",
+        tracefs.is_ok(),
+        true,
+        match &tracefs {
+            Ok((root, tracefs::TracefsState::AlreadyMounted)) => format!("{}", root.display()),
+            Ok((root, tracefs::TracefsState::MountedNow)) => {
+                format!("mounted at {}", root.display())
+            }
+            Err(e) => format!("not mounted and mounting failed: {e}"),
+        },
+    ));
+    for &(_, category, name) in TRACEPOINT_PROGRAMS {
+        let present = tracefs_root
+            .as_ref()
+            .is_some_and(|root| root.join("events").join(category).join(name).is_dir());
+        items.push(item(
+            format!("tracepoint {category}/{name}"),
+            present,
+            true,
+            if present { "present" } else { "absent" },
+        ));
+    }
+    for &(_, name) in RAW_PROGRAMS {
+        let present = raw_tracepoint_in_btf(btf, name);
+        items.push(item(
+            format!("raw tracepoint {name} (BTF)"),
+            present,
+            true,
+            if present {
+                format!("btf_trace_{name} in kernel BTF")
+            } else {
+                format!("btf_trace_{name} not in kernel BTF")
+            },
+        ));
+    }
+    let attach = load_and_attach();
+    items.push(item(
+        "attach: tp_btf + tracepoint programs, ring buffer",
+        attach.is_ok(),
+        true,
+        match &attach {
+            Ok(n) => format!("{n} programs loaded, verified and attached (then detached)"),
+            Err(e) => e.clone(),
+        },
+    ));
+    let sw = perf_event_open(1, 0);
+    items.push(item(
+        "perf events: software cpu-clock",
+        sw.is_ok(),
+        true,
+        sw.map_or_else(|e| e.to_string(), |()| "opened on CPU 0".to_owned()),
+    ));
+    let hw = perf_event_open(0, 0);
+    items.push(item(
+        "perf events: hardware cycles (optional)",
+        hw.is_ok(),
+        false,
+        hw.map_or_else(
+            |e| format!("{e}: the software clock is used instead"),
+            |()| "available".to_owned(),
+        ),
+    ));
+    for (pmu, required, why) in [
+        ("uprobe", false, "TLS plaintext via OpenSSL uprobes"),
+        (
+            "kprobe",
+            false,
+            "not used: tracepoints cover what the agent needs",
+        ),
+    ] {
+        let present = Path::new(&format!("/sys/bus/event_source/devices/{pmu}/type")).exists();
+        items.push(item(
+            format!("attach: {pmu} (optional)"),
+            present,
+            required,
+            why,
+        ));
+    }
+    items
+}
+
+/// Prints the report; returns whether the agent can run.
+pub fn report(items: &[Item]) -> bool {
+    println!("apm-agent preflight");
+    for i in items {
+        let status = match (i.ok, i.required) {
+            (true, _) => "[ok]     ",
+            (false, true) => "[missing]",
+            (false, false) => "[absent] ",
+        };
+        println!("  {status} {:<52} {}", i.name, i.detail);
+    }
+    let failed: Vec<&str> = items
+        .iter()
+        .filter(|i| i.required && !i.ok)
+        .map(|i| i.name.as_str())
+        .collect();
+    if failed.is_empty() {
+        println!("result: this machine can run apm-agent");
+        true
+    } else {
+        println!(
+            "result: apm-agent cannot run here: missing {}. Run as root (sudo) on Linux >= 5.8 with BTF.",
+            failed.join(", ")
+        );
+        false
+    }
+}
+
+/// Is `btf_trace_<name>` (the type behind a BTF raw tracepoint) in the kernel BTF?
+fn raw_tracepoint_in_btf(btf: &Path, name: &str) -> bool {
+    let needle = format!("btf_trace_{name}\0");
+    std::fs::read(btf).is_ok_and(|data| data.windows(needle.len()).any(|w| w == needle.as_bytes()))
+}
+
+fn load_and_attach() -> Result<usize, String> {
+    let opts = LoadOptions {
+        agent_tgid: std::process::id(),
+        capture_bytes: 64,
+        ring_buffer_bytes: 64 * 1024,
+        wakeup_bytes: 4096,
+        max_sockets: 16,
+        listen: None,
+    };
+    let mut probes = Probes::load(&opts).map_err(|e| error_chain(&e))?;
+    probes.attach_all().map_err(|e| error_chain(&e))?;
+    Ok(probes.attached().len())
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+/// Creates and closes a one-entry array map with the raw syscall.
+fn bpf_syscall() -> io::Result<()> {
+    #[repr(C)]
+    struct MapCreate {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        rest: [u64; 12],
+    }
+    let attr = MapCreate {
+        map_type: 2, // BPF_MAP_TYPE_ARRAY
+        key_size: 4,
+        value_size: 8,
+        max_entries: 1,
+        rest: [0; 12],
+    };
+    // SAFETY: BPF_MAP_CREATE (0) with a zero-padded attribute of the size we pass.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            0,
+            &attr as *const MapCreate,
+            size_of::<MapCreate>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: closing the fd we just got.
+    unsafe { libc::close(fd as i32) };
+    Ok(())
+}
+
+/// `PERF_FLAG_FD_CLOEXEC` from linux/perf_event.h (not exported by libc).
+const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
+
+/// Opens (and closes) a counting perf event of `kind` (0 hardware, 1 software), config 0
+/// (cycles / cpu-clock), on `cpu` for all processes.
+fn perf_event_open(kind: u32, cpu: i32) -> io::Result<()> {
+    // perf_event_attr, first 64 bytes (PERF_ATTR_SIZE_VER0); `size` tells the kernel so.
+    let mut attr = [0u64; 8];
+    attr[0] = u64::from(kind) | (64u64 << 32);
+    attr[5] = 1; // disabled
+    // SAFETY: a zero-padded perf_event_attr of the announced size.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            attr.as_ptr(),
+            -1i32,
+            cpu,
+            -1i32,
+            PERF_FLAG_FD_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: closing the fd we just got.
+    unsafe { libc::close(fd as i32) };
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! The agent's configuration: one serde struct, every field documented with its default.
+//!
+//! Precedence: command-line flags > environment (`APM_*`) > config file (`--config`, TOML)
+//! > defaults. Flags and environment variables are declared in `cli.rs`.
+use std::{net::SocketAddr, path::Path};
+
+use serde::{Deserialize, Serialize};
+
+/// Configuration errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parsing config file {path}: {source}")]
+    Parse {
+        path: String,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("invalid setting {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+/// Everything the agent can be told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Local listener for `/metrics`, `/healthz`, `/readyz`, `/api/routes`.
+    /// Default `127.0.0.1:9464` (loopback only: nothing leaves the host unless asked).
+    pub listen: SocketAddr,
+    /// Bytes copied from each socket read/write (1..=4096). Default 4096: enough for large
+    /// header blocks and for several pipelined responses arriving in one read. Only
+    /// `min(bytes moved, capture_bytes)` is ever copied, so small exchanges cost the same.
+    pub capture_bytes: u32,
+    /// Kernel ring buffer size in bytes (a power of two). Default 8 MiB: room for bursts.
+    pub ring_buffer_bytes: u32,
+    /// Bytes waiting in the ring buffer that wake the agent to drain a batch (at most an
+    /// eighth of the ring). Smaller batches mean shorter bursts of agent work on CPUs the
+    /// workload needs; larger ones mean fewer wake-ups. Default 64 KiB.
+    pub wakeup_bytes: u32,
+    /// Sockets the kernel tracks at once. Default 65536.
+    pub max_kernel_sockets: u32,
+    /// Connections the agent follows at once. Default 65536.
+    pub max_connections: usize,
+    /// Processes the agent keeps names for. Default 16384.
+    pub max_processes: usize,
+    /// Distinct services. Default 1000.
+    pub max_services: usize,
+    /// Distinct route templates per service; more go to `/{overflow}`. Default 500.
+    pub max_routes_per_service: usize,
+    /// Exported RED series in all. Default 20000.
+    pub max_series: usize,
+    /// Distinct server addresses of client calls. Default 1000.
+    pub max_server_addresses: usize,
+    /// Routes with a percentile window (hdrhistogram, a few KiB each). Default 2000.
+    pub max_route_windows: usize,
+    /// Apdex threshold T in milliseconds. Default 500.
+    pub apdex_threshold_ms: u64,
+    /// Length of a percentile window, and of the console table's period, in seconds. Default 10.
+    pub window_secs: u64,
+    /// Print the busiest routes to stdout every window. Default true.
+    pub console: bool,
+    /// Rows of the console table. Default 10.
+    pub console_rows: usize,
+    /// Data segments tried before a connection is declared unclassified. Default 4.
+    pub detect_attempts: u8,
+    /// Silence after which a response with unknowable end is closed, in seconds. Default 30.
+    pub response_idle_timeout_secs: u64,
+    /// Longest wait before the ring buffer is drained, in milliseconds. Default 50.
+    pub poll_interval_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            capture_bytes: 4096,
+            ring_buffer_bytes: 8 << 20,
+            wakeup_bytes: 64 << 10,
+            max_kernel_sockets: 65_536,
+            max_connections: 65_536,
+            max_processes: 16_384,
+            max_services: 1000,
+            max_routes_per_service: 500,
+            max_series: 20_000,
+            max_server_addresses: 1000,
+            max_route_windows: 2000,
+            apdex_threshold_ms: 500,
+            window_secs: 10,
+            console: true,
+            console_rows: 10,
+            detect_attempts: 4,
+            response_idle_timeout_secs: 30,
+            poll_interval_ms: 50,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file (missing keys keep their defaults, unknown keys are errors).
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
+    /// Checks ranges the kernel or the aggregator depend on.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.capture_bytes == 0 || self.capture_bytes as usize > apm_common::MAX_CAPTURE {
+            return invalid("capture_bytes", "must be between 1 and 4096");
+        }
+        if !self.ring_buffer_bytes.is_power_of_two() || self.ring_buffer_bytes < 4096 {
+            return invalid(
+                "ring_buffer_bytes",
+                "must be a power of two of at least 4096",
+            );
+        }
+        if self.max_kernel_sockets == 0 || self.max_connections == 0 || self.max_processes == 0 {
+            return invalid("max_*", "budgets must be at least 1");
+        }
+        if self.window_secs == 0 {
+            return invalid("window_secs", "must be at least 1");
+        }
+        if self.detect_attempts == 0 {
+            return invalid("detect_attempts", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_overrides_defaults_and_rejects_unknown_keys() {
+        let cfg: Config = toml::from_str("listen = \"127.0.0.1:1234\"\ncapture_bytes = 256\n")
+            .unwrap_or_default();
+        assert_eq!(cfg.listen.port(), 1234);
+        assert_eq!(cfg.capture_bytes, 256);
+        assert_eq!(cfg.window_secs, 10);
+        assert!(toml::from_str::<Config>("no_such_key = 1").is_err());
+    }
+
+    #[test]
+    fn validation() {
+        assert!(Config::default().validate().is_ok());
+        let bad = Config {
+            capture_bytes: 5000,
+            ..Config::default()
+        };
+        assert!(bad.validate().is_err());
+        let bad = Config {
+            ring_buffer_bytes: 5000,
+            ..Config::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}

@@ -1,0 +1,3 @@
+//! Who is behind a pid: service names and the bounded table of processes seen.
+pub mod processes;
+pub mod service_name;

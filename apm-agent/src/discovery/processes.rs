@@ -1,0 +1,78 @@
+//! The processes the agent has seen traffic from: pid -> service name, resolved once per
+//! process (at its first request, while /proc still has it), bounded, dropped on exit.
+use std::collections::hash_map::Entry;
+
+use rustc_hash::FxHashMap;
+
+use super::service_name;
+
+/// One process.
+#[derive(Debug)]
+pub struct ProcessEntry {
+    pub service: Box<str>,
+    /// Service id in the RED aggregator, filled on first use.
+    pub service_id: Option<u32>,
+}
+
+/// Bounded process table.
+#[derive(Debug)]
+pub struct Processes {
+    map: FxHashMap<u32, ProcessEntry>,
+    budget: usize,
+    overflowed: u64,
+    /// Entry used for processes that arrive when the table is full.
+    spill: ProcessEntry,
+}
+
+impl Processes {
+    pub fn new(budget: usize) -> Self {
+        Self {
+            map: FxHashMap::default(),
+            budget,
+            overflowed: 0,
+            spill: ProcessEntry {
+                service: "".into(),
+                service_id: None,
+            },
+        }
+    }
+
+    /// The entry for `tgid`, resolving its name on first sight. When the table is full the
+    /// name is resolved but not kept (counted as an overflow).
+    pub fn get_or_resolve(&mut self, tgid: u32, comm: &str) -> &mut ProcessEntry {
+        let full = self.map.len() >= self.budget;
+        match self.map.entry(tgid) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(v) => {
+                let entry = ProcessEntry {
+                    service: service_name::resolve(tgid, comm).into_boxed_str(),
+                    service_id: None,
+                };
+                if full {
+                    self.overflowed += 1;
+                    self.spill = entry;
+                    &mut self.spill
+                } else {
+                    v.insert(entry)
+                }
+            }
+        }
+    }
+
+    /// Forgets `tgid` (exit, or exec: the next request resolves the name again).
+    pub fn remove(&mut self, tgid: u32) {
+        self.map.remove(&tgid);
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn overflowed(&self) -> u64 {
+        self.overflowed
+    }
+
+    pub fn tgids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.map.keys().copied()
+    }
+}

@@ -1,0 +1,165 @@
+//! The event thread: waits on the ring buffer, drains it in batches through the pipeline,
+//! applies the pipeline's kernel-table decisions, and refreshes the kernel counters.
+use std::{
+    collections::HashMap,
+    os::fd::AsRawFd,
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+
+use apm_common::{SockInfo, SockKey, sock_flags, stat};
+
+use super::{
+    KernelMaps,
+    decode::{DecodeError, decode},
+};
+use crate::{internal::Internal, metrics::red::Red, pipeline::Pipeline};
+
+/// Events handled before the RED lock is released once, so a scrape never waits long.
+const EVENTS_PER_LOCK: usize = 4096;
+/// `BPF_EXIST`: update only an existing entry.
+const BPF_EXIST: u64 = 2;
+
+/// Everything the event thread owns.
+pub struct Drain {
+    pub maps: KernelMaps,
+    pub pipeline: Pipeline,
+    pub red: Arc<Mutex<Red>>,
+    pub internal: Arc<Internal>,
+    pub stop: Arc<AtomicBool>,
+    pub poll_interval: Duration,
+}
+
+/// Locks a mutex, recovering the data if a panicking holder poisoned it.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Kernel monotonic clock, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl Drain {
+    /// Runs until `stop` is set.
+    pub fn run(mut self) {
+        let fd = self.maps.events.as_raw_fd();
+        let timeout = self.poll_interval.as_millis().min(1000) as i32;
+        let mut last_housekeeping = Instant::now();
+        let mut last_sweep = Instant::now();
+        while !self.stop.load(Relaxed) {
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd. Errors (EINTR) just mean draining early.
+            unsafe { libc::poll(&mut pfd, 1, timeout) };
+            self.drain_batch();
+            self.apply_kernel_ops();
+            if last_housekeeping.elapsed() >= Duration::from_secs(1) {
+                last_housekeeping = Instant::now();
+                self.read_kernel_stats();
+                let mut red = lock(&self.red);
+                self.pipeline.housekeeping(monotonic_ns(), &mut red);
+            }
+            if last_sweep.elapsed() >= Duration::from_secs(30) {
+                last_sweep = Instant::now();
+                self.sweep();
+            }
+        }
+        // Whatever is still in the ring buffer.
+        self.drain_batch();
+        self.read_kernel_stats();
+    }
+
+    fn drain_batch(&mut self) {
+        let internal = &*self.internal;
+        let mut red = lock(&self.red);
+        let mut handled = 0;
+        while let Some(item) = self.maps.events.next() {
+            match decode(&item) {
+                Ok(event) => self.pipeline.handle(event, &mut red, internal),
+                Err(DecodeError::UnknownKind(_)) => {
+                    internal.unknown_kinds.fetch_add(1, Relaxed);
+                }
+                Err(_) => {
+                    internal.decode_errors.fetch_add(1, Relaxed);
+                }
+            }
+            handled += 1;
+            if handled % EVENTS_PER_LOCK == 0 {
+                drop(red);
+                red = lock(&self.red);
+            }
+        }
+        drop(red);
+        self.pipeline.publish(internal);
+    }
+
+    fn apply_kernel_ops(&mut self) {
+        let ops = self.pipeline.kernel_ops();
+        for (key, id) in ops.mute.drain(..) {
+            // Mute only the connection the decision was about, not a newer one on the same fd.
+            match self.maps.sockets.get(&key, 0) {
+                Ok(info) if id == 0 || info.id == id => {
+                    let muted = SockInfo {
+                        flags: info.flags | sock_flags::MUTED,
+                        ..info
+                    };
+                    if self.maps.sockets.insert(key, muted, BPF_EXIST).is_ok() {
+                        self.internal.muted_connections.fetch_add(1, Relaxed);
+                    } else {
+                        self.internal.mute_failures.fetch_add(1, Relaxed);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for key in ops.forget.drain(..) {
+            let _ = self.maps.sockets.remove(&key);
+        }
+    }
+
+    fn read_kernel_stats(&self) {
+        for i in 0..stat::COUNT {
+            if let Ok(values) = self.maps.stats.get(&i, 0) {
+                let sum: u64 = values.iter().sum();
+                self.internal.kernel[i as usize].store(sum, Relaxed);
+            }
+        }
+    }
+
+    /// Removes traces of processes that died without an exit event, in the agent and in the
+    /// kernel socket table.
+    fn sweep(&mut self) {
+        {
+            let mut red = lock(&self.red);
+            self.pipeline.sweep_dead(&mut red);
+        }
+        let mut alive: HashMap<u32, bool> = HashMap::new();
+        let dead: Vec<SockKey> = self
+            .maps
+            .sockets
+            .keys()
+            .flatten()
+            .filter(|k| {
+                !*alive
+                    .entry(k.tgid)
+                    .or_insert_with(|| std::path::Path::new(&format!("/proc/{}", k.tgid)).exists())
+            })
+            .collect();
+        for key in dead {
+            let _ = self.maps.sockets.remove(&key);
+        }
+    }
+}

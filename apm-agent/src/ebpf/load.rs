@@ -1,0 +1,186 @@
+//! Loads the embedded kernel object, applies the configuration (globals and map sizes), and
+//! attaches every tracepoint. Dropping [`Probes`] detaches them; so does the death of the
+//! process (links are owned by file descriptors and nothing is pinned), which is why a
+//! `kill -9` leaves nothing of ours attached.
+use std::net::{IpAddr, SocketAddr};
+
+use apm_common::{SockInfo, SockKey};
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, TracePoint},
+};
+
+/// The kernel object built by build.rs (aya-build) from `apm-ebpf`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/apm"));
+
+/// Programs on BTF raw tracepoints: (program function, tracepoint). These fire for every
+/// syscall and filter by number first (see apm-ebpf/src/sockets.rs for why).
+pub const RAW_PROGRAMS: &[(&str, &str)] =
+    &[("apm_sys_enter", "sys_enter"), ("apm_sys_exit", "sys_exit")];
+
+/// Programs on classic tracepoints: (program function, category, tracepoint).
+pub const TRACEPOINT_PROGRAMS: &[(&str, &str, &str)] = &[
+    ("apm_proc_exec", "sched", "sched_process_exec"),
+    ("apm_proc_exit", "sched", "sched_process_exit"),
+];
+
+/// Failures of the eBPF subsystem.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("loading the kernel object failed (is this root with CAP_BPF and CAP_PERFMON?): {0}")]
+    Object(#[source] Box<aya::EbpfError>),
+    #[error("program {0} is missing from the kernel object")]
+    MissingProgram(&'static str),
+    #[error("map {0} is missing from the kernel object")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    #[error("kernel BTF (/sys/kernel/btf/vmlinux) is needed for the raw tracepoints: {0}")]
+    Btf(#[source] Box<aya::BtfError>),
+    #[error("program {name} (tracepoint {tracepoint}): {source}")]
+    Program {
+        name: &'static str,
+        tracepoint: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("ring buffer size {0} must be a power of two and at least one page (4096)")]
+    RingSize(u32),
+}
+
+/// What the loader needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub agent_tgid: u32,
+    pub capture_bytes: u32,
+    pub ring_buffer_bytes: u32,
+    /// Bytes waiting in the ring buffer that make the kernel wake the agent.
+    pub wakeup_bytes: u32,
+    pub max_sockets: u32,
+    /// The agent's own listener: clients connecting to it are not tracked.
+    pub listen: Option<SocketAddr>,
+}
+
+/// The maps the agent reads and writes while running.
+pub struct KernelMaps {
+    pub events: RingBuf<MapData>,
+    pub sockets: HashMap<MapData, SockKey, SockInfo>,
+    pub stats: PerCpuArray<MapData, u64>,
+}
+
+/// The loaded object; its programs stay attached until it is dropped.
+pub struct Probes {
+    bpf: Ebpf,
+    attached: Vec<&'static str>,
+}
+
+impl Probes {
+    /// Loads the object with `opts` applied. Nothing is attached yet.
+    pub fn load(opts: &LoadOptions) -> Result<Self, LoadError> {
+        let ring = opts.ring_buffer_bytes;
+        if !ring.is_power_of_two() || ring < 4096 {
+            return Err(LoadError::RingSize(ring));
+        }
+        let capture = opts.capture_bytes.min(apm_common::MAX_CAPTURE as u32);
+        // Small batches keep each burst of agent work short (it shares CPUs with the
+        // workload: measured, nginx's p99 grows with the batch); a large ring still absorbs
+        // bursts. Never more than an eighth of the ring.
+        let wakeup = u64::from(opts.wakeup_bytes.clamp(1, ring / 8));
+        let (skip_port, skip_addr4) = match opts.listen {
+            Some(addr) => (
+                u32::from(addr.port()),
+                match addr.ip() {
+                    IpAddr::V4(v4) => u32::from_ne_bytes(v4.octets()),
+                    IpAddr::V6(_) => 0,
+                },
+            ),
+            None => (0, 0),
+        };
+        let bpf = EbpfLoader::new()
+            .override_global("AGENT_TGID", &opts.agent_tgid, true)
+            .override_global("CAPTURE_BYTES", &capture, true)
+            .override_global("WAKEUP_BYTES", &wakeup, true)
+            .override_global("SKIP_PEER_PORT", &skip_port, true)
+            .override_global("SKIP_PEER_ADDR4", &skip_addr4, true)
+            .map_max_entries("EVENTS", ring)
+            .map_max_entries("SOCKETS", opts.max_sockets)
+            .load(OBJECT)
+            .map_err(|e| LoadError::Object(Box::new(e)))?;
+        Ok(Self {
+            bpf,
+            attached: Vec::new(),
+        })
+    }
+
+    /// Attaches every program. Stops at the first failure: a partial set of probes would give
+    /// numbers that look right and are not.
+    pub fn attach_all(&mut self) -> Result<(), LoadError> {
+        let btf = Btf::from_sys_fs().map_err(|e| LoadError::Btf(Box::new(e)))?;
+        for &(name, tracepoint) in RAW_PROGRAMS {
+            let err = |source| LoadError::Program {
+                name,
+                tracepoint,
+                source: Box::new(source),
+            };
+            let program: &mut BtfTracePoint = self
+                .bpf
+                .program_mut(name)
+                .ok_or(LoadError::MissingProgram(name))?
+                .try_into()
+                .map_err(err)?;
+            program.load(tracepoint, &btf).map_err(err)?;
+            program.attach().map_err(err)?;
+            self.attached.push(name);
+        }
+        for &(name, category, tracepoint) in TRACEPOINT_PROGRAMS {
+            let err = |source| LoadError::Program {
+                name,
+                tracepoint,
+                source: Box::new(source),
+            };
+            let program: &mut TracePoint = self
+                .bpf
+                .program_mut(name)
+                .ok_or(LoadError::MissingProgram(name))?
+                .try_into()
+                .map_err(err)?;
+            program.load().map_err(err)?;
+            program.attach(category, tracepoint).map_err(err)?;
+            self.attached.push(name);
+        }
+        Ok(())
+    }
+
+    /// Programs attached so far.
+    pub fn attached(&self) -> &[&'static str] {
+        &self.attached
+    }
+
+    /// Takes the maps the running agent works with (once).
+    pub fn take_maps(&mut self) -> Result<KernelMaps, LoadError> {
+        let mut take =
+            |name: &'static str| self.bpf.take_map(name).ok_or(LoadError::MissingMap(name));
+        let events = take("EVENTS")?;
+        let sockets = take("SOCKETS")?;
+        let stats = take("STATS")?;
+        Ok(KernelMaps {
+            events: RingBuf::try_from(events).map_err(|source| LoadError::Map {
+                name: "EVENTS",
+                source: Box::new(source),
+            })?,
+            sockets: HashMap::try_from(sockets).map_err(|source| LoadError::Map {
+                name: "SOCKETS",
+                source: Box::new(source),
+            })?,
+            stats: PerCpuArray::try_from(stats).map_err(|source| LoadError::Map {
+                name: "STATS",
+                source: Box::new(source),
+            })?,
+        })
+    }
+}

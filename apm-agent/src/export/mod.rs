@@ -1,0 +1,2 @@
+//! Sinks: where aggregated data leaves the agent.
+pub mod prometheus;

@@ -1,0 +1,182 @@
+//! Prometheus text exposition of the RED series and the agent's own metrics.
+//!
+//! Metric and label names are the OpenTelemetry semantic-convention names translated the way
+//! the OTel Prometheus exporter does it: dots become underscores and the unit is a suffix
+//! (`http.server.request.duration` in `s` -> `http_server_request_duration_seconds`).
+use std::fmt::Write as _;
+
+use crate::{
+    internal::Internal,
+    metrics::red::{BUCKETS_S, Red, SeriesKey},
+    request::Side,
+};
+
+/// Content type of the text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Renders everything.
+pub fn render(red: &Red, internal: &Internal) -> String {
+    let mut out = String::with_capacity(16 * 1024);
+    render_red(red, &mut out);
+    let o = red.overflows();
+    internal.render(
+        &[
+            ("services", o.services),
+            ("series", o.series),
+            ("server_addresses", o.peers),
+            ("route_windows", o.route_windows),
+        ],
+        &mut out,
+    );
+    out
+}
+
+fn render_red(red: &Red, out: &mut String) {
+    let mut keys: Vec<&SeriesKey> = red.series().keys().collect();
+    keys.sort();
+    for (side, name, help) in [
+        (
+            Side::Server,
+            "http_server_request_duration_seconds",
+            "Duration of HTTP server requests.",
+        ),
+        (
+            Side::Client,
+            "http_client_request_duration_seconds",
+            "Duration of HTTP client requests.",
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut labels = String::new();
+        for key in keys.iter().filter(|k| k.side == side) {
+            let Some(series) = red.series().get(*key) else {
+                continue;
+            };
+            let service = red.service(key.service);
+            labels.clear();
+            label(&mut labels, "service_name", &service.name);
+            label(&mut labels, "http_request_method", key.method.as_str());
+            label(&mut labels, "http_route", service.routes.name(key.route));
+            let status = key.status.to_string();
+            label(&mut labels, "http_response_status_code", &status);
+            if side == Side::Client {
+                let (host, port) = red.peer(key.peer);
+                label(&mut labels, "server_address", host);
+                let port = port.to_string();
+                label(&mut labels, "server_port", &port);
+            }
+            let mut cumulative = 0;
+            for (i, bound) in BUCKETS_S.iter().enumerate() {
+                cumulative += series.buckets[i];
+                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+            }
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels},le=\"+Inf\"}} {}",
+                series.count
+            );
+            let _ = writeln!(out, "{name}_sum{{{labels}}} {}", series.sum_ns as f64 / 1e9);
+            let _ = writeln!(out, "{name}_count{{{labels}}} {}", series.count);
+        }
+    }
+
+    let name = "apm_http_server_apdex_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Server requests per Apdex zone (satisfied <= T < tolerating <= 4T < frustrated; 5xx are frustrated).\n# TYPE {name} counter"
+    );
+    let mut apdex: Vec<_> = red.apdex().collect();
+    apdex.sort_by_key(|(k, _)| (k.service, k.route, k.method));
+    let mut labels = String::new();
+    for (key, a) in apdex {
+        let service = red.service(key.service);
+        labels.clear();
+        label(&mut labels, "service_name", &service.name);
+        label(&mut labels, "http_request_method", key.method.as_str());
+        label(&mut labels, "http_route", service.routes.name(key.route));
+        for (zone, v) in [
+            ("satisfied", a.satisfied),
+            ("tolerating", a.tolerating),
+            ("frustrated", a.frustrated),
+        ] {
+            let _ = writeln!(out, "{name}{{{labels},apdex_zone=\"{zone}\"}} {v}");
+        }
+    }
+
+    let name = "apm_route_overflows_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Requests put in the overflow route because the service's route budget was spent.\n# TYPE {name} counter"
+    );
+    for service in red.services().iter().filter(|s| s.routes.overflowed() > 0) {
+        labels.clear();
+        label(&mut labels, "service_name", &service.name);
+        let _ = writeln!(out, "{name}{{{labels}}} {}", service.routes.overflowed());
+    }
+}
+
+/// Appends `name="value"` (escaped) to a label list.
+fn label(out: &mut String, name: &str, value: &str) {
+    if !out.is_empty() {
+        out.push(',');
+    }
+    out.push_str(name);
+    out.push_str("=\"");
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        metrics::red::RedConfig,
+        request::{HttpInfo, Method, Protocol, Request, Trust},
+    };
+
+    #[test]
+    fn exposition_has_semconv_names_and_escaped_labels() {
+        let mut red = Red::new(RedConfig {
+            apdex_threshold_ns: 500_000_000,
+            max_services: 10,
+            max_routes_per_service: 10,
+            max_series: 10,
+            max_peers: 10,
+            max_route_windows: 10,
+        });
+        let svc = red.service_id("web\"1");
+        let mut req = Request {
+            protocol: Protocol::Http1,
+            side: Side::Server,
+            start_ns: 0,
+            end_ns: 7_000_000,
+            tid: 1,
+            trust: Trust::default(),
+            http: HttpInfo {
+                method: Method::Get,
+                path: "/a\\b".to_owned(),
+                status: 404,
+                version_minor: 1,
+                host: None,
+            },
+        };
+        red.record(svc, None, &req);
+        req.side = Side::Client;
+        red.record(svc, Some(("10.0.0.1", 8080)), &req);
+        let text = render(&red, &Internal::default());
+        let server = "http_server_request_duration_seconds_bucket{service_name=\"web\\\"1\",http_request_method=\"GET\",http_route=\"/a\\\\b\",http_response_status_code=\"404\",le=\"0.01\"} 1";
+        assert!(text.contains(server), "{text}");
+        assert!(text.contains("http_server_request_duration_seconds_bucket{service_name=\"web\\\"1\",http_request_method=\"GET\",http_route=\"/a\\\\b\",http_response_status_code=\"404\",le=\"0.005\"} 0"));
+        assert!(text.contains("server_address=\"10.0.0.1\",server_port=\"8080\",le=\"+Inf\"} 1"));
+        assert!(text.contains("http_server_request_duration_seconds_sum{service_name=\"web\\\"1\",http_request_method=\"GET\",http_route=\"/a\\\\b\",http_response_status_code=\"404\"} 0.007"));
+        assert!(text.contains("apm_events_lost_total 0"));
+        assert!(text.contains("apdex_zone=\"satisfied\"} 1"));
+    }
+}

@@ -1,0 +1,244 @@
+//! The agent's own telemetry: every counter the agent keeps about itself, in one place, with
+//! the metric names it is exported under (`apm_<name>_total`, bounded label values).
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+use apm_common::stat;
+
+use crate::{ebpf::decode::KIND_NAMES, protocols::ParseStats};
+
+/// Counters of one protocol's parsers.
+#[derive(Debug, Default)]
+pub struct ProtocolCounters {
+    pub parse_errors: AtomicU64,
+    pub incomplete: AtomicU64,
+    pub unmatched_responses: AtomicU64,
+    pub pipeline_overflow: AtomicU64,
+    pub requests: AtomicU64,
+    /// Requests whose response end was inferred (framing lost or unknowable).
+    pub end_inferred: AtomicU64,
+    /// Requests whose head ran past the captured bytes.
+    pub head_truncated: AtomicU64,
+}
+
+impl ProtocolCounters {
+    pub fn add(&self, s: &ParseStats) {
+        self.requests.fetch_add(s.requests, Relaxed);
+        self.end_inferred.fetch_add(s.end_inferred, Relaxed);
+        self.head_truncated.fetch_add(s.head_truncated, Relaxed);
+        self.parse_errors.fetch_add(s.parse_errors, Relaxed);
+        self.incomplete.fetch_add(s.incomplete, Relaxed);
+        self.unmatched_responses
+            .fetch_add(s.unmatched_responses, Relaxed);
+        self.pipeline_overflow
+            .fetch_add(s.pipeline_overflow, Relaxed);
+    }
+}
+
+/// All of the agent's own counters. Shared between the event thread and the listener.
+#[derive(Debug, Default)]
+pub struct Internal {
+    pub events_read: [AtomicU64; 5],
+    pub decode_errors: AtomicU64,
+    pub unknown_kinds: AtomicU64,
+    pub bytes_captured: AtomicU64,
+    /// Sums over CPUs of the kernel counters (`apm_common::stat`), refreshed every second.
+    pub kernel: [AtomicU64; stat::COUNT as usize],
+    pub unclassified_connections: AtomicU64,
+    pub muted_connections: AtomicU64,
+    pub mute_failures: AtomicU64,
+    pub http: ProtocolCounters,
+    pub connections_overflow: AtomicU64,
+    pub processes_overflow: AtomicU64,
+    pub connections_tracked: AtomicU64,
+    pub processes_tracked: AtomicU64,
+    pub seeded_connections: AtomicU64,
+    pub programs_attached: AtomicU64,
+    pub ready: AtomicBool,
+}
+
+impl Internal {
+    /// Renders every counter in Prometheus text format. `red_overflows` are the RED
+    /// aggregator's budget overflows, exported in the same `apm_map_overflows_total` family.
+    pub fn render(&self, red_overflows: &[(&str, u64)], out: &mut String) {
+        let k = |i: u32| self.kernel[i as usize].load(Relaxed);
+        let kinds: Vec<String> = KIND_NAMES.iter().map(|k| format!("kind=\"{k}\"")).collect();
+        let by_kind: Vec<(&str, u64)> = kinds
+            .iter()
+            .zip(&self.events_read)
+            .map(|(l, v)| (l.as_str(), v.load(Relaxed)))
+            .collect();
+        family(
+            out,
+            "apm_events_read_total",
+            "counter",
+            "Kernel events read from the ring buffer.",
+            &by_kind,
+        );
+        family(
+            out,
+            "apm_events_lost_total",
+            "counter",
+            "Events the kernel could not write because the ring buffer was full.",
+            &[("", k(stat::EVENTS_LOST))],
+        );
+        family(
+            out,
+            "apm_events_invalid_total",
+            "counter",
+            "Ring-buffer records that could not be decoded.",
+            &[
+                ("reason=\"unknown_kind\"", self.unknown_kinds.load(Relaxed)),
+                ("reason=\"malformed\"", self.decode_errors.load(Relaxed)),
+            ],
+        );
+        family(
+            out,
+            "apm_bytes_captured_total",
+            "counter",
+            "Payload bytes copied from socket syscalls.",
+            &[("", self.bytes_captured.load(Relaxed))],
+        );
+        family(
+            out,
+            "apm_capture_partial_total",
+            "counter",
+            "Syscalls whose captured bytes are fewer than they could be.",
+            &[
+                ("reason=\"iovec_limit\"", k(stat::IOV_TRUNCATED)),
+                ("reason=\"read_user_failed\"", k(stat::READ_USER_FAILED)),
+            ],
+        );
+        family(
+            out,
+            "apm_connections_unclassified_total",
+            "counter",
+            "Connections whose traffic matched no supported protocol (capture stopped).",
+            &[("", self.unclassified_connections.load(Relaxed))],
+        );
+        family(
+            out,
+            "apm_connections_muted_total",
+            "counter",
+            "Connections the kernel was told to stop capturing.",
+            &[("", self.muted_connections.load(Relaxed))],
+        );
+        family(
+            out,
+            "apm_mute_failures_total",
+            "counter",
+            "Kernel socket-table updates that failed.",
+            &[("", self.mute_failures.load(Relaxed))],
+        );
+        family(
+            out,
+            "apm_connections_seeded_total",
+            "counter",
+            "Connections found in /proc at start-up.",
+            &[("", self.seeded_connections.load(Relaxed))],
+        );
+        let h = &self.http;
+        let http = "protocol=\"http1\"";
+        family(
+            out,
+            "apm_parse_errors_total",
+            "counter",
+            "Bytes that did not parse where a message was expected.",
+            &[(http, h.parse_errors.load(Relaxed))],
+        );
+        family(
+            out,
+            "apm_exchanges_incomplete_total",
+            "counter",
+            "Requests that never got a complete response (closed mid-exchange).",
+            &[(http, h.incomplete.load(Relaxed))],
+        );
+        family(
+            out,
+            "apm_responses_unmatched_total",
+            "counter",
+            "Responses without a request (sent before the agent started).",
+            &[(http, h.unmatched_responses.load(Relaxed))],
+        );
+        family(
+            out,
+            "apm_requests_total",
+            "counter",
+            "Completed exchanges observed.",
+            &[(http, h.requests.load(Relaxed))],
+        );
+        let inferred = "protocol=\"http1\",reason=\"end_inferred\"";
+        let truncated = "protocol=\"http1\",reason=\"head_truncated\"";
+        family(
+            out,
+            "apm_requests_approximate_total",
+            "counter",
+            "Completed exchanges recorded from partial information (see reason).",
+            &[
+                (inferred, h.end_inferred.load(Relaxed)),
+                (truncated, h.head_truncated.load(Relaxed)),
+            ],
+        );
+        let mut maps: Vec<(String, u64)> = vec![
+            ("kernel_sockets".to_owned(), k(stat::SOCK_MAP_FULL)),
+            (
+                "connections".to_owned(),
+                self.connections_overflow.load(Relaxed),
+            ),
+            (
+                "processes".to_owned(),
+                self.processes_overflow.load(Relaxed),
+            ),
+            (
+                "pipelined_requests".to_owned(),
+                h.pipeline_overflow.load(Relaxed),
+            ),
+        ];
+        maps.extend(red_overflows.iter().map(|(m, v)| ((*m).to_owned(), *v)));
+        let maps: Vec<(String, u64)> = maps
+            .into_iter()
+            .map(|(m, v)| (format!("map=\"{m}\""), v))
+            .collect();
+        let maps: Vec<(&str, u64)> = maps.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        family(
+            out,
+            "apm_map_overflows_total",
+            "counter",
+            "Entries refused because a table's budget was spent.",
+            &maps,
+        );
+        family(
+            out,
+            "apm_connections_tracked",
+            "gauge",
+            "Connections in the agent's table.",
+            &[("", self.connections_tracked.load(Relaxed))],
+        );
+        family(
+            out,
+            "apm_processes_tracked",
+            "gauge",
+            "Processes in the agent's table.",
+            &[("", self.processes_tracked.load(Relaxed))],
+        );
+        family(
+            out,
+            "apm_programs_attached",
+            "gauge",
+            "Kernel programs attached.",
+            &[("", self.programs_attached.load(Relaxed))],
+        );
+    }
+}
+
+/// Writes one metric family: HELP, TYPE, then its samples (`labels` without braces).
+fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, u64)]) {
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {value}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    }
+}

@@ -1,0 +1,2 @@
+//! Aggregation of requests into metrics.
+pub mod red;

@@ -1,0 +1,331 @@
+//! The hot path: decoded kernel events -> connections -> protocol parsers -> requests -> RED.
+//!
+//! Plain function calls on one thread; the RED lock is taken once per batch by the caller.
+//! The pipeline never touches kernel maps itself: decisions about them (stop capturing a
+//! connection, forget a dead process's sockets) are queued in [`KernelOps`] and applied by the
+//! ring-buffer loop between batches.
+use std::{net::SocketAddr, sync::atomic::Ordering::Relaxed};
+
+use apm_common::{ConnEvent, ProcEvent, SockKey};
+
+use crate::{
+    conn::{ConnState, ConnTable, Connection, peer_addr},
+    discovery::processes::Processes,
+    ebpf::decode::{DataEvent, Event, comm_str, kind_index},
+    internal::Internal,
+    metrics::red::{Red, split_host},
+    protocols::{Detection, ParseStats, Parser, Segment},
+    request::{Request, Side, Trust},
+};
+
+/// Settings of the pipeline.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Data segments tried before a connection is declared unclassified.
+    pub detect_attempts: u8,
+    /// A response whose end is unknowable is closed after this much silence.
+    pub idle_timeout_ns: u64,
+    pub max_connections: usize,
+    pub max_processes: usize,
+}
+
+/// Kernel socket-table changes decided by the pipeline.
+#[derive(Debug, Default)]
+pub struct KernelOps {
+    /// Stop capturing these sockets (key, expected id; 0 = any).
+    pub mute: Vec<(SockKey, u64)>,
+    /// Remove these sockets from the kernel table (their process is gone).
+    pub forget: Vec<SockKey>,
+}
+
+/// The pipeline's state.
+pub struct Pipeline {
+    cfg: PipelineConfig,
+    conns: ConnTable,
+    procs: Processes,
+    /// Parser output, reused.
+    out: Vec<Request>,
+    stats: ParseStats,
+    /// Events per kind and bytes captured since the last publish (counted locally: the hot
+    /// path does no atomic operation per event).
+    events: [u64; 5],
+    bytes_captured: u64,
+    ops: KernelOps,
+}
+
+impl Pipeline {
+    pub fn new(cfg: PipelineConfig) -> Self {
+        Self {
+            conns: ConnTable::new(cfg.max_connections),
+            procs: Processes::new(cfg.max_processes),
+            cfg,
+            out: Vec::new(),
+            stats: ParseStats::default(),
+            events: [0; 5],
+            bytes_captured: 0,
+            ops: KernelOps::default(),
+        }
+    }
+
+    /// Handles one decoded event.
+    pub fn handle(&mut self, event: Event<'_>, red: &mut Red, internal: &Internal) {
+        self.events[kind_index(&event)] += 1;
+        match event {
+            Event::Data(d) => self.on_data(&d, red, internal),
+            Event::ConnOpen(c) => self.on_open(&c, red, internal),
+            Event::ConnClose(c) => self.on_close(&c, red),
+            // The pid now runs another program: name it again, now, while /proc still has it
+            // (a short-lived client may be gone by the time its first request is parsed).
+            Event::ProcExec(p) => {
+                self.procs.remove(p.tgid);
+                self.procs.get_or_resolve(p.tgid, comm_str(&p.comm));
+            }
+            Event::ProcExit(p) => self.on_exit(&p, red),
+        }
+    }
+
+    fn on_data(&mut self, d: &DataEvent<'_>, red: &mut Red, internal: &Internal) {
+        let h = &d.header;
+        let now = h.ts_ns;
+        self.bytes_captured += d.payload.len() as u64;
+        let conn = match self
+            .conns
+            .get_or_insert_with(h.tgid, h.fd, || Connection::new(0, None, [0; 16], now))
+        {
+            Ok(conn) => conn,
+            Err(_) => {
+                internal.connections_overflow.fetch_add(1, Relaxed);
+                self.ops.mute.push((key(h.tgid, h.fd), 0));
+                return;
+            }
+        };
+        conn.last_activity_ns = now;
+        let seg = Segment {
+            direction: d.direction,
+            data: d.payload,
+            total_len: h.total_len,
+            ts_ns: h.ts_ns,
+            tid: h.tid,
+        };
+        let give_up = match &mut conn.state {
+            ConnState::Detecting { attempts } => match Parser::detect(&seg) {
+                Detection::Match(mut parser) => {
+                    parser.on_segment(&seg, &mut self.out, &mut self.stats);
+                    conn.state = ConnState::Parsing(parser);
+                    false
+                }
+                detection => {
+                    *attempts = attempts.saturating_add(1);
+                    // A connection seen from its open is decided on its first bytes; one first
+                    // seen mid-stream (opened before the agent started: id 0) may start inside
+                    // a message, so it gets a few segments to show a message start.
+                    let allowed = if conn.id == 0 {
+                        self.cfg.detect_attempts
+                    } else {
+                        1
+                    };
+                    let done = (matches!(detection, Detection::NoMatch) && *attempts >= allowed)
+                        || *attempts >= self.cfg.detect_attempts;
+                    if done {
+                        internal.unclassified_connections.fetch_add(1, Relaxed);
+                    }
+                    done
+                }
+            },
+            ConnState::Parsing(parser) => {
+                parser.on_segment(&seg, &mut self.out, &mut self.stats);
+                if parser.gave_up() {
+                    parser.on_close(now, &mut self.out, &mut self.stats);
+                    true
+                } else {
+                    false
+                }
+            }
+            ConnState::Ignored => false,
+        };
+        if give_up {
+            conn.state = ConnState::Ignored;
+            self.ops.mute.push((key(h.tgid, h.fd), conn.id));
+        }
+        if !self.out.is_empty() {
+            let (peer, comm) = (conn.peer, conn.comm);
+            record(
+                &mut self.procs,
+                &mut self.stats,
+                red,
+                h.tgid,
+                peer,
+                &comm,
+                &mut self.out,
+            );
+        }
+    }
+
+    fn on_open(&mut self, c: &ConnEvent, red: &mut Red, internal: &Internal) {
+        let conn = Connection::new(c.id, peer_addr(c.family, c.port, &c.addr), c.comm, c.ts_ns);
+        match self.conns.open(c.tgid, c.fd, conn) {
+            Ok(None) => {}
+            // The fd was reused and its close was missed: finish the old connection first.
+            Ok(Some(old)) => self.finish(c.tgid, old, c.ts_ns, red),
+            Err(_) => {
+                internal.connections_overflow.fetch_add(1, Relaxed);
+                self.ops.mute.push((key(c.tgid, c.fd), c.id));
+            }
+        }
+    }
+
+    fn on_close(&mut self, c: &ConnEvent, red: &mut Red) {
+        if let Some(conn) = self.conns.remove(c.tgid, c.fd) {
+            self.finish(c.tgid, conn, c.ts_ns, red);
+        }
+    }
+
+    fn on_exit(&mut self, p: &ProcEvent, red: &mut Red) {
+        // The kernel closes an exiting process's fds without close(): forget them here.
+        for (fd, conn) in self.conns.remove_process(p.tgid) {
+            self.ops.forget.push(key(p.tgid, fd));
+            self.finish(p.tgid, conn, p.ts_ns, red);
+        }
+        self.procs.remove(p.tgid);
+    }
+
+    /// A connection ended: flush its parser.
+    fn finish(&mut self, tgid: u32, conn: Connection, ts_ns: u64, red: &mut Red) {
+        if let ConnState::Parsing(mut parser) = conn.state {
+            parser.on_close(ts_ns, &mut self.out, &mut self.stats);
+            record(
+                &mut self.procs,
+                &mut self.stats,
+                red,
+                tgid,
+                conn.peer,
+                &conn.comm,
+                &mut self.out,
+            );
+        }
+    }
+
+    /// Finishes responses whose end can only be inferred once their connection went quiet.
+    pub fn housekeeping(&mut self, now_ns: u64, red: &mut Red) {
+        let idle = self.cfg.idle_timeout_ns;
+        for (tgid, _fd, conn) in self.conns.iter_mut() {
+            let ConnState::Parsing(parser) = &mut conn.state else {
+                continue;
+            };
+            if now_ns.saturating_sub(conn.last_activity_ns) < idle {
+                continue;
+            }
+            parser.on_idle(&mut self.out);
+            if !self.out.is_empty() {
+                record(
+                    &mut self.procs,
+                    &mut self.stats,
+                    red,
+                    tgid,
+                    conn.peer,
+                    &conn.comm,
+                    &mut self.out,
+                );
+            }
+        }
+    }
+
+    /// Drops processes that vanished without an exit event (lost events), with their
+    /// connections. Returns their pids so the caller can clean the kernel table too.
+    pub fn sweep_dead(&mut self, red: &mut Red) -> Vec<u32> {
+        let mut dead: Vec<u32> = self
+            .conns
+            .processes()
+            .chain(self.procs.tgids())
+            .filter(|tgid| !std::path::Path::new(&format!("/proc/{tgid}")).exists())
+            .collect();
+        dead.sort_unstable();
+        dead.dedup();
+        for &tgid in &dead {
+            self.on_exit(
+                &ProcEvent {
+                    tgid,
+                    ..ProcEvent::default()
+                },
+                red,
+            );
+        }
+        dead
+    }
+
+    /// Publishes gauges and parser counters gathered since the last call.
+    pub fn publish(&mut self, internal: &Internal) {
+        internal.http.add(&self.stats);
+        self.stats = ParseStats::default();
+        for (counter, n) in internal.events_read.iter().zip(&mut self.events) {
+            counter.fetch_add(std::mem::take(n), Relaxed);
+        }
+        internal
+            .bytes_captured
+            .fetch_add(std::mem::take(&mut self.bytes_captured), Relaxed);
+        internal
+            .connections_tracked
+            .store(self.conns.len() as u64, Relaxed);
+        internal
+            .processes_tracked
+            .store(self.procs.len() as u64, Relaxed);
+        internal
+            .processes_overflow
+            .store(self.procs.overflowed(), Relaxed);
+    }
+
+    /// Kernel table changes to apply.
+    pub fn kernel_ops(&mut self) -> &mut KernelOps {
+        &mut self.ops
+    }
+}
+
+fn key(tgid: u32, fd: u32) -> SockKey {
+    SockKey { tgid, fd }
+}
+
+/// Aggregates the requests in `out` (emptying it) under the service of `tgid`.
+fn record(
+    procs: &mut Processes,
+    stats: &mut ParseStats,
+    red: &mut Red,
+    tgid: u32,
+    peer: Option<SocketAddr>,
+    comm: &[u8; 16],
+    out: &mut Vec<Request>,
+) {
+    let entry = procs.get_or_resolve(tgid, comm_str(comm));
+    let service = match entry.service_id {
+        Some(id) => id,
+        None => {
+            let id = red.service_id(&entry.service);
+            entry.service_id = Some(id);
+            id
+        }
+    };
+    let mut peer_ip: Option<String> = None;
+    for req in out.drain(..) {
+        stats.requests += 1;
+        if req.trust.contains(Trust::END_INFERRED) {
+            stats.end_inferred += 1;
+        }
+        if req.trust.contains(Trust::HEAD_TRUNCATED) {
+            stats.head_truncated += 1;
+        }
+        let server = match (req.side, req.http.host.as_deref()) {
+            (Side::Server, _) => None,
+            // server.address/port of a client call: the Host header, else the peer address.
+            (Side::Client, Some(host)) => {
+                let (host, port) = split_host(host);
+                Some((host, port.unwrap_or(80)))
+            }
+            (Side::Client, None) => peer.map(|p| {
+                (
+                    peer_ip.get_or_insert_with(|| p.ip().to_string()).as_str(),
+                    p.port(),
+                )
+            }),
+        };
+        red.record(service, server, &req);
+    }
+}

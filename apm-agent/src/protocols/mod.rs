@@ -1,0 +1,128 @@
+//! Protocol parsers: one stateful parser per connection behind one trait, dispatched through
+//! an enum (no boxing, no vtables on the hot path). Parsers do no I/O and know nothing about
+//! eBPF or tokio: they see [`Segment`]s (what one syscall moved) and emit [`Request`]s.
+pub mod http1;
+
+use crate::request::Request;
+
+/// Direction of a segment from the observed process's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// The process read these bytes.
+    Ingress,
+    /// The process wrote these bytes.
+    Egress,
+}
+
+/// What one socket syscall moved.
+#[derive(Debug, Clone, Copy)]
+pub struct Segment<'a> {
+    pub direction: Direction,
+    /// The captured prefix of the bytes.
+    pub data: &'a [u8],
+    /// How many bytes the syscall moved in all (`>= data.len()`); bytes past the captured
+    /// prefix can still be skipped over by length-delimited framing.
+    pub total_len: u64,
+    /// Kernel monotonic clock when the syscall returned.
+    pub ts_ns: u64,
+    pub tid: u32,
+}
+
+impl Segment<'_> {
+    /// Did the syscall move more bytes than were captured?
+    pub fn is_truncated(&self) -> bool {
+        self.total_len > self.data.len() as u64
+    }
+}
+
+/// Counters a parser bumps while it works; the pipeline folds them into the agent's own
+/// metrics per protocol.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ParseStats {
+    /// Bytes that do not parse as the protocol where a message was expected.
+    pub parse_errors: u64,
+    /// Requests that never got a complete response (connection closed or parser gave up).
+    pub incomplete: u64,
+    /// Responses with no request to match (e.g. the request was sent before the agent ran).
+    pub unmatched_responses: u64,
+    /// Pipelined requests dropped because too many awaited a response.
+    pub pipeline_overflow: u64,
+    /// Completed exchanges handed on (counted by the pipeline).
+    pub requests: u64,
+    /// ... of which the response end was inferred.
+    pub end_inferred: u64,
+    /// ... of which a head ran past the captured bytes.
+    pub head_truncated: u64,
+}
+
+/// The interface every protocol parser implements.
+pub trait ProtocolParser {
+    /// Feeds one segment; completed exchanges are appended to `out`.
+    fn on_segment(&mut self, seg: &Segment<'_>, out: &mut Vec<Request>, stats: &mut ParseStats);
+    /// The connection closed at `ts_ns`: finish what can be finished, count the rest.
+    fn on_close(&mut self, ts_ns: u64, out: &mut Vec<Request>, stats: &mut ParseStats);
+    /// Nothing moved since `idle_since_ns`: finish exchanges whose end can only be inferred.
+    fn on_idle(&mut self, out: &mut Vec<Request>);
+    /// The parser cannot follow this connection any more (garbage, or a protocol switch);
+    /// the caller stops capturing it.
+    fn gave_up(&self) -> bool;
+}
+
+/// What the first bytes of a connection say about its protocol.
+#[derive(Debug)]
+pub enum Detection {
+    /// A supported protocol, with its parser.
+    Match(Parser),
+    /// Too few bytes to tell (e.g. `GE`): look at the next segment.
+    Undecided,
+    /// Not a supported protocol.
+    NoMatch,
+}
+
+/// All parsers, statically dispatched.
+#[derive(Debug)]
+pub enum Parser {
+    Http1(http1::Http1Parser),
+}
+
+impl Parser {
+    /// Tries every protocol on the first segment of a connection.
+    pub fn detect(seg: &Segment<'_>) -> Detection {
+        match http1::detect(seg) {
+            http1::Detected::Side(side) => {
+                Detection::Match(Self::Http1(http1::Http1Parser::new(side)))
+            }
+            http1::Detected::Undecided => Detection::Undecided,
+            http1::Detected::No => Detection::NoMatch,
+        }
+    }
+
+    pub fn on_segment(
+        &mut self,
+        seg: &Segment<'_>,
+        out: &mut Vec<Request>,
+        stats: &mut ParseStats,
+    ) {
+        match self {
+            Self::Http1(p) => p.on_segment(seg, out, stats),
+        }
+    }
+
+    pub fn on_close(&mut self, ts_ns: u64, out: &mut Vec<Request>, stats: &mut ParseStats) {
+        match self {
+            Self::Http1(p) => p.on_close(ts_ns, out, stats),
+        }
+    }
+
+    pub fn on_idle(&mut self, out: &mut Vec<Request>) {
+        match self {
+            Self::Http1(p) => p.on_idle(out),
+        }
+    }
+
+    pub fn gave_up(&self) -> bool {
+        match self {
+            Self::Http1(p) => p.gave_up(),
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! Types shared by the kernel programs (`apm-ebpf`) and the agent (`apm-agent`).
+//!
+//! Everything here is `#[repr(C)]` with integer fields only: no `bool`, no enums. The kernel
+//! writes these bytes and the agent decodes them in one checked place
+//! (`apm-agent/src/ebpf/decode.rs`); an enum or bool read from kernel bytes could hold an
+//! invalid value, an integer cannot. Every struct has a size assertion so that a layout change
+//! on one side without the other fails to compile.
+#![no_std]
+
+/// Compile-time ceiling for the bytes copied from one socket syscall. The runtime capture size
+/// (`--capture-bytes`) may be smaller, never larger.
+pub const MAX_CAPTURE: usize = 4096;
+/// The per-CPU scratch payload is twice [`MAX_CAPTURE`] so that the verifier can prove that
+/// `offset (< MAX_CAPTURE) + len (<= MAX_CAPTURE)` stays in bounds while gathering iovecs.
+pub const SCRATCH_PAYLOAD: usize = 2 * MAX_CAPTURE;
+/// How many iovec entries of a readv/writev/recvmsg/sendmsg call are gathered.
+pub const MAX_IOV: u32 = 8;
+
+/// Event kinds: the first `u32` of every ring-buffer record.
+pub mod kind {
+    /// Bytes moved through a tracked socket ([`super::DataEventHeader`] + payload).
+    pub const DATA: u32 = 1;
+    /// A socket became tracked through accept or connect ([`super::ConnEvent`]).
+    pub const CONN_OPEN: u32 = 2;
+    /// A tracked socket was closed ([`super::ConnEvent`]).
+    pub const CONN_CLOSE: u32 = 3;
+    /// A process called execve ([`super::ProcEvent`]).
+    pub const PROC_EXEC: u32 = 4;
+    /// A thread group ended ([`super::ProcEvent`]).
+    pub const PROC_EXIT: u32 = 5;
+}
+
+/// Direction of a data event from the observed process's point of view.
+pub mod direction {
+    /// The process read bytes from the socket.
+    pub const INGRESS: u32 = 0;
+    /// The process wrote bytes to the socket.
+    pub const EGRESS: u32 = 1;
+}
+
+/// How a socket came to be tracked.
+pub mod role {
+    /// Found in /proc at start-up; the agent infers the side from the traffic.
+    pub const UNKNOWN: u32 = 0;
+    /// Returned by accept/accept4: this process is the server.
+    pub const SERVER: u32 = 1;
+    /// Passed to connect: this process is the client.
+    pub const CLIENT: u32 = 2;
+}
+
+/// Which syscall produced a data event (kept for the agent's own statistics).
+pub mod syscall {
+    pub const READ: u32 = 0;
+    pub const WRITE: u32 = 1;
+    pub const READV: u32 = 2;
+    pub const WRITEV: u32 = 3;
+    pub const RECVFROM: u32 = 4;
+    pub const SENDTO: u32 = 5;
+    pub const RECVMSG: u32 = 6;
+    pub const SENDMSG: u32 = 7;
+    pub const ACCEPT: u32 = 8;
+    pub const CONNECT: u32 = 9;
+}
+
+/// Bits of [`SockInfo::flags`].
+pub mod sock_flags {
+    /// The agent gave up on this connection (not a protocol it understands): the kernel stops
+    /// copying its bytes, so unclassified traffic costs one map lookup per syscall.
+    pub const MUTED: u32 = 1;
+}
+
+/// Indices of the per-CPU kernel counters (`STATS` map). The agent sums them over CPUs and
+/// exports them as its own metrics.
+pub mod stat {
+    /// A ring-buffer record could not be written (buffer full): an event lost.
+    pub const EVENTS_LOST: u32 = 0;
+    /// The socket table was full: a connection was not tracked.
+    pub const SOCK_MAP_FULL: u32 = 1;
+    /// A vectored call had more iovecs than [`super::MAX_IOV`]: its capture is partial.
+    pub const IOV_TRUNCATED: u32 = 2;
+    /// Copying user memory failed: the event carries fewer captured bytes than it could.
+    pub const READ_USER_FAILED: u32 = 3;
+    /// Number of counters.
+    pub const COUNT: u32 = 8;
+}
+
+/// Key of the socket table: a file descriptor in a thread group.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SockKey {
+    pub tgid: u32,
+    pub fd: u32,
+}
+
+/// Value of the socket table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockInfo {
+    /// One of [`role`].
+    pub role: u32,
+    /// Bits of [`sock_flags`].
+    pub flags: u32,
+    /// Identity of this connection: the kernel clock when it was tracked (equal to the
+    /// `ts_ns` of its [`ConnEvent`]). The agent mutes a socket only when the id still matches,
+    /// so a muting decision can never hit a newer connection that reused the fd.
+    pub id: u64,
+}
+
+/// Header of a [`kind::DATA`] record; `captured_len` payload bytes follow it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DataEventHeader {
+    pub kind: u32,
+    /// One of [`direction`].
+    pub direction: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: u32,
+    /// One of [`syscall`].
+    pub syscall: u32,
+    /// Kernel monotonic clock (`bpf_ktime_get_ns`) when the syscall returned.
+    pub ts_ns: u64,
+    /// Bytes the syscall moved: may exceed `captured_len` by far.
+    pub total_len: u64,
+    /// Payload bytes that follow this header.
+    pub captured_len: u32,
+    pub _pad: u32,
+}
+
+/// The per-CPU scratch area where a data record is assembled before it is copied, trimmed to
+/// its real length, into the ring buffer.
+#[repr(C)]
+pub struct DataEventScratch {
+    pub header: DataEventHeader,
+    pub payload: [u8; SCRATCH_PAYLOAD],
+}
+
+/// A [`kind::CONN_OPEN`] or [`kind::CONN_CLOSE`] record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnEvent {
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: u32,
+    /// One of [`role`].
+    pub role: u32,
+    /// `AF_INET`, `AF_INET6`, `AF_UNIX`, or 0 when unknown.
+    pub family: u32,
+    /// Peer port in host byte order (0 when unknown).
+    pub port: u32,
+    pub _pad: u32,
+    pub ts_ns: u64,
+    /// The socket's [`SockInfo::id`].
+    pub id: u64,
+    /// Peer address: 4 bytes for IPv4, 16 for IPv6, network byte order.
+    pub addr: [u8; 16],
+    /// `comm` of the calling thread, for processes that exit before /proc can be read.
+    pub comm: [u8; 16],
+}
+
+/// A [`kind::PROC_EXEC`] or [`kind::PROC_EXIT`] record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcEvent {
+    pub kind: u32,
+    pub tgid: u32,
+    pub ts_ns: u64,
+    pub comm: [u8; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<SockKey>() == 8);
+const _: () = assert!(core::mem::size_of::<SockInfo>() == 16);
+const _: () = assert!(core::mem::size_of::<DataEventHeader>() == 48);
+const _: () = assert!(core::mem::size_of::<DataEventScratch>() == 48 + SCRATCH_PAYLOAD);
+const _: () = assert!(core::mem::size_of::<ConnEvent>() == 80);
+const _: () = assert!(core::mem::size_of::<ProcEvent>() == 32);
+const _: () = assert!(MAX_CAPTURE.is_power_of_two());
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain #[repr(C)] structs of integers, no padding holes left implicit.
+    unsafe impl aya::Pod for super::SockKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockInfo {}
+}

@@ -1,0 +1,156 @@
+//! Copies the first bytes of a completed socket read/write into the ring buffer.
+//!
+//! The record is assembled in a per-CPU scratch area and then written with
+//! `bpf_ringbuf_output` trimmed to its real length, so a 60-byte request costs 60 bytes of ring
+//! buffer, not `MAX_CAPTURE`.
+use core::ffi::c_void;
+
+use apm_common::{DataEventHeader, DataEventScratch, MAX_CAPTURE, MAX_IOV, kind, stat};
+use aya_ebpf::helpers::{
+    bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_probe_read_user as raw_read_user,
+};
+
+use crate::maps::{CAPTURE_BYTES, EVENTS, SCRATCH, bump, wakeup_flags};
+
+const HEADER_LEN: usize = core::mem::size_of::<DataEventHeader>();
+const MASK: u64 = (MAX_CAPTURE as u64) - 1;
+
+/// `struct iovec` as laid out in the caller's memory.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Iovec {
+    base: u64,
+    len: u64,
+}
+
+/// Where the bytes of a syscall are in the caller's memory.
+#[derive(Clone, Copy)]
+pub(crate) enum Buffer {
+    /// One buffer (read, write, recvfrom, sendto).
+    Plain(u64),
+    /// An iovec array and its length (readv, writev, recvmsg, sendmsg).
+    Vectored { iov: u64, count: u64 },
+}
+
+/// One socket syscall that moved `total > 0` bytes.
+pub(crate) struct Moved {
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: u32,
+    pub syscall: u32,
+    pub direction: u32,
+    pub total: u64,
+    pub buffer: Buffer,
+}
+
+/// Emits one data record.
+#[inline(always)]
+pub(crate) fn emit_data(m: &Moved) {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a per-CPU array slot, used by one program at a time on this CPU.
+    let scratch: &mut DataEventScratch = unsafe { &mut *scratch };
+
+    let mut want = CAPTURE_BYTES.load() as u64;
+    if want > MAX_CAPTURE as u64 {
+        want = MAX_CAPTURE as u64;
+    }
+    if want > m.total {
+        want = m.total;
+    }
+    let copied = match m.buffer {
+        Buffer::Plain(ptr) => copy_at(scratch, 0, ptr, want),
+        Buffer::Vectored { iov, count } => gather_iovecs(scratch, iov, count, want),
+    };
+
+    scratch.header = DataEventHeader {
+        kind: kind::DATA,
+        direction: m.direction,
+        tgid: m.tgid,
+        tid: m.tid,
+        fd: m.fd,
+        syscall: m.syscall,
+        // SAFETY: no preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        total_len: m.total,
+        captured_len: copied as u32,
+        _pad: 0,
+    };
+
+    let mut len = copied;
+    if len > MAX_CAPTURE as u64 {
+        len = MAX_CAPTURE as u64;
+    }
+    let size = HEADER_LEN + len as usize;
+    // SAFETY: `size` is at most HEADER_LEN + MAX_CAPTURE, inside the scratch value.
+    let record =
+        unsafe { core::slice::from_raw_parts(core::ptr::from_mut(scratch).cast::<u8>(), size) };
+    if EVENTS.output::<[u8]>(record, wakeup_flags()).is_err() {
+        bump(stat::EVENTS_LOST);
+    }
+}
+
+/// Copies `len` (clamped to `MAX_CAPTURE`) user bytes from `src` to payload offset `offset`.
+/// Returns the bytes copied (0 when the read faulted).
+#[inline(always)]
+fn copy_at(scratch: &mut DataEventScratch, offset: u64, src: u64, len: u64) -> u64 {
+    let mut n = len;
+    if n > MAX_CAPTURE as u64 {
+        n = MAX_CAPTURE as u64;
+    }
+    if n == 0 {
+        return 0;
+    }
+    let offset = offset & MASK;
+    // SAFETY: offset < MAX_CAPTURE and n <= MAX_CAPTURE, and the payload is 2 * MAX_CAPTURE
+    // long; the helper itself checks the user pointer.
+    let ret = unsafe {
+        raw_read_user(
+            scratch
+                .payload
+                .as_mut_ptr()
+                .add(offset as usize)
+                .cast::<c_void>(),
+            n as u32,
+            src as *const c_void,
+        )
+    };
+    if ret != 0 {
+        bump(stat::READ_USER_FAILED);
+        return 0;
+    }
+    n
+}
+
+/// Gathers up to `want` bytes from an iovec array of `count` entries.
+#[inline(always)]
+fn gather_iovecs(scratch: &mut DataEventScratch, iov: u64, count: u64, want: u64) -> u64 {
+    let mut done: u64 = 0;
+    let mut i: u32 = 0;
+    while i < MAX_IOV {
+        if i as u64 >= count || done >= want {
+            return done;
+        }
+        let entry = iov + (i as u64) * core::mem::size_of::<Iovec>() as u64;
+        // SAFETY: reading user memory through the checked helper.
+        let Ok(v) = (unsafe { bpf_probe_read_user(entry as *const Iovec) }) else {
+            bump(stat::READ_USER_FAILED);
+            return done;
+        };
+        let mut n = v.len;
+        if n > want - done {
+            n = want - done;
+        }
+        let got = copy_at(scratch, done, v.base, n);
+        if got == 0 && n != 0 {
+            return done;
+        }
+        done += got;
+        i += 1;
+    }
+    if count > MAX_IOV as u64 && done < want {
+        bump(stat::IOV_TRUNCATED);
+    }
+    done
+}

@@ -1,0 +1,24 @@
+//! Kernel side of the agent: syscall tracepoints that copy the first bytes of socket traffic
+//! into a ring buffer, and process lifecycle tracepoints. Tracepoints only: this kernel has no
+//! kprobes and no fentry (see ../shared/PLATFORM.md).
+#![no_std]
+#![no_main]
+// BPF inline assembly (the atomic add in maps.rs) is still a nightly feature.
+#![feature(asm_experimental_arch)]
+
+mod capture;
+mod maps;
+mod process;
+mod sockets;
+
+/// GPL-compatible licence: `bpf_probe_read_user` is a GPL-only helper.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // eBPF programs cannot unwind; the verifier rejects any path that would reach here.
+    loop {}
+}

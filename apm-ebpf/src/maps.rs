@@ -1,0 +1,94 @@
+//! Maps and load-time settings shared by every program. Sizes here are defaults; the agent
+//! overrides them at load time from its configuration (`EbpfLoader::map_max_entries`).
+use apm_common::{DataEventScratch, SockInfo, SockKey, stat};
+use aya_ebpf::{
+    Global,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+
+/// Every record for the agent: data, connection and process events.
+#[map]
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// Sockets worth looking at, keyed by (tgid, fd). Filled on accept/connect and from /proc at
+/// start-up; emptied on close and by the agent when a process exits. A syscall on an fd that is
+/// not in here returns after one lookup, so file I/O costs almost nothing.
+#[map]
+pub(crate) static SOCKETS: HashMap<SockKey, SockInfo> = HashMap::with_max_entries(65_536, 0);
+
+/// Where a data record is assembled: the BPF stack (512 bytes) is far too small.
+#[map]
+pub(crate) static SCRATCH: PerCpuArray<DataEventScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// The kernel side's own counters (see `apm_common::stat`).
+#[map]
+pub(crate) static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// The agent's own thread group: its traffic would otherwise feed back into the ring buffer.
+#[unsafe(no_mangle)]
+pub(crate) static AGENT_TGID: Global<u32> = Global::new(0);
+
+/// Bytes copied per socket syscall (clamped to `apm_common::MAX_CAPTURE`).
+#[unsafe(no_mangle)]
+pub(crate) static CAPTURE_BYTES: Global<u32> = Global::new(4096);
+
+/// Wake the agent only once this much data waits in the ring buffer; below it the agent's own
+/// poll timer collects the records. One wakeup per batch instead of one per event.
+#[unsafe(no_mangle)]
+pub(crate) static WAKEUP_BYTES: Global<u64> = Global::new(256 * 1024);
+
+/// The agent's own listener (port in host order, IPv4 address in network order, 0 = any):
+/// connections to it are not tracked, so scraping `/metrics` is not counted as traffic.
+#[unsafe(no_mangle)]
+pub(crate) static SKIP_PEER_PORT: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+pub(crate) static SKIP_PEER_ADDR4: Global<u32> = Global::new(0);
+
+/// Adds one to a per-CPU counter.
+#[inline(always)]
+pub(crate) fn bump(index: u32) {
+    if let Some(counter) = STATS.get_ptr_mut(index) {
+        // Syscall tracepoints may run preemptibly on this kernel, so two programs can race on
+        // one CPU's slot: use the BPF atomic add (core has no atomic RMW for this target).
+        // SAFETY: the pointer comes from a successful per-CPU array lookup of a u64 slot.
+        unsafe {
+            core::arch::asm!(
+                "lock *(u64 *)({p} + 0) += {v}",
+                p = in(reg) counter,
+                v = in(reg) 1u64,
+            );
+        }
+    }
+}
+
+/// Ring-buffer flags for the next record: force a wakeup only when a batch has built up.
+#[inline(always)]
+pub(crate) fn wakeup_flags() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES.load() {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+/// Writes a fixed-size record, counting a full ring buffer as a lost event.
+#[inline(always)]
+pub(crate) fn output<T>(record: &T) {
+    if EVENTS.output::<T>(record, wakeup_flags()).is_err() {
+        bump(stat::EVENTS_LOST);
+    }
+}
+
+/// Like [`output`], but wakes the agent at once: for records it must act on while the process
+/// is still alive (reading /proc of a just-exec'd, possibly short-lived, process).
+#[inline(always)]
+pub(crate) fn output_now<T>(record: &T) {
+    if EVENTS
+        .output::<T>(record, BPF_RB_FORCE_WAKEUP as u64)
+        .is_err()
+    {
+        bump(stat::EVENTS_LOST);
+    }
+}

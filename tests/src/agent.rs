@@ -1,0 +1,172 @@
+//! The real agent binary, started and stopped by a test.
+use std::{
+    fs::File,
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{net, prom::Metrics};
+
+/// A running `apm-agent run`, killed when dropped.
+pub struct Agent {
+    child: Option<Child>,
+    pub port: u16,
+    log: PathBuf,
+}
+
+/// The agent binary: `APM_AGENT_BIN` (set by `cargo xtask test`), else the release build.
+pub fn binary() -> PathBuf {
+    std::env::var_os("APM_AGENT_BIN").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/apm-agent"),
+        PathBuf::from,
+    )
+}
+
+impl Agent {
+    /// Starts the agent on a free port and waits until `/readyz` says its programs are
+    /// attached.
+    pub fn start(extra: &[&str]) -> Result<Self> {
+        Self::start_binary(&binary(), extra)
+    }
+
+    /// [`Agent::start`] with a given binary (the benchmarks use the release build).
+    pub fn start_binary(bin: &std::path::Path, extra: &[&str]) -> Result<Self> {
+        let port = net::free_port();
+        let log = std::env::temp_dir().join(crate::unique("apm-agent-log"));
+        let out = File::create(&log)?;
+        let err = out.try_clone()?;
+        let child = Command::new(bin)
+            .args([
+                "run",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--no-console",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut agent = Self {
+            child: Some(child),
+            port,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = agent
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!("agent exited during start-up ({status}):\n{}", agent.log());
+            }
+            if matches!(net::http_get(port, "/readyz"), Ok((200, _))) {
+                return Ok(agent);
+            }
+            if Instant::now() > deadline {
+                bail!("agent not ready after 60 s:\n{}", agent.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Scrapes and parses `/metrics`.
+    pub fn metrics(&self) -> Result<Metrics> {
+        let (status, body) = net::http_get(self.port, "/metrics")?;
+        if status != 200 {
+            bail!("/metrics answered {status}");
+        }
+        Metrics::parse(&body).map_err(|e| anyhow::anyhow!("invalid exposition: {e}"))
+    }
+
+    /// Polls `f` until it reaches `want` (or `timeout`), then waits a little longer so that
+    /// over-counting would show, and returns the final value.
+    pub fn settle(&self, want: f64, timeout: Duration, f: impl Fn(&Metrics) -> f64) -> Result<f64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = f(&self.metrics()?);
+            if v >= want || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(600));
+        Ok(f(&self.metrics()?))
+    }
+
+    /// CPU time the agent's threads have used, in nanoseconds (from schedstat).
+    pub fn cpu_ns(&self) -> u64 {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
+            return 0;
+        };
+        tasks
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+            .filter_map(|s| {
+                s.split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
+            .sum()
+    }
+
+    /// Peak resident memory (VmHWM) in bytes.
+    pub fn peak_rss_bytes(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| {
+                        v.split_whitespace()
+                            .next()
+                            .and_then(|kb| kb.parse::<u64>().ok())
+                    })
+            })
+            .map_or(0, |kb| kb * 1024)
+    }
+
+    /// The agent's output so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal` and waits for the exit.
+    pub fn signal_and_wait(&mut self, signal: i32, timeout: Duration) -> Result<ExitStatus> {
+        let Some(child) = self.child.as_mut() else {
+            bail!("agent already stopped")
+        };
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("agent still running {timeout:?} after signal {signal}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}

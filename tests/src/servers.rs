@@ -1,0 +1,149 @@
+//! Real servers and clients started by the tests: Python servers, nginx, curl.
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::net::wait_port;
+
+/// A child process killed (SIGTERM, then SIGKILL) when dropped.
+pub struct Proc {
+    child: Option<Child>,
+}
+
+impl Proc {
+    pub fn new(child: Child) -> Self {
+        Self { child: Some(child) }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    pub fn child(&mut self) -> Option<&mut Child> {
+        self.child.as_mut()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            for _ in 0..40 {
+                if child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A fresh directory under the system temp dir.
+pub fn temp_dir(name: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(crate::unique(name));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Starts `python3 args...` with `env`, and waits for `port`.
+pub fn python(args: &[&str], env: &[(&str, &str)], cwd: &Path, port: u16) -> Result<Proc> {
+    let child = Command::new("python3")
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting python3")?;
+    let proc = Proc::new(child);
+    wait_port(port, Duration::from_secs(20))?;
+    Ok(proc)
+}
+
+/// The test application server (`tests/servers/app.py`): HTTP/1.1 keep-alive, routes with
+/// known statuses, bodies and timings. Runs as service `service`.
+pub fn app_server(port: u16, service: &str) -> Result<Proc> {
+    let dir = crate::servers_dir();
+    python(
+        &["app.py", &port.to_string()],
+        &[("OTEL_SERVICE_NAME", service)],
+        &dir,
+        port,
+    )
+}
+
+/// nginx (Debian's) serving `www` on 127.0.0.1:`port`, one worker, in the foreground.
+pub struct Nginx {
+    pub proc: Proc,
+    pub dir: PathBuf,
+}
+
+impl Nginx {
+    /// Starts nginx with `files` (name, content) in its document root.
+    pub fn start(port: u16, files: &[(&str, &[u8])], workers: u32) -> Result<Self> {
+        let dir = temp_dir("nginx")?;
+        let www = dir.join("www");
+        std::fs::create_dir_all(&www)?;
+        for (name, content) in files {
+            std::fs::write(www.join(name), content)?;
+        }
+        let conf = dir.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "worker_processes {workers};\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+                 events {{ worker_connections 4096; }}\n\
+                 http {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_body_temp_path {d}/body;\n\
+                   proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+                   server {{ listen 127.0.0.1:{port}; root {d}/www; }}\n}}\n",
+                d = dir.display()
+            ),
+        )?;
+        let nginx = ["/usr/sbin/nginx", "nginx"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("nginx");
+        let child = Command::new(nginx)
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nginx (apt-get install nginx-light)")?;
+        let proc = Proc::new(child);
+        wait_port(port, Duration::from_secs(20))?;
+        Ok(Self { proc, dir })
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs curl with `args` (silent, output discarded unless asked) and checks it succeeded.
+pub fn curl(args: &[&str]) -> Result<Output> {
+    let out = Command::new("curl")
+        .args(["-s", "-S"])
+        .args(args)
+        .output()
+        .context("running curl")?;
+    if !out.status.success() {
+        bail!(
+            "curl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}

@@ -1,0 +1,277 @@
+//! The agent as a process: its preflight, refusing to run without privileges, not counting its
+//! own scrapes, detaching cleanly on SIGTERM and leaving nothing attached after SIGKILL, and
+//! surviving traffic that is not HTTP or turns into garbage.
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::TcpStream,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use tests::{
+    agent::{Agent, binary},
+    net::{free_port, http_get},
+    require_root,
+    servers::{Proc, app_server, curl, python},
+    servers_dir, unique,
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+/// Kernel programs the agent attaches.
+const PROGRAMS: usize = 4;
+
+#[test]
+fn check_reports_every_feature_and_passes_here() -> Result<()> {
+    if !require_root("check_reports_every_feature_and_passes_here") {
+        return Ok(());
+    }
+    let out = Command::new(binary()).arg("check").output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for line in [
+        "[ok]      privileges",
+        "[ok]      bpf() syscall",
+        "[ok]      kernel BTF",
+        "[ok]      tracefs",
+        "[ok]      tracepoint sched/sched_process_exec",
+        "[ok]      tracepoint sched/sched_process_exit",
+        "[ok]      raw tracepoint sys_enter (BTF)",
+        "[ok]      raw tracepoint sys_exit (BTF)",
+        "[ok]      attach: tp_btf + tracepoint programs, ring buffer",
+        "[ok]      perf events: software cpu-clock",
+        "result: this machine can run apm-agent",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    assert!(
+        text.contains("4 programs loaded, verified and attached"),
+        "{text}"
+    );
+    // This VM has no PMU: reported, but not fatal.
+    assert!(
+        text.contains("perf events: hardware cycles (optional)"),
+        "{text}"
+    );
+    Ok(())
+}
+
+/// `apm-agent <args>` as user nobody, without capabilities.
+fn as_nobody(args: &[&str]) -> Result<std::process::Output> {
+    Ok(Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--",
+        ])
+        .arg(binary())
+        .args(args)
+        .output()?)
+}
+
+#[test]
+fn without_privileges_it_refuses_with_a_clear_message() -> Result<()> {
+    if !require_root("without_privileges_it_refuses_with_a_clear_message") {
+        return Ok(());
+    }
+    let out = as_nobody(&["check"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "check passed as nobody:\n{text}");
+    assert!(text.contains("[missing] privileges"), "{text}");
+    assert!(text.contains("missing CAP_BPF, CAP_PERFMON"), "{text}");
+    assert!(text.contains("apm-agent cannot run here"), "{text}");
+
+    let out = as_nobody(&["run", "--listen", &format!("127.0.0.1:{}", free_port())])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("insufficient privileges: missing CAP_BPF"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_agents_own_endpoints_are_not_counted() -> Result<()> {
+    if !require_root("the_agents_own_endpoints_are_not_counted") {
+        return Ok(());
+    }
+    let agent = Agent::start(&[])?;
+    let url = format!("http://127.0.0.1:{}/metrics", agent.port);
+    for _ in 0..5 {
+        curl(&["-o", "/dev/null", &url])?;
+        http_get(agent.port, "/healthz")?;
+    }
+    // Give the agent time to (wrongly) count them.
+    std::thread::sleep(Duration::from_secs(1));
+    let m = agent.metrics()?;
+    let own: Vec<_> = m
+        .samples
+        .iter()
+        .filter(|s| {
+            s.labels
+                .get("http_route")
+                .is_some_and(|r| r == "/metrics" || r == "/healthz")
+                || s.labels
+                    .get("server_port")
+                    .is_some_and(|p| *p == agent.port.to_string())
+        })
+        .collect();
+    assert!(own.is_empty(), "agent counted its own endpoints: {own:?}");
+    Ok(())
+}
+
+/// Our programs currently loaded in the kernel (by name, as bpftool lists them).
+fn our_programs() -> Result<usize> {
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .context("bpftool")?;
+    let progs: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok(progs
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p.get("name").and_then(|n| n.as_str()))
+                .filter(|n| n.starts_with("apm_"))
+                .count()
+        })
+        .unwrap_or(0))
+}
+
+fn wait_programs(want: usize) -> Result<usize> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let n = our_programs()?;
+        if n == want || Instant::now() > deadline {
+            return Ok(n);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn sigterm_detaches_and_sigkill_leaves_nothing_attached() -> Result<()> {
+    if !require_root("sigterm_detaches_and_sigkill_leaves_nothing_attached") {
+        return Ok(());
+    }
+    let baseline = our_programs()?;
+    let mut agent = Agent::start(&[])?;
+    assert_eq!(
+        our_programs()?,
+        baseline + PROGRAMS,
+        "programs while running"
+    );
+    let status = agent.signal_and_wait(libc::SIGTERM, Duration::from_secs(15))?;
+    assert!(
+        status.success(),
+        "exit after SIGTERM: {status}\n{}",
+        agent.log()
+    );
+    assert!(agent.log().contains("detaching"), "{}", agent.log());
+    assert_eq!(
+        wait_programs(baseline)?,
+        baseline,
+        "programs left after SIGTERM"
+    );
+
+    let mut agent = Agent::start(&[])?;
+    assert_eq!(our_programs()?, baseline + PROGRAMS);
+    agent.signal_and_wait(libc::SIGKILL, Duration::from_secs(15))?;
+    assert_eq!(
+        wait_programs(baseline)?,
+        baseline,
+        "programs left after SIGKILL"
+    );
+
+    // And it starts again.
+    let agent = Agent::start(&[])?;
+    assert_eq!(our_programs()?, baseline + PROGRAMS);
+    drop(agent);
+    Ok(())
+}
+
+#[test]
+fn non_http_and_garbage_are_counted_not_fatal() -> Result<()> {
+    if !require_root("non_http_and_garbage_are_counted_not_fatal") {
+        return Ok(());
+    }
+    let agent = Agent::start(&[])?;
+    let before = agent.metrics()?;
+
+    // Binary traffic on a plain TCP server: both ends are detected as not HTTP and muted, after
+    // which the kernel stops copying their bytes.
+    let raw_port = free_port();
+    let raw = servers_dir().join("raw_tcp.py");
+    let raw_s = raw.to_string_lossy().into_owned();
+    let _sink = python(
+        &[&raw_s, "serve", &raw_port.to_string()],
+        &[],
+        &servers_dir(),
+        raw_port,
+    )?;
+    let child = Command::new("python3")
+        .args([&raw_s, "send", &raw_port.to_string(), "10", "then", "200"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut sender = Proc::new(child);
+    let child = sender.child().context("sender")?;
+    let mut stdin = child.stdin.take().context("stdin")?;
+    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+    assert_eq!(lines.next().transpose()?.as_deref(), Some("paused"));
+    let muted = |m: &tests::prom::Metrics| m.value("apm_connections_muted_total");
+    let base_muted = muted(&before);
+    assert!(
+        agent.settle(base_muted + 2.0, WAIT, muted)? >= base_muted + 2.0,
+        "both ends muted"
+    );
+    let captured = |m: &tests::prom::Metrics| m.value("apm_bytes_captured_total");
+    let bytes_before = captured(&agent.metrics()?);
+    writeln!(stdin)?;
+    assert!(lines.next().is_none(), "sender finished");
+    std::thread::sleep(Duration::from_millis(500));
+    let bytes_after = captured(&agent.metrics()?);
+    // 200 more messages of 203 bytes went each way: next to nothing may have been copied.
+    assert!(
+        bytes_after - bytes_before < 2000.0,
+        "muted connection still captured {} bytes",
+        bytes_after - bytes_before
+    );
+
+    // HTTP that turns into garbage on a keep-alive connection.
+    let port = free_port();
+    let service = unique("it-garbage");
+    let _app = app_server(port, &service)?;
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET /users/1 HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    let mut buf = [0u8; 4096];
+    let _ = s.read(&mut buf)?;
+    s.write_all(b"\x00\x01\x02\x03 definitely not http\r\n\r\n")?;
+    let _ = s.read(&mut buf);
+    drop(s);
+
+    let unclassified = |m: &tests::prom::Metrics| m.value("apm_connections_unclassified_total");
+    let base = unclassified(&before);
+    let after = agent.settle(base + 2.0, WAIT, unclassified)?;
+    assert!(after >= base + 2.0, "unclassified {base} -> {after}");
+    let errors = agent.settle(1.0, WAIT, |m| {
+        m.sum("apm_parse_errors_total", &[("protocol", "http1")])
+    })?;
+    assert!(errors >= 1.0, "parse errors {errors}");
+    let m = agent.metrics()?;
+    assert_eq!(m.server_count(&service, "GET", "/users/{id}", "200"), 1.0);
+    assert_eq!(
+        m.client_total(raw_port),
+        0.0,
+        "binary traffic produced HTTP series"
+    );
+    assert!(
+        matches!(http_get(agent.port, "/healthz"), Ok((200, _))),
+        "agent unhealthy"
+    );
+    Ok(())
+}

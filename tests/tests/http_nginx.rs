@@ -1,0 +1,104 @@
+//! The agent against Debian's nginx: wrk with keep-alive at full speed (the agent's count of
+//! wrk's requests equals wrk's own count), and pipelined requests sent in one write.
+use std::{process::Command, time::Duration};
+
+use anyhow::{Context as _, Result};
+use tests::{
+    agent::Agent,
+    net::free_port,
+    require_root,
+    servers::{Nginx, app_server},
+    servers_dir, unique,
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// wrk's own count of completed requests ("N requests in ...").
+fn wrk_requests(output: &str) -> Option<f64> {
+    output
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+#[test]
+fn wrk_keepalive_counts_match_wrk() -> Result<()> {
+    if !require_root("wrk_keepalive_counts_match_wrk") {
+        return Ok(());
+    }
+    let agent = Agent::start(&[])?;
+    let port = free_port();
+    let file = format!("{}.html", unique("page"));
+    let _nginx = Nginx::start(port, &[(&file, &[b'n'; 2048][..])], 1)?;
+    let connections = 4;
+    let out = Command::new("wrk")
+        .args(["-t1", &format!("-c{connections}"), "-d2s"])
+        .arg(format!("http://127.0.0.1:{port}/{file}"))
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let sent = wrk_requests(&text).with_context(|| format!("no count in wrk output:\n{text}"))?;
+    assert!(sent > 100.0, "wrk made only {sent} requests:\n{text}");
+    let route = format!("/{file}");
+    let client = agent.settle(sent, WAIT, |m| {
+        m.client_count("wrk", port, "GET", &route, "200")
+    })?;
+    let server = agent.settle(sent, WAIT, |m| {
+        m.server_count("nginx", "GET", &route, "200")
+    })?;
+    let m = agent.metrics()?;
+    assert_eq!(
+        m.value("apm_events_lost_total"),
+        0.0,
+        "ring buffer overflowed"
+    );
+    assert_eq!(client, sent, "agent's count of wrk's requests");
+    // nginx also answered the requests in flight when wrk stopped (at most one per connection).
+    assert!(
+        server >= sent && server <= sent + f64::from(connections),
+        "nginx served {server}, wrk completed {sent}"
+    );
+    Ok(())
+}
+
+#[test]
+fn pipelined_requests_in_one_write() -> Result<()> {
+    if !require_root("pipelined_requests_in_one_write") {
+        return Ok(());
+    }
+    let agent = Agent::start(&[])?;
+    let app_port = free_port();
+    let app_service = unique("it-pipe-app");
+    let _app = app_server(app_port, &app_service)?;
+    let nginx_port = free_port();
+    let _nginx = Nginx::start(nginx_port, &[("index.html", b"hi")], 1)?;
+    let client_service = unique("it-pipe-client");
+    for (port, n) in [(app_port, 5), (nginx_port, 7)] {
+        let out = Command::new("python3")
+            .arg(servers_dir().join("pipeline_client.py"))
+            .args([&port.to_string(), &n.to_string(), "/users/"])
+            .env("OTEL_SERVICE_NAME", &client_service)
+            .output()?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // app.py answers 200, nginx 404 (no such files).
+    let app = agent.settle(5.0, WAIT, |m| {
+        m.server_count(&app_service, "GET", "/users/{id}", "200")
+    })?;
+    let ngx = agent.settle(7.0, WAIT, |m| {
+        m.server_count("nginx", "GET", "/users/{id}", "404")
+    })?;
+    let c_app = agent.settle(5.0, WAIT, |m| {
+        m.client_count(&client_service, app_port, "GET", "/users/{id}", "200")
+    })?;
+    let c_ngx = agent.settle(7.0, WAIT, |m| {
+        m.client_count(&client_service, nginx_port, "GET", "/users/{id}", "404")
+    })?;
+    assert_eq!((app, ngx, c_app, c_ngx), (5.0, 7.0, 5.0, 7.0));
+    Ok(())
+}

@@ -1,0 +1,66 @@
+//! `cargo xtask <task>`: the project's set-up, build, run, test and benchmark tasks.
+//!
+//! `run` and `test` first install whatever is missing (toolchain pieces, bpf-linker, Debian
+//! packages), so that a fresh machine needs nothing else.
+mod bench;
+mod prereq;
+mod run;
+mod test;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install the prerequisites only (idempotent).
+    Setup,
+    /// Build the agent (release) and run it as root; extra arguments go to `apm-agent run`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Everything CI runs: fmt, clippy (host and eBPF), unit tests, integration tests.
+    Test(test::TestArgs),
+    /// Benchmarks (reports, not pass/fail).
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    put_cargo_bin_on_path();
+    match cli.task {
+        Task::Setup => prereq::ensure(prereq::Scope::Test),
+        Task::Run { args } => run::run(&args),
+        Task::Test(args) => test::run(&args),
+        Task::Bench(args) => bench::run(&args),
+    }
+}
+
+/// bpf-linker is installed in cargo's bin directory, which a non-login shell (CI, sudo) may
+/// not have on PATH; rustc must find it to link the kernel object.
+fn put_cargo_bin_on_path() {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cargo")));
+    let Some(bin) = home.map(|h| h.join("bin")) else {
+        return;
+    };
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|p| p == bin) {
+        return;
+    }
+    let mut parts: Vec<_> = std::env::split_paths(&path).collect();
+    parts.insert(0, bin);
+    if let Ok(joined) = std::env::join_paths(parts) {
+        // SAFETY: called at start-up, before this process starts any thread.
+        unsafe { std::env::set_var("PATH", joined) };
+    }
+}

@@ -1,0 +1,133 @@
+//! Installs what the build and the tests need, idempotently: every step first checks whether
+//! its piece is present (a fraction of a second in all when everything is), and installs only
+//! what is missing.
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::util::{as_root, output, run};
+
+/// Debian packages the build needs: LLVM 22 for bpf-linker.
+const BUILD_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev"];
+/// Debian packages the tests and benchmarks use: real servers and clients.
+const TEST_PACKAGES: &[&str] = &[
+    "nginx-light",
+    "wrk",
+    "curl",
+    "bpftool",
+    "util-linux",
+    "procps",
+];
+/// bpf-linker version known to build against Debian's LLVM 22 (see ../shared/PLATFORM.md).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// What to install.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope {
+    Build,
+    Test,
+}
+
+/// Ensures everything `scope` needs is installed.
+pub fn ensure(scope: Scope) -> Result<()> {
+    ensure_rust()?;
+    let mut packages: Vec<&str> = BUILD_PACKAGES.to_vec();
+    if matches!(scope, Scope::Test) {
+        packages.extend_from_slice(TEST_PACKAGES);
+    }
+    ensure_debian(&packages)?;
+    ensure_bpf_linker()?;
+    Ok(())
+}
+
+/// The nightly toolchain with rust-src (eBPF build) and clippy (eBPF lint); rustfmt and clippy
+/// on the default toolchain.
+fn ensure_rust() -> Result<()> {
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))
+        .context("rustup is required (https://rustup.rs)")?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    let installed = |toolchain: &str| {
+        output(Command::new("rustup").args([
+            "component",
+            "list",
+            "--installed",
+            "--toolchain",
+            toolchain,
+        ]))
+        .unwrap_or_default()
+    };
+    let nightly = installed("nightly");
+    for component in ["rust-src", "clippy"] {
+        if !nightly.lines().any(|l| l.starts_with(component)) {
+            run(Command::new("rustup").args([
+                "component",
+                "add",
+                component,
+                "--toolchain",
+                "nightly",
+            ]))?;
+        }
+    }
+    let default = output(Command::new("rustup").args(["component", "list", "--installed"]))
+        .unwrap_or_default();
+    for component in ["rustfmt", "clippy"] {
+        if !default.lines().any(|l| l.starts_with(component)) {
+            run(Command::new("rustup").args(["component", "add", component]))?;
+        }
+    }
+    Ok(())
+}
+
+fn ensure_debian(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_none_or(|s| !s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("installing Debian packages: {}", missing.join(" "));
+    run(as_root("apt-get").args(["update", "-qq"]))?;
+    run(as_root("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing))?;
+    Ok(())
+}
+
+/// Where cargo installs binaries.
+fn cargo_bin_dir() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+        .join("bin")
+}
+
+fn ensure_bpf_linker() -> Result<()> {
+    let installed = output(Command::new("bpf-linker").arg("--version"))
+        .or_else(|| output(Command::new(cargo_bin_dir().join("bpf-linker")).arg("--version")));
+    if installed.is_some_and(|v| v.contains(BPF_LINKER_VERSION)) {
+        return Ok(());
+    }
+    let llvm = "/usr/lib/llvm-22";
+    if !std::path::Path::new(llvm).is_dir() {
+        bail!("{llvm} is missing although llvm-22-dev was installed");
+    }
+    run(Command::new("cargo")
+        .env("LLVM_PREFIX", llvm)
+        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+        .args(["--no-default-features", "--features", "llvm-22"]))
+}

@@ -1,0 +1,65 @@
+//! Small helpers for running commands.
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, Result, bail};
+
+/// Is this process root?
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs `cmd`, echoing it, failing on a non-zero exit.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {}", show(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("spawning {}", show(cmd)))?;
+    if !status.success() {
+        bail!("{} failed: {status}", show(cmd));
+    }
+    Ok(())
+}
+
+/// Runs `cmd` quietly and returns its stdout when it succeeds.
+pub fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.stderr(Stdio::null()).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `cmd` prefixed with sudo when not root.
+pub fn as_root(program: &str) -> Command {
+    if is_root() {
+        Command::new(program)
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg("-E").arg(program);
+        c
+    }
+}
+
+pub fn show(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+/// Builds the agent in release mode and returns the binary's path.
+pub fn build_release_agent() -> Result<std::path::PathBuf> {
+    let root = workspace_root();
+    run(Command::new("cargo")
+        .current_dir(&root)
+        .args(["build", "--release", "-p", "apm-agent"]))?;
+    Ok(root.join("target/release/apm-agent"))
+}
+
+/// The workspace root (the parent of xtask/).
+pub fn workspace_root() -> std::path::PathBuf {
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent().unwrap_or(here).to_path_buf()
+}
