@@ -195,3 +195,47 @@ fn durations_are_positive_and_within_what_the_client_measured() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn stock_python_http_server_named_from_its_command_line() -> Result<()> {
+    if !require_root("stock_python_http_server_named_from_its_command_line") {
+        return Ok(());
+    }
+    let agent = Agent::start(&[])?;
+    let port = free_port();
+    let dir = tests::servers::temp_dir("www")?;
+    std::fs::write(dir.join("a.txt"), "a")?;
+    std::fs::write(dir.join("b.txt"), "bb")?;
+    // No OTEL_SERVICE_NAME: the service is named from `python3 -m http.server`. HTTP/1.0, one
+    // connection per request, Content-Length bodies.
+    let _server = tests::servers::python(
+        &[
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ],
+        &[],
+        &dir,
+        port,
+    )?;
+    let base = format!("http://127.0.0.1:{port}");
+    for path in ["/a.txt", "/a.txt", "/b.txt", "/nope.txt"] {
+        curl(&["-o", "/dev/null", &format!("{base}{path}")])?;
+    }
+    let service = "http.server";
+    agent.settle(4.0, WAIT, |m| m.server_total(service))?;
+    let m = agent.metrics()?;
+    assert_eq!(
+        m.server_count(service, "GET", "/a.txt", "200"),
+        2.0,
+        "{}",
+        agent.log()
+    );
+    assert_eq!(m.server_count(service, "GET", "/b.txt", "200"), 1.0);
+    assert_eq!(m.server_count(service, "GET", "/nope.txt", "404"), 1.0);
+    assert_eq!(m.client_count("curl", port, "GET", "/a.txt", "200"), 2.0);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
