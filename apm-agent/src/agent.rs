@@ -14,11 +14,16 @@ use std::{
 use crate::{
     config::Config,
     console,
-    ebpf::{LoadError, LoadOptions, Probes, drain::Drain, drain::lock, seed, tracefs},
+    ebpf::{
+        LoadError, LoadOptions, Probes, ProfilerLoad, drain::Drain, drain::lock,
+        profiler::SamplingOptions, seed, tracefs,
+    },
     internal::Internal,
     metrics::red::{Red, RedConfig},
     pipeline::{Pipeline, PipelineConfig},
     privileges,
+    profiles::store::Store,
+    profiling::{self, ProcessFilter, Sampler},
     server::{self, Shared},
 };
 
@@ -90,10 +95,18 @@ pub fn run(cfg: Config) -> Result<(), AgentError> {
         .enable_all()
         .build()
         .map_err(AgentError::Runtime)?;
+    let store = cfg.profiling.then(|| {
+        Arc::new(Mutex::new(Store::new(
+            cfg.profile_bucket_secs,
+            cfg.profile_store_bytes,
+            cfg.profile_frequency_hz,
+        )))
+    });
     let shared = Shared {
         red: red.clone(),
         internal: internal.clone(),
         window_secs: cfg.window_secs,
+        profiles: store.clone(),
     };
     let listen = cfg.listen;
     runtime.spawn(async move {
@@ -113,10 +126,27 @@ pub fn run(cfg: Config) -> Result<(), AgentError> {
         wakeup_bytes: cfg.wakeup_bytes,
         max_sockets: cfg.max_kernel_sockets,
         listen: Some(cfg.listen),
+        profiler: cfg.profiling.then_some(ProfilerLoad {
+            count_entries: cfg.profile_stack_entries.saturating_mul(2),
+            stack_entries: cfg.profile_stack_entries,
+            kernel_stacks: cfg.profile_kernel_stacks,
+            pid_filter: !cfg.profile_pids.is_empty(),
+        }),
     })?;
     // Attach before mapping the ring buffer: attaching parses the kernel BTF (several MB,
     // freed afterwards), and the two together would set the agent's peak memory.
     probes.attach_all()?;
+    let profiler_maps = match &store {
+        Some(_) => {
+            let mut pmaps = probes.attach_profiler(SamplingOptions {
+                frequency_hz: cfg.profile_frequency_hz,
+                hardware_cycles: cfg.profile_hardware_cycles,
+            })?;
+            pmaps.set_pids(&cfg.profile_pids)?;
+            Some(pmaps)
+        }
+        None => None,
+    };
     let mut maps = probes.take_maps()?;
     let seeded = seed::seed_existing(&mut maps.sockets, std::process::id(), cfg.listen.port());
     internal
@@ -157,13 +187,40 @@ pub fn run(cfg: Config) -> Result<(), AgentError> {
         .name("apm-events".to_owned())
         .spawn(move || drain.run())
         .map_err(AgentError::Runtime)?;
+    let profiler = match (profiler_maps, store) {
+        (Some(pmaps), Some(store)) => {
+            let (internal, stop) = (internal.clone(), stop.clone());
+            let every = Duration::from_secs(cfg.profile_drain_secs);
+            let max_processes = cfg.max_processes;
+            let filter = ProcessFilter {
+                pids: cfg.profile_pids.clone(),
+                executables: cfg.profile_executables.clone(),
+                services: cfg.profile_services.clone(),
+            };
+            Some(
+                std::thread::Builder::new()
+                    .name("apm-profiler".to_owned())
+                    .spawn(move || {
+                        // The symbolizer is not Send: it is made here, in its thread.
+                        let sampler = Sampler::new(pmaps, max_processes, filter);
+                        profiling::run_continuous(sampler, store, internal, stop, every);
+                    })
+                    .map_err(AgentError::Runtime)?,
+            )
+        }
+        _ => None,
+    };
 
     runtime.block_on(windows_until_signal(&cfg, &red));
     log::info!("stopping: detaching kernel programs");
     stop.store(true, Relaxed);
+    let profiler_joined = profiler.map(std::thread::JoinHandle::join);
     let joined = events.join();
     drop(probes);
     runtime.shutdown_timeout(Duration::from_secs(1));
+    if matches!(profiler_joined, Some(Err(_))) {
+        return Err(AgentError::EventThread);
+    }
     joined.map_err(|_| AgentError::EventThread)
 }
 

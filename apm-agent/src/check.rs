@@ -188,6 +188,7 @@ fn load_and_attach() -> Result<usize, String> {
         wakeup_bytes: 4096,
         max_sockets: 16,
         listen: None,
+        profiler: None,
     };
     let mut probes = Probes::load(&opts).map_err(|e| error_chain(&e))?;
     probes.attach_all().map_err(|e| error_chain(&e))?;

@@ -1,7 +1,7 @@
 //! Command line: `apm-agent run` (the agent) and `apm-agent check` (the preflight).
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, ConfigError};
 
@@ -19,6 +19,74 @@ pub enum Command {
     Run(RunArgs),
     /// Check that this machine can run the agent; exits non-zero when it cannot.
     Check,
+    /// Take a CPU profile now and write it as an SVG flame graph, folded stacks or pprof.
+    Profile(ProfileArgs),
+}
+
+/// Output format of `apm-agent profile`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Interactive flame graph (open it in a browser).
+    Svg,
+    /// Collapsed stacks, one `frame;frame;frame count` per line (inferno, speedscope).
+    Folded,
+    /// gzipped pprof protobuf (`go tool pprof`).
+    Pprof,
+}
+
+/// Flags of `apm-agent profile`.
+#[derive(Debug, Args)]
+pub struct ProfileArgs {
+    /// Profile only this process (repeat for several). Without it, every process.
+    #[arg(long = "pid")]
+    pub pids: Vec<u32>,
+    /// Profile every process (the default when no --pid is given).
+    #[arg(long, conflicts_with = "pids")]
+    pub all: bool,
+    /// Keep only processes of this service (repeatable).
+    #[arg(long = "service")]
+    pub services: Vec<String>,
+    /// Keep only processes running this executable file name (repeatable).
+    #[arg(long = "exe")]
+    pub executables: Vec<String>,
+    /// How long to sample: e.g. 30s, 2m, 1500ms.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub duration: Duration,
+    #[arg(long, value_enum, default_value_t = Format::Svg)]
+    pub format: Format,
+    /// Output file.
+    #[arg(short = 'o', long)]
+    pub output: PathBuf,
+    /// Samples per second on each CPU.
+    #[arg(long, default_value_t = 99)]
+    pub frequency: u64,
+    /// Do not record kernel stacks.
+    #[arg(long)]
+    pub no_kernel_stacks: bool,
+    /// Sample on hardware CPU cycles instead of the software CPU clock (needs a PMU).
+    #[arg(long)]
+    pub cycles: bool,
+}
+
+/// `30s`, `2m`, `1500ms`, `1h`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("not a duration: {s:?}"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("unknown unit in {s:?} (use ms, s, m or h)")),
+    };
+    if !(secs.is_finite() && secs > 0.0) {
+        return Err(format!("duration must be positive: {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 /// Flags of `apm-agent run`. Each overrides its environment variable, which overrides the
@@ -61,6 +129,15 @@ pub struct RunArgs {
     /// Sockets tracked by the kernel at once [default: 65536].
     #[arg(long, env = "APM_MAX_KERNEL_SOCKETS")]
     pub max_kernel_sockets: Option<u32>,
+    /// Turn the continuous CPU profiler off.
+    #[arg(long, env = "APM_NO_PROFILING")]
+    pub no_profiling: bool,
+    /// CPU profiler samples per second on each CPU [default: 99].
+    #[arg(long, env = "APM_PROFILE_FREQUENCY_HZ")]
+    pub profile_frequency_hz: Option<u64>,
+    /// Memory budget of the profile store in bytes [default: 16777216].
+    #[arg(long, env = "APM_PROFILE_STORE_BYTES")]
+    pub profile_store_bytes: Option<usize>,
 }
 
 impl RunArgs {
@@ -83,8 +160,13 @@ impl RunArgs {
             max_routes_per_service,
             max_series,
             max_connections,
-            max_kernel_sockets
+            max_kernel_sockets,
+            profile_frequency_hz,
+            profile_store_bytes
         );
+        if self.no_profiling {
+            cfg.profiling = false;
+        }
         if self.no_console {
             cfg.console = false;
         }

@@ -72,6 +72,31 @@ pub struct Config {
     pub response_idle_timeout_secs: u64,
     /// Longest wait before the ring buffer is drained, in milliseconds. Default 50.
     pub poll_interval_ms: u64,
+
+    /// Continuous CPU profiling of every process (flame graphs at `/profiles`). Default true.
+    pub profiling: bool,
+    /// Samples per second on each CPU. Default 99.
+    pub profile_frequency_hz: u64,
+    /// Sample on hardware CPU cycles instead of the software CPU clock (needs a PMU).
+    /// Default false.
+    pub profile_hardware_cycles: bool,
+    /// Record kernel stacks under user stacks. Default true.
+    pub profile_kernel_stacks: bool,
+    /// Profile only these pids (filtered in the kernel). Default: all.
+    pub profile_pids: Vec<u32>,
+    /// Profile only processes running these executables (file names). Default: all.
+    pub profile_executables: Vec<String>,
+    /// Profile only these services. Default: all.
+    pub profile_services: Vec<String>,
+    /// Memory budget of the profile store; the oldest data is evicted first. Default 16 MiB.
+    pub profile_store_bytes: usize,
+    /// Length of a profile time bucket, in seconds. Default 10.
+    pub profile_bucket_secs: u64,
+    /// How often samples are drained and symbolized, in seconds. Default 2.
+    pub profile_drain_secs: u64,
+    /// Entries of each of the kernel's two stack maps (about 1 KiB of kernel memory each).
+    /// Default 8192.
+    pub profile_stack_entries: u32,
 }
 
 impl Default for Config {
@@ -96,6 +121,17 @@ impl Default for Config {
             detect_attempts: 4,
             response_idle_timeout_secs: 30,
             poll_interval_ms: 50,
+            profiling: true,
+            profile_frequency_hz: 99,
+            profile_hardware_cycles: false,
+            profile_kernel_stacks: true,
+            profile_pids: Vec::new(),
+            profile_executables: Vec::new(),
+            profile_services: Vec::new(),
+            profile_store_bytes: 16 << 20,
+            profile_bucket_secs: 10,
+            profile_drain_secs: 2,
+            profile_stack_entries: 8192,
         }
     }
 }
@@ -138,6 +174,18 @@ impl Config {
         }
         if self.detect_attempts == 0 {
             return invalid("detect_attempts", "must be at least 1");
+        }
+        if self.profile_frequency_hz == 0 || self.profile_frequency_hz > 10_000 {
+            return invalid("profile_frequency_hz", "must be between 1 and 10000");
+        }
+        if self.profile_bucket_secs == 0 || self.profile_drain_secs == 0 {
+            return invalid(
+                "profile_bucket_secs",
+                "bucket and drain periods must be at least 1 s",
+            );
+        }
+        if self.profile_stack_entries == 0 {
+            return invalid("profile_stack_entries", "must be at least 1");
         }
         Ok(())
     }

@@ -54,9 +54,42 @@ pub struct Internal {
     pub seeded_connections: AtomicU64,
     pub programs_attached: AtomicU64,
     pub ready: AtomicBool,
+    /// Profiler: bytes the continuous store holds, and what it evicted and dropped.
+    pub profile_store_bytes: AtomicU64,
+    pub profile_store_evicted: AtomicU64,
+    pub profile_store_dropped: AtomicU64,
+    pub profile_processes_overflow: AtomicU64,
+    pub profile_unresolved_frames: AtomicU64,
+    pub profile_symbol_cache_entries: AtomicU64,
+    pub profile_symbol_cache_resets: AtomicU64,
+    pub profile_symbolize_ns: AtomicU64,
 }
 
 impl Internal {
+    /// Takes the profiler's own figures.
+    pub fn publish_profiler(
+        &self,
+        store: &crate::profiles::store::StoreStats,
+        sampler: &crate::profiling::Sampler,
+    ) {
+        self.profile_store_bytes.store(store.bytes as u64, Relaxed);
+        self.profile_store_evicted
+            .store(store.evicted_buckets, Relaxed);
+        self.profile_store_dropped
+            .store(store.dropped_samples, Relaxed);
+        self.profile_processes_overflow
+            .store(sampler.processes_overflowed(), Relaxed);
+        let sym = sampler.symbolizer_stats();
+        self.profile_unresolved_frames
+            .store(sym.unresolved, Relaxed);
+        self.profile_symbol_cache_entries
+            .store(sym.cached_addresses as u64, Relaxed);
+        self.profile_symbol_cache_resets
+            .store(sym.cache_resets, Relaxed);
+        self.profile_symbolize_ns
+            .store(sampler.symbolize_ns, Relaxed);
+    }
+
     /// Renders every counter in Prometheus text format. `red_overflows` are the RED
     /// aggregator's budget overflows, exported in the same `apm_map_overflows_total` family.
     pub fn render(&self, red_overflows: &[(&str, u64)], out: &mut String) {
@@ -208,6 +241,78 @@ impl Internal {
         );
         family(
             out,
+            "apm_profile_samples_total",
+            "counter",
+            "CPU profiler samples: of threads, and of idle CPUs (not attributed).",
+            &[
+                ("state=\"busy\"", k(stat::PROFILE_SAMPLES)),
+                ("state=\"idle\"", k(stat::PROFILE_IDLE)),
+            ],
+        );
+        family(
+            out,
+            "apm_profile_lost_total",
+            "counter",
+            "Profiler samples or stacks lost, by reason.",
+            &[
+                (
+                    "reason=\"stack_collision\"",
+                    k(stat::PROFILE_STACK_COLLISIONS),
+                ),
+                ("reason=\"stack_error\"", k(stat::PROFILE_STACK_ERRORS)),
+                ("reason=\"counts_full\"", k(stat::PROFILE_COUNTS_FULL)),
+                ("reason=\"known_full\"", k(stat::PROFILE_KNOWN_FULL)),
+                ("reason=\"events_full\"", k(stat::PROFILE_EVENTS_LOST)),
+                (
+                    "reason=\"store_full\"",
+                    self.profile_store_dropped.load(Relaxed),
+                ),
+            ],
+        );
+        family(
+            out,
+            "apm_profile_store_bytes",
+            "gauge",
+            "Estimated memory of the continuous profile store (bounded by its budget).",
+            &[("", self.profile_store_bytes.load(Relaxed))],
+        );
+        family(
+            out,
+            "apm_profile_store_evicted_total",
+            "counter",
+            "Time buckets evicted from the profile store to stay within its budget.",
+            &[("", self.profile_store_evicted.load(Relaxed))],
+        );
+        family(
+            out,
+            "apm_profile_unresolved_frames_total",
+            "counter",
+            "Distinct addresses that could not be symbolized (kept as module+offset).",
+            &[("", self.profile_unresolved_frames.load(Relaxed))],
+        );
+        family(
+            out,
+            "apm_profile_symbol_cache_entries",
+            "gauge",
+            "Symbolized addresses cached (bounded; the cache is reset when full).",
+            &[("", self.profile_symbol_cache_entries.load(Relaxed))],
+        );
+        family(
+            out,
+            "apm_profile_symbol_cache_resets_total",
+            "counter",
+            "Times a symbol cache reached its bound and was emptied.",
+            &[("", self.profile_symbol_cache_resets.load(Relaxed))],
+        );
+        family_f64(
+            out,
+            "apm_profile_symbolize_seconds_total",
+            "counter",
+            "Time the profiler spent symbolizing.",
+            self.profile_symbolize_ns.load(Relaxed) as f64 / 1e9,
+        );
+        family(
+            out,
             "apm_connections_tracked",
             "gauge",
             "Connections in the agent's table.",
@@ -228,6 +333,15 @@ impl Internal {
             &[("", self.programs_attached.load(Relaxed))],
         );
     }
+}
+
+/// Writes an unlabelled metric family with a fractional value.
+fn family_f64(out: &mut String, name: &str, kind: &str, help: &str, value: f64) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
 }
 
 /// Writes one metric family: HELP, TYPE, then its samples (`labels` without braces).

@@ -13,10 +13,14 @@ mod internal;
 mod metrics;
 mod pipeline;
 mod privileges;
+mod profile_cmd;
+mod profiles;
+mod profiling;
 mod protocols;
 mod request;
 mod routes;
 mod server;
+mod ui;
 
 use std::process::ExitCode;
 
@@ -39,6 +43,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        cli::Command::Profile(args) => match profile_cmd::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("apm-agent: {e}");
+                ExitCode::FAILURE
+            }
+        },
         cli::Command::Check => {
             if check::report(&check::run_checks()) {
                 ExitCode::SUCCESS

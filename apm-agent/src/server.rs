@@ -3,13 +3,22 @@ use std::sync::{Arc, Mutex, atomic::Ordering::Relaxed};
 
 use axum::{
     Router,
-    extract::State,
+    extract::{Query, State},
     http::{StatusCode, header},
     response::{Html, IntoResponse, Response},
     routing::get,
 };
+use serde::Deserialize;
 
-use crate::{ebpf::drain::lock, export::prometheus, internal::Internal, metrics::red::Red};
+use crate::{
+    ebpf::drain::lock,
+    export::prometheus,
+    internal::Internal,
+    metrics::red::Red,
+    profiles::{flamegraph, folded, pprof, store::Store},
+    profiling::unix_now,
+    ui,
+};
 
 /// What the handlers read.
 #[derive(Clone)]
@@ -17,6 +26,8 @@ pub struct Shared {
     pub red: Arc<Mutex<Red>>,
     pub internal: Arc<Internal>,
     pub window_secs: u64,
+    /// The continuous profile store (`None` when profiling is off).
+    pub profiles: Option<Arc<Mutex<Store>>>,
 }
 
 /// Serves until the listener fails or the future is dropped.
@@ -27,6 +38,11 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Shared) -> std::io
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/api/routes", get(routes))
+        .route("/profiles", get(profiles_page))
+        .route("/profiles/flamegraph.svg", get(profile_svg))
+        .route("/profiles/folded", get(profile_folded))
+        .route("/profiles/pprof", get(profile_pprof))
+        .route("/api/profiles/services", get(profile_services))
         .with_state(shared);
     axum::serve(listener, app).await
 }
@@ -71,6 +87,137 @@ async fn index() -> Html<&'static str> {
         "<!doctype html><title>apm-agent</title><h1>apm-agent</h1><ul>\
          <li><a href=\"/metrics\">/metrics</a> (Prometheus)</li>\
          <li><a href=\"/api/routes\">/api/routes</a> (busiest routes, last window, JSON)</li>\
+         <li><a href=\"/profiles\">/profiles</a> (CPU flame graphs per service)</li>\
          <li><a href=\"/healthz\">/healthz</a> &middot; <a href=\"/readyz\">/readyz</a></li></ul>",
     )
+}
+
+/// Time range and service of a profile query: `minutes` back from now (default 5), or
+/// `from`/`to` in Unix seconds.
+#[derive(Debug, Deserialize)]
+struct ProfileQuery {
+    service: Option<String>,
+    minutes: Option<u64>,
+    from: Option<u64>,
+    to: Option<u64>,
+}
+
+impl ProfileQuery {
+    fn minutes(&self) -> u64 {
+        self.minutes.unwrap_or(5).clamp(1, 1440)
+    }
+
+    fn range(&self) -> (u64, u64) {
+        match (self.from, self.to) {
+            (Some(from), Some(to)) if from <= to => (from, to),
+            _ => {
+                let now = unix_now();
+                (now.saturating_sub(self.minutes() * 60), now)
+            }
+        }
+    }
+}
+
+fn profiling_off() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        "profiling is off (started with --no-profiling)\n",
+    )
+        .into_response()
+}
+
+async fn profiles_page(State(s): State<Shared>, Query(q): Query<ProfileQuery>) -> Response {
+    let Some(store) = s.profiles else {
+        return profiling_off();
+    };
+    let (from, to) = q.range();
+    let (services, covered, frequency_hz) = {
+        let store = lock(&store);
+        (
+            store.services(from, to),
+            store.covered_secs(from, to),
+            store.frequency_hz(),
+        )
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Html(ui::profiles::render(&ui::profiles::ProfilesView {
+        minutes: q.minutes(),
+        covered_secs: covered as f64,
+        frequency_hz,
+        cpus,
+        services: &services,
+        selected: q.service.as_deref(),
+    }))
+    .into_response()
+}
+
+async fn profile_services(State(s): State<Shared>, Query(q): Query<ProfileQuery>) -> Response {
+    let Some(store) = s.profiles else {
+        return profiling_off();
+    };
+    let (from, to) = q.range();
+    let body = {
+        let store = lock(&store);
+        serde_json::json!({
+            "from": from,
+            "to": to,
+            "covered_secs": store.covered_secs(from, to),
+            "frequency_hz": store.frequency_hz(),
+            "services": store.services(from, to),
+            "store": store.stats(),
+        })
+    };
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// Queries the store, then renders off the async runtime (big profiles take a while).
+async fn render_profile(
+    s: Shared,
+    q: ProfileQuery,
+    content_type: &'static str,
+    render: fn(&crate::profiles::model::Profile, &str, &mut Vec<u8>) -> std::io::Result<()>,
+) -> Response {
+    let Some(store) = s.profiles else {
+        return profiling_off();
+    };
+    let (from, to) = q.range();
+    let profile = lock(&store).query(q.service.as_deref(), from, to);
+    let title = match &q.service {
+        Some(svc) => format!("{svc}: CPU, last {} min", q.minutes()),
+        None => format!("all services: CPU, last {} min", q.minutes()),
+    };
+    let rendered = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        render(&profile, &title, &mut out).map(|()| out)
+    })
+    .await;
+    match rendered {
+        Ok(Ok(body)) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "rendering failed\n").into_response(),
+    }
+}
+
+async fn profile_svg(State(s): State<Shared>, Query(q): Query<ProfileQuery>) -> Response {
+    render_profile(s, q, "image/svg+xml", |p, title, out| {
+        flamegraph::write_svg(p, title, out)
+    })
+    .await
+}
+
+async fn profile_folded(State(s): State<Shared>, Query(q): Query<ProfileQuery>) -> Response {
+    render_profile(s, q, "text/plain; charset=utf-8", |p, _, out| {
+        folded::write(p, out)
+    })
+    .await
+}
+
+async fn profile_pprof(State(s): State<Shared>, Query(q): Query<ProfileQuery>) -> Response {
+    render_profile(s, q, "application/octet-stream", |p, _, out| {
+        pprof::write(p, out)
+    })
+    .await
 }

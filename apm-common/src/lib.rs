@@ -28,6 +28,9 @@ pub mod kind {
     pub const PROC_EXEC: u32 = 4;
     /// A thread group ended ([`super::ProcEvent`]).
     pub const PROC_EXIT: u32 = 5;
+    /// The profiler sampled a thread group for the first time ([`super::ProcEvent`], on the
+    /// profiler's own ring buffer): the agent snapshots its memory maps while it is alive.
+    pub const PROC_SAMPLED: u32 = 6;
 }
 
 /// Direction of a data event from the observed process's point of view.
@@ -80,8 +83,34 @@ pub mod stat {
     pub const IOV_TRUNCATED: u32 = 2;
     /// Copying user memory failed: the event carries fewer captured bytes than it could.
     pub const READ_USER_FAILED: u32 = 3;
+    /// Profiler: samples taken of a (non-idle) thread.
+    pub const PROFILE_SAMPLES: u32 = 4;
+    /// Profiler: samples of an idle CPU (not attributed to any process).
+    pub const PROFILE_IDLE: u32 = 5;
+    /// Profiler: a stack hashed to a stack-map slot holding another stack (stack lost).
+    pub const PROFILE_STACK_COLLISIONS: u32 = 6;
+    /// Profiler: the stack map was full or the walk failed otherwise (stack lost).
+    pub const PROFILE_STACK_ERRORS: u32 = 7;
+    /// Profiler: the sample-count map was full (sample lost).
+    pub const PROFILE_COUNTS_FULL: u32 = 8;
+    /// Profiler: the known-process table was full (no early maps snapshot for that process).
+    pub const PROFILE_KNOWN_FULL: u32 = 9;
+    /// Profiler: the agent's ring buffer for first-sample events was full.
+    pub const PROFILE_EVENTS_LOST: u32 = 10;
     /// Number of counters.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 16;
+}
+
+/// Key of the profiler's sample counts: one (thread, user stack, kernel stack) combination.
+/// Stack ids are `bpf_get_stackid` results: negative when there is no stack (kernel threads
+/// have no user stack; kernel stacks can be turned off) or it was lost (the error code).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SampleKey {
+    pub tgid: u32,
+    pub pid: u32,
+    pub user_stack: i32,
+    pub kernel_stack: i32,
 }
 
 /// Key of the socket table: a file descriptor in a thread group.
@@ -175,6 +204,7 @@ const _: () = assert!(core::mem::size_of::<DataEventHeader>() == 48);
 const _: () = assert!(core::mem::size_of::<DataEventScratch>() == 48 + SCRATCH_PAYLOAD);
 const _: () = assert!(core::mem::size_of::<ConnEvent>() == 80);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 32);
+const _: () = assert!(core::mem::size_of::<SampleKey>() == 16);
 const _: () = assert!(MAX_CAPTURE.is_power_of_two());
 
 #[cfg(feature = "user")]
@@ -183,4 +213,6 @@ mod pod {
     unsafe impl aya::Pod for super::SockKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SockInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SampleKey {}
 }

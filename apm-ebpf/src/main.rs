@@ -9,6 +9,7 @@
 mod capture;
 mod maps;
 mod process;
+mod profiler;
 mod sockets;
 
 /// GPL-compatible licence: `bpf_probe_read_user` is a GPL-only helper.

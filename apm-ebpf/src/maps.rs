@@ -51,15 +51,22 @@ pub(crate) static SKIP_PEER_ADDR4: Global<u32> = Global::new(0);
 pub(crate) fn bump(index: u32) {
     if let Some(counter) = STATS.get_ptr_mut(index) {
         // Syscall tracepoints may run preemptibly on this kernel, so two programs can race on
-        // one CPU's slot: use the BPF atomic add (core has no atomic RMW for this target).
-        // SAFETY: the pointer comes from a successful per-CPU array lookup of a u64 slot.
-        unsafe {
-            core::arch::asm!(
-                "lock *(u64 *)({p} + 0) += {v}",
-                p = in(reg) counter,
-                v = in(reg) 1u64,
-            );
-        }
+        // one CPU's slot.
+        atomic_add(counter, 1);
+    }
+}
+
+/// Atomic `*counter += v` on a map value (the BPF atomic add instruction: core has no atomic
+/// read-modify-write for this target).
+#[inline(always)]
+pub(crate) fn atomic_add(counter: *mut u64, v: u64) {
+    // SAFETY: callers pass a pointer from a successful map lookup of a u64 value.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({p} + 0) += {v}",
+            p = in(reg) counter,
+            v = in(reg) v,
+        );
     }
 }
 

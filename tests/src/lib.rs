@@ -3,8 +3,10 @@
 //! the servers are the real ones.
 pub mod agent;
 pub mod net;
+pub mod profile;
 pub mod prom;
 pub mod servers;
+pub mod workloads;
 
 /// Should a root-only integration test run? As root: yes. Not root: when `APM_INTEGRATION`
 /// is `require` (CI, `cargo xtask test` as root) the test fails; otherwise it is skipped with a

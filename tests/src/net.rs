@@ -30,46 +30,56 @@ pub fn wait_port(port: u16, timeout: Duration) -> Result<()> {
 
 /// GET `path` on 127.0.0.1:`port` with `Connection: close`; returns (status, body).
 pub fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    let (status, body) = http_get_bytes(port, path)?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Like [`http_get`], the body as bytes.
+pub fn http_get_bytes(port: u16, path: &str) -> Result<(u16, Vec<u8>)> {
     let mut s =
         TcpStream::connect(("127.0.0.1", port)).with_context(|| format!("connect :{port}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").context("no header end")?;
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no header end")?;
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let body = &raw[end + 4..];
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .context("no status")?;
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
+    let chunked = head.contains("transfer-encoding: chunked");
     Ok((
         status,
         if chunked {
             dechunk(body)
         } else {
-            body.to_owned()
+            body.to_vec()
         },
     ))
 }
 
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = body.windows(2).position(|w| w == b"\r\n") {
+        let size = String::from_utf8_lossy(&body[..eol]);
         let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
             break;
         };
+        let rest = &body[eol + 2..];
         if n == 0 || rest.len() < n {
             break;
         }
-        out.push_str(&rest[..n]);
-        body = rest.get(n + 2..).unwrap_or("");
+        out.extend_from_slice(&rest[..n]);
+        body = rest.get(n + 2..).unwrap_or(&[]);
     }
     out
 }

@@ -18,8 +18,8 @@ use tests::{
 };
 
 const WAIT: Duration = Duration::from_secs(20);
-/// Kernel programs the agent attaches.
-const PROGRAMS: usize = 4;
+/// Kernel programs the agent attaches: four for sockets and processes, one for the profiler.
+const PROGRAMS: usize = 5;
 
 #[test]
 fn check_reports_every_feature_and_passes_here() -> Result<()> {
@@ -123,8 +123,25 @@ fn the_agents_own_endpoints_are_not_counted() -> Result<()> {
     Ok(())
 }
 
-/// Our programs currently loaded in the kernel (by name, as bpftool lists them).
-fn our_programs() -> Result<usize> {
+/// Ids of the BPF programs process `pid` holds: program and link file descriptors show
+/// `prog_id:` in their `/proc/<pid>/fdinfo` entry.
+fn programs_of(pid: u32) -> Result<Vec<u64>> {
+    let mut ids: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))?
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// Ids of every loaded program (bpftool).
+fn loaded_programs() -> Result<Vec<u64>> {
     let out = Command::new("bpftool")
         .args(["-j", "prog", "show"])
         .output()
@@ -132,21 +149,22 @@ fn our_programs() -> Result<usize> {
     let progs: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     Ok(progs
         .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| p.get("name").and_then(|n| n.as_str()))
-                .filter(|n| n.starts_with("apm_"))
-                .count()
-        })
-        .unwrap_or(0))
+        .map(|a| a.iter().filter_map(|p| p.get("id")?.as_u64()).collect())
+        .unwrap_or_default())
 }
 
-fn wait_programs(want: usize) -> Result<usize> {
+/// Waits until none of `ids` is loaded any more; returns those still there.
+fn wait_gone(ids: &[u64]) -> Result<Vec<u64>> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let n = our_programs()?;
-        if n == want || Instant::now() > deadline {
-            return Ok(n);
+        let loaded = loaded_programs()?;
+        let left: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|id| loaded.contains(id))
+            .collect();
+        if left.is_empty() || Instant::now() > deadline {
+            return Ok(left);
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -157,13 +175,9 @@ fn sigterm_detaches_and_sigkill_leaves_nothing_attached() -> Result<()> {
     if !require_root("sigterm_detaches_and_sigkill_leaves_nothing_attached") {
         return Ok(());
     }
-    let baseline = our_programs()?;
     let mut agent = Agent::start(&[])?;
-    assert_eq!(
-        our_programs()?,
-        baseline + PROGRAMS,
-        "programs while running"
-    );
+    let ids = programs_of(agent.pid())?;
+    assert_eq!(ids.len(), PROGRAMS, "programs held while running: {ids:?}");
     let status = agent.signal_and_wait(libc::SIGTERM, Duration::from_secs(15))?;
     assert!(
         status.success(),
@@ -172,23 +186,24 @@ fn sigterm_detaches_and_sigkill_leaves_nothing_attached() -> Result<()> {
     );
     assert!(agent.log().contains("detaching"), "{}", agent.log());
     assert_eq!(
-        wait_programs(baseline)?,
-        baseline,
+        wait_gone(&ids)?,
+        Vec::<u64>::new(),
         "programs left after SIGTERM"
     );
 
     let mut agent = Agent::start(&[])?;
-    assert_eq!(our_programs()?, baseline + PROGRAMS);
+    let ids = programs_of(agent.pid())?;
+    assert_eq!(ids.len(), PROGRAMS);
     agent.signal_and_wait(libc::SIGKILL, Duration::from_secs(15))?;
     assert_eq!(
-        wait_programs(baseline)?,
-        baseline,
+        wait_gone(&ids)?,
+        Vec::<u64>::new(),
         "programs left after SIGKILL"
     );
 
     // And it starts again.
     let agent = Agent::start(&[])?;
-    assert_eq!(our_programs()?, baseline + PROGRAMS);
+    assert_eq!(programs_of(agent.pid())?.len(), PROGRAMS);
     drop(agent);
     Ok(())
 }

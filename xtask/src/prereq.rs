@@ -17,6 +17,14 @@ const TEST_PACKAGES: &[&str] = &[
     "bpftool",
     "util-linux",
     "procps",
+    // Profiler tests: the workload is built with gcc; binutils (strip, readelf, addr2line)
+    // check stripped frames; the SVG is opened in Chromium and read back with tesseract;
+    // the pprof file is read by `go tool pprof`.
+    "gcc",
+    "binutils",
+    "chromium",
+    "tesseract-ocr",
+    "golang-go",
 ];
 /// bpf-linker version known to build against Debian's LLVM 22 (see ../shared/PLATFORM.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -72,7 +72,12 @@ pub fn from_command(exe_name: Option<&str>, args: &[&str]) -> Option<String> {
         exe,
         "node" | "nodejs" | "ruby" | "perl" | "php" | "bash" | "sh" | "dash" | "deno" | "bun"
     ) {
-        first_positional(rest, &[]).map(script_name)
+        // `sh -c CMD`, `node -e CODE`: inline code, no script to name the service after.
+        if rest.iter().any(|a| matches!(*a, "-c" | "-e" | "--eval")) {
+            None
+        } else {
+            first_positional(rest, &[]).map(script_name)
+        }
     } else {
         None
     };
@@ -172,7 +177,7 @@ mod tests {
 
     #[test]
     fn readable_names_from_commands() {
-        let cases: [(Option<&str>, &[&str], &str); 9] = [
+        let cases: [(Option<&str>, &[&str], &str); 10] = [
             (Some("python3.11"), &["python3", "app.py"], "app"),
             (
                 Some("python3.11"),
@@ -206,6 +211,7 @@ mod tests {
                 "index",
             ),
             (None, &["/usr/local/bin/envoy", "-c", "x"], "envoy"),
+            (Some("dash"), &["sh", "-c", "sleep 3"], "dash"),
         ];
         for (exe, args, want) in cases {
             assert_eq!(from_command(exe, args).as_deref(), Some(want), "{args:?}");

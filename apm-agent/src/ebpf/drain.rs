@@ -38,6 +38,18 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Waits until `fd` is readable or `timeout` passes (an interrupted wait returns early).
+pub fn wait_readable(fd: std::os::fd::RawFd, timeout: Duration) {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut pfd, 1, ms) };
+}
+
 /// Kernel monotonic clock, the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -53,17 +65,10 @@ impl Drain {
     /// Runs until `stop` is set.
     pub fn run(mut self) {
         let fd = self.maps.events.as_raw_fd();
-        let timeout = self.poll_interval.as_millis().min(1000) as i32;
         let mut last_housekeeping = Instant::now();
         let mut last_sweep = Instant::now();
         while !self.stop.load(Relaxed) {
-            let mut pfd = libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd. Errors (EINTR) just mean draining early.
-            unsafe { libc::poll(&mut pfd, 1, timeout) };
+            wait_readable(fd, self.poll_interval.min(Duration::from_secs(1)));
             self.drain_batch();
             self.apply_kernel_ops();
             if last_housekeeping.elapsed() >= Duration::from_secs(1) {

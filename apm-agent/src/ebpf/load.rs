@@ -51,6 +51,8 @@ pub enum LoadError {
     },
     #[error("ring buffer size {0} must be a power of two and at least one page (4096)")]
     RingSize(u32),
+    #[error("listing online CPUs: {0}")]
+    Cpus(#[source] std::io::Error),
 }
 
 /// What the loader needs from the configuration.
@@ -64,6 +66,21 @@ pub struct LoadOptions {
     pub max_sockets: u32,
     /// The agent's own listener: clients connecting to it are not tracked.
     pub listen: Option<SocketAddr>,
+    /// Profiler map sizes and switches; `None`: the profiler is not used and its maps are
+    /// created with one entry each.
+    pub profiler: Option<ProfilerLoad>,
+}
+
+/// Load-time settings of the profiler.
+#[derive(Debug, Clone, Copy)]
+pub struct ProfilerLoad {
+    /// Entries of each of the two sample-count maps.
+    pub count_entries: u32,
+    /// Entries of each of the two stack maps (about 1 KiB of kernel memory each).
+    pub stack_entries: u32,
+    pub kernel_stacks: bool,
+    /// Sample only the thread groups put in `PROFILE_PIDS`.
+    pub pid_filter: bool,
 }
 
 /// The maps the agent reads and writes while running.
@@ -75,8 +92,8 @@ pub struct KernelMaps {
 
 /// The loaded object; its programs stay attached until it is dropped.
 pub struct Probes {
-    bpf: Ebpf,
-    attached: Vec<&'static str>,
+    pub(super) bpf: Ebpf,
+    pub(super) attached: Vec<&'static str>,
 }
 
 impl Probes {
@@ -101,14 +118,28 @@ impl Probes {
             ),
             None => (0, 0),
         };
+        let profiler = opts.profiler.unwrap_or(ProfilerLoad {
+            count_entries: 1,
+            stack_entries: 1,
+            kernel_stacks: false,
+            pid_filter: false,
+        });
+        let kernel_stacks = u32::from(profiler.kernel_stacks);
+        let pid_filter = u32::from(profiler.pid_filter);
         let bpf = EbpfLoader::new()
             .override_global("AGENT_TGID", &opts.agent_tgid, true)
             .override_global("CAPTURE_BYTES", &capture, true)
             .override_global("WAKEUP_BYTES", &wakeup, true)
             .override_global("SKIP_PEER_PORT", &skip_port, true)
             .override_global("SKIP_PEER_ADDR4", &skip_addr4, true)
+            .override_global("PROFILE_KERNEL_STACKS", &kernel_stacks, true)
+            .override_global("PROFILE_PID_FILTER", &pid_filter, true)
             .map_max_entries("EVENTS", ring)
             .map_max_entries("SOCKETS", opts.max_sockets)
+            .map_max_entries("PROFILE_COUNTS_0", profiler.count_entries)
+            .map_max_entries("PROFILE_COUNTS_1", profiler.count_entries)
+            .map_max_entries("PROFILE_STACKS_0", profiler.stack_entries)
+            .map_max_entries("PROFILE_STACKS_1", profiler.stack_entries)
             .load(OBJECT)
             .map_err(|e| LoadError::Object(Box::new(e)))?;
         Ok(Self {
@@ -163,24 +194,22 @@ impl Probes {
 
     /// Takes the maps the running agent works with (once).
     pub fn take_maps(&mut self) -> Result<KernelMaps, LoadError> {
-        let mut take =
-            |name: &'static str| self.bpf.take_map(name).ok_or(LoadError::MissingMap(name));
-        let events = take("EVENTS")?;
-        let sockets = take("SOCKETS")?;
-        let stats = take("STATS")?;
         Ok(KernelMaps {
-            events: RingBuf::try_from(events).map_err(|source| LoadError::Map {
-                name: "EVENTS",
-                source: Box::new(source),
-            })?,
-            sockets: HashMap::try_from(sockets).map_err(|source| LoadError::Map {
-                name: "SOCKETS",
-                source: Box::new(source),
-            })?,
-            stats: PerCpuArray::try_from(stats).map_err(|source| LoadError::Map {
-                name: "STATS",
-                source: Box::new(source),
-            })?,
+            events: self.typed_map("EVENTS")?,
+            sockets: self.typed_map("SOCKETS")?,
+            stats: self.typed_map("STATS")?,
+        })
+    }
+
+    /// Takes map `name` out of the object as its typed aya wrapper.
+    pub(super) fn typed_map<T>(&mut self, name: &'static str) -> Result<T, LoadError>
+    where
+        T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self.bpf.take_map(name).ok_or(LoadError::MissingMap(name))?;
+        T::try_from(map).map_err(|source| LoadError::Map {
+            name,
+            source: Box::new(source),
         })
     }
 }

@@ -3,9 +3,10 @@
 //! records. Nothing outside this module knows about eBPF.
 pub mod decode;
 pub mod load;
+pub mod profiler;
 pub mod seed;
 pub mod tracefs;
 
 pub mod drain;
 
-pub use load::{KernelMaps, LoadError, LoadOptions, Probes};
+pub use load::{KernelMaps, LoadError, LoadOptions, Probes, ProfilerLoad};

@@ -1,0 +1,11 @@
+//! The continuous CPU profiler, from drained kernel samples to flame graphs: process memory
+//! maps, symbolization (blazesym), one profile model, and the outputs (folded stacks, SVG,
+//! pprof) and the bounded store behind the web UI. Nothing here knows about aya.
+pub mod collector;
+pub mod flamegraph;
+pub mod folded;
+pub mod maps;
+pub mod model;
+pub mod pprof;
+pub mod store;
+pub mod symbolize;
