@@ -192,6 +192,7 @@ pub fn run(cfg: Config) -> Result<(), AgentError> {
             let (internal, stop) = (internal.clone(), stop.clone());
             let every = Duration::from_secs(cfg.profile_drain_secs);
             let max_processes = cfg.max_processes;
+            let debug_info = cfg.profile_debug_info;
             let filter = ProcessFilter {
                 pids: cfg.profile_pids.clone(),
                 executables: cfg.profile_executables.clone(),
@@ -202,7 +203,7 @@ pub fn run(cfg: Config) -> Result<(), AgentError> {
                     .name("apm-profiler".to_owned())
                     .spawn(move || {
                         // The symbolizer is not Send: it is made here, in its thread.
-                        let sampler = Sampler::new(pmaps, max_processes, filter);
+                        let sampler = Sampler::new(pmaps, max_processes, filter, debug_info);
                         profiling::run_continuous(sampler, store, internal, stop, every);
                     })
                     .map_err(AgentError::Runtime)?,

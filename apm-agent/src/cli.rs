@@ -66,6 +66,10 @@ pub struct ProfileArgs {
     /// Sample on hardware CPU cycles instead of the software CPU clock (needs a PMU).
     #[arg(long)]
     pub cycles: bool,
+    /// Also use DWARF and separate debug files (/usr/lib/debug) for names: richer for
+    /// stripped system libraries, more memory.
+    #[arg(long)]
+    pub debug_info: bool,
 }
 
 /// `30s`, `2m`, `1500ms`, `1h`, or plain seconds.

@@ -308,7 +308,7 @@ impl Internal {
             out,
             "apm_profile_symbolize_seconds_total",
             "counter",
-            "Time the profiler spent symbolizing.",
+            "CPU time the profiler spent symbolizing.",
             self.profile_symbolize_ns.load(Relaxed) as f64 / 1e9,
         );
         family(

@@ -80,6 +80,7 @@ pub fn run(args: &ProfileArgs) -> Result<(), ProfileError> {
             executables: args.executables.clone(),
             services: args.services.clone(),
         },
+        args.debug_info,
     );
     let mut profile = Profile::new(args.frequency, unix_now() * 1_000_000_000);
     let started = Instant::now();

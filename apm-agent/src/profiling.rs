@@ -44,10 +44,15 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    pub fn new(maps: ProfilerMaps, max_processes: usize, filter: ProcessFilter) -> Self {
+    pub fn new(
+        maps: ProfilerMaps,
+        max_processes: usize,
+        filter: ProcessFilter,
+        debug_info: bool,
+    ) -> Self {
         Self {
             maps,
-            collector: Collector::new(max_processes),
+            collector: Collector::new(max_processes, debug_info),
             filter,
             symbolize_ns: 0,
         }
@@ -68,9 +73,10 @@ impl Sampler {
             self.collector.on_new_process(tgid, &comm);
         }
         let raw = self.maps.drain()?;
-        let started = Instant::now();
+        // CPU time, not wall time: on a busy host this thread waits for a CPU meanwhile.
+        let started = thread_cpu_ns();
         let mut samples = self.collector.symbolize(&raw);
-        self.symbolize_ns += started.elapsed().as_nanos() as u64;
+        self.symbolize_ns += thread_cpu_ns().saturating_sub(started);
         samples.retain(|s| self.filter.keeps(s));
         Ok(samples)
     }
@@ -89,6 +95,17 @@ impl Sampler {
     pub fn symbolizer_stats(&self) -> crate::profiles::symbolize::SymbolizerStats {
         self.collector.symbolizer().stats()
     }
+}
+
+/// CPU time used by the calling thread, in nanoseconds.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Seconds since the Unix epoch.

@@ -33,6 +33,7 @@ fn build() -> Result<Workload> {
         .args([
             "-O2",
             "-g",
+            "-pthread",
             "-fno-omit-frame-pointer",
             "-fno-inline",
             "-fno-ipa-icf",
@@ -56,6 +57,18 @@ fn build() -> Result<Workload> {
         bail!("strip failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(Workload { binary, stripped })
+}
+
+/// Runs `binary spin SECONDS THREADS`: returns the work units done (throughput).
+pub fn spin(binary: &Path, seconds: f64, threads: u32) -> Result<u64> {
+    let out = Command::new(binary)
+        .args(["spin", &seconds.to_string(), &threads.to_string()])
+        .output()
+        .with_context(|| format!("running {}", binary.display()))?;
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .with_context(|| format!("no unit count from {}", binary.display()))
 }
 
 /// Runs `binary MODE SECONDS` as service `service`; returns the CPU seconds it reports.

@@ -6,10 +6,14 @@
  *                           that function, so its frame is the user leaf under the kernel's)
  *   split deep SECONDS      call chains through 8 functions chosen by the bits of a counter:
  *                           8^depth distinct stacks (for the profile store's budget)
+ *   split spin SECONDS N    N threads run hot_alpha for SECONDS of wall time; prints the work
+ *                           units done (throughput, for the profiler's overhead benchmark)
  *
  * Build with frame pointers: gcc -O2 -g -fno-omit-frame-pointer -fno-inline -fno-ipa-icf
  */
 #include <fcntl.h>
+#include <pthread.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,6 +71,26 @@ __attribute__((noinline)) unsigned long dispatch(unsigned depth, unsigned long p
     }
 }
 
+static double wall_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+struct spin {
+    double until;
+    unsigned long units;
+};
+
+static void *spin_thread(void *arg) {
+    struct spin *s = arg;
+    while (wall_seconds() < s->until) {
+        hot_alpha(UNIT / 10);
+        s->units++;
+    }
+    return NULL;
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) {
         fprintf(stderr, "usage: %s cpu|syscalls|deep SECONDS\n", argv[0]);
@@ -87,6 +111,23 @@ int main(int argc, char **argv) {
     } else if (strcmp(argv[1], "deep") == 0) {
         unsigned long n = 0;
         while (cpu_seconds() < seconds) sink += dispatch(8 + n % 8, n * 0x9E3779B97F4A7C15UL), n++;
+    } else if (strcmp(argv[1], "spin") == 0 && argc > 3) {
+        int n = atoi(argv[3]);
+        if (n < 1 || n > 256) return 2;
+        pthread_t threads[256];
+        struct spin spins[256];
+        double until = wall_seconds() + seconds;
+        for (int i = 0; i < n; i++) {
+            spins[i] = (struct spin){until, 0};
+            pthread_create(&threads[i], NULL, spin_thread, &spins[i]);
+        }
+        unsigned long units = 0;
+        for (int i = 0; i < n; i++) {
+            pthread_join(threads[i], NULL);
+            units += spins[i].units;
+        }
+        printf("%lu\n", units);
+        return 0;
     } else {
         return 2;
     }

@@ -25,6 +25,8 @@ const TEST_PACKAGES: &[&str] = &[
     "chromium",
     "tesseract-ocr",
     "golang-go",
+    // Profiler benchmark: perf record as the reference profiler.
+    "linux-perf",
 ];
 /// bpf-linker version known to build against Debian's LLVM 22 (see ../shared/PLATFORM.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";

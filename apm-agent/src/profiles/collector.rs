@@ -45,10 +45,10 @@ pub struct Collector {
 }
 
 impl Collector {
-    /// `budget`: processes remembered at once.
-    pub fn new(budget: usize) -> Self {
+    /// `budget`: processes remembered at once; `debug_info`: see [`Symbolizer::new`].
+    pub fn new(budget: usize, debug_info: bool) -> Self {
         Self {
-            symbolizer: Symbolizer::new(),
+            symbolizer: Symbolizer::new(debug_info),
             processes: HashMap::new(),
             budget,
             overflowed: 0,
