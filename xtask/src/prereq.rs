@@ -23,6 +23,8 @@ const TEST_PACKAGES: &[&str] = &[
     "gcc",
     "binutils",
     "chromium",
+    // Chromium only recommends fonts: without one the flame graph's text does not render.
+    "fonts-dejavu-core",
     "tesseract-ocr",
     "golang-go",
     // Profiler benchmark: perf record as the reference profiler.
