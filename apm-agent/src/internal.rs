@@ -37,7 +37,7 @@ impl ProtocolCounters {
 /// All of the agent's own counters. Shared between the event thread and the listener.
 #[derive(Debug, Default)]
 pub struct Internal {
-    pub events_read: [AtomicU64; 5],
+    pub events_read: [AtomicU64; 6],
     pub decode_errors: AtomicU64,
     pub unknown_kinds: AtomicU64,
     pub bytes_captured: AtomicU64,

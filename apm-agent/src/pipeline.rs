@@ -9,12 +9,12 @@ use std::{net::SocketAddr, sync::atomic::Ordering::Relaxed};
 use apm_common::{ConnEvent, ProcEvent, SockKey};
 
 use crate::{
-    conn::{ConnState, ConnTable, Connection, peer_addr},
+    conn::{ConnState, ConnTable, Connection, Endpoints, peer_addr},
     discovery::processes::Processes,
     ebpf::decode::{DataEvent, Event, comm_str, kind_index},
     internal::Internal,
     metrics::red::{Red, split_host},
-    protocols::{Detection, ParseStats, Parser, Segment},
+    protocols::{Detection, ParseStats, Parser, ParserOut, Segment},
     request::{Request, Side, Trust},
 };
 
@@ -44,11 +44,11 @@ pub struct Pipeline {
     conns: ConnTable,
     procs: Processes,
     /// Parser output, reused.
-    out: Vec<Request>,
+    out: ParserOut,
     stats: ParseStats,
     /// Events per kind and bytes captured since the last publish (counted locally: the hot
     /// path does no atomic operation per event).
-    events: [u64; 5],
+    events: [u64; 6],
     bytes_captured: u64,
     ops: KernelOps,
 }
@@ -59,9 +59,9 @@ impl Pipeline {
             conns: ConnTable::new(cfg.max_connections),
             procs: Processes::new(cfg.max_processes),
             cfg,
-            out: Vec::new(),
+            out: ParserOut::default(),
             stats: ParseStats::default(),
-            events: [0; 5],
+            events: [0; 6],
             bytes_captured: 0,
             ops: KernelOps::default(),
         }
@@ -81,6 +81,23 @@ impl Pipeline {
                 self.procs.get_or_resolve(p.tgid, comm_str(&p.comm));
             }
             Event::ProcExit(p) => self.on_exit(&p, red),
+            Event::ConnTuple(t) => {
+                // Sent just before the connection's first data: for a connection opened
+                // before the agent started, this creates its entry.
+                let conn = self
+                    .conns
+                    .get_or_insert_with(t.tgid, t.fd, || Connection::new(0, None, [0; 16], 0));
+                if let Ok(conn) = conn
+                    && (conn.id == 0 || conn.id == t.id)
+                {
+                    conn.endpoints = Some(Endpoints::from_kernel(
+                        t.local_addr,
+                        t.local_port,
+                        t.remote_addr,
+                        t.remote_port,
+                    ));
+                }
+            }
         }
     }
 
@@ -147,7 +164,9 @@ impl Pipeline {
             conn.state = ConnState::Ignored;
             self.ops.mute.push((key(h.tgid, h.fd), conn.id));
         }
-        if !self.out.is_empty() {
+        // Request starts feed trace assembly (not built yet): nothing consumes them here.
+        self.out.started.clear();
+        if !self.out.done.is_empty() {
             let (peer, comm) = (conn.peer, conn.comm);
             record(
                 &mut self.procs,
@@ -156,7 +175,7 @@ impl Pipeline {
                 h.tgid,
                 peer,
                 &comm,
-                &mut self.out,
+                &mut self.out.done,
             );
         }
     }
@@ -200,7 +219,7 @@ impl Pipeline {
                 tgid,
                 conn.peer,
                 &conn.comm,
-                &mut self.out,
+                &mut self.out.done,
             );
         }
     }
@@ -216,7 +235,8 @@ impl Pipeline {
                 continue;
             }
             parser.on_idle(&mut self.out);
-            if !self.out.is_empty() {
+            self.out.started.clear();
+            if !self.out.done.is_empty() {
                 record(
                     &mut self.procs,
                     &mut self.stats,
@@ -224,7 +244,7 @@ impl Pipeline {
                     tgid,
                     conn.peer,
                     &conn.comm,
-                    &mut self.out,
+                    &mut self.out.done,
                 );
             }
         }

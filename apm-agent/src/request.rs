@@ -93,6 +93,59 @@ impl Trust {
     }
 }
 
+/// A W3C `traceparent` header: the caller's trace and span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TraceParent {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// Trace flags; bit 0 is "sampled".
+    pub flags: u8,
+}
+
+impl TraceParent {
+    /// Parses `version-traceid-parentid-flags` (version 00, or a later one read as 00, per
+    /// the W3C rules). All-zero ids and malformed values are rejected.
+    pub fn parse(value: &[u8]) -> Option<Self> {
+        let value = std::str::from_utf8(value).ok()?.trim();
+        let mut parts = value.split('-');
+        let version = parts.next()?;
+        let trace = parts.next()?;
+        let span = parts.next()?;
+        let flags = parts.next()?;
+        if version.len() != 2 || version == "ff" || (version == "00" && parts.next().is_some()) {
+            return None;
+        }
+        let mut trace_id = [0u8; 16];
+        let mut span_id = [0u8; 8];
+        hex_into(trace, &mut trace_id)?;
+        hex_into(span, &mut span_id)?;
+        let mut f = [0u8; 1];
+        hex_into(flags, &mut f)?;
+        if trace_id == [0; 16] || span_id == [0; 8] {
+            return None;
+        }
+        Some(Self {
+            trace_id,
+            span_id,
+            flags: f[0],
+        })
+    }
+}
+
+/// Lower-case hex of exactly `out.len()` bytes.
+fn hex_into(s: &str, out: &mut [u8]) -> Option<()> {
+    let b = s.as_bytes();
+    if b.len() != out.len() * 2 {
+        return None;
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        let hi = (b[2 * i] as char).to_digit(16)?;
+        let lo = (b[2 * i + 1] as char).to_digit(16)?;
+        *o = (hi * 16 + lo) as u8;
+    }
+    Some(())
+}
+
 /// The HTTP part of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpInfo {
@@ -105,6 +158,12 @@ pub struct HttpInfo {
     pub version_minor: u8,
     /// `Host` header (client side: it names the server, `server.address`/`server.port`).
     pub host: Option<String>,
+    /// `User-Agent` header (allow-listed: `user_agent.original`), bounded.
+    pub user_agent: Option<String>,
+    /// W3C trace context the request carried.
+    pub traceparent: Option<TraceParent>,
+    /// `tracestate` kept with it, bounded.
+    pub tracestate: Option<String>,
 }
 
 /// One completed exchange.
@@ -118,14 +177,63 @@ pub struct Request {
     /// brought the response's last bytes.
     pub start_ns: u64,
     pub end_ns: u64,
-    /// Thread that handled the request (server) or sent it (client).
+    /// Thread that read the request (server) or wrote it (client).
     pub tid: u32,
+    /// Index of this request on its connection (0 for the first one observed): pairs the two
+    /// ends of a same-host connection, the n-th request of one with the n-th of the other.
+    pub seq: u64,
     pub trust: Trust,
     pub http: HttpInfo,
+}
+
+/// A request whose head was just parsed: reported before it completes, so that its span
+/// exists when the calls it makes (and the servers they reach) are seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Started {
+    pub side: Side,
+    pub seq: u64,
+    pub tid: u32,
+    pub start_ns: u64,
+    pub traceparent: Option<TraceParent>,
 }
 
 impl Request {
     pub fn duration_ns(&self) -> u64 {
         self.end_ns.saturating_sub(self.start_ns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_parsing() {
+        let tp = TraceParent::parse(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let tp = tp.expect("valid");
+        assert_eq!(tp.trace_id[0], 0x4b);
+        assert_eq!(tp.span_id[7], 0xb7);
+        assert_eq!(tp.flags & 1, 1);
+        // A later version with extra fields is read as version 00.
+        assert!(
+            TraceParent::parse(b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-x")
+                .is_some()
+        );
+        for bad in [
+            &b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"[..],
+            b"00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            b"00-zzf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            b"garbage",
+            b"\xff\xfe",
+        ] {
+            assert!(
+                TraceParent::parse(bad).is_none(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }

@@ -31,6 +31,9 @@ pub mod kind {
     /// The profiler sampled a thread group for the first time ([`super::ProcEvent`], on the
     /// profiler's own ring buffer): the agent snapshots its memory maps while it is alive.
     pub const PROC_SAMPLED: u32 = 6;
+    /// The local and remote endpoints of a tracked TCP connection ([`super::TupleEvent`]),
+    /// sent once per connection with its first data.
+    pub const CONN_TUPLE: u32 = 7;
 }
 
 /// Direction of a data event from the observed process's point of view.
@@ -70,6 +73,8 @@ pub mod sock_flags {
     /// The agent gave up on this connection (not a protocol it understands): the kernel stops
     /// copying its bytes, so unclassified traffic costs one map lookup per syscall.
     pub const MUTED: u32 = 1;
+    /// The connection's endpoints were sent (or cannot be: not IPv4 TCP).
+    pub const TUPLE_DONE: u32 = 2;
 }
 
 /// Indices of the per-CPU kernel counters (`STATS` map). The agent sums them over CPUs and
@@ -188,6 +193,35 @@ pub struct ConnEvent {
     pub comm: [u8; 16],
 }
 
+/// A [`kind::CONN_TUPLE`] record: both endpoints of a tracked IPv4 TCP connection, as the
+/// kernel's socket has them (so that the two ends of a same-host connection can be paired).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TupleEvent {
+    pub kind: u32,
+    pub tgid: u32,
+    pub fd: u32,
+    /// Ports in host byte order.
+    pub local_port: u32,
+    pub remote_port: u32,
+    /// IPv4 addresses in network byte order.
+    pub local_addr: u32,
+    pub remote_addr: u32,
+    pub _pad: u32,
+    /// The socket's [`SockInfo::id`].
+    pub id: u64,
+}
+
+/// Per-CPU note of the last socket a thread sent or received on (written by the
+/// `sock_send_length`/`sock_recv_length` programs, read by the syscall-exit program).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LastSock {
+    pub pid_tgid: u64,
+    /// `struct sock *`, only ever read through `bpf_probe_read_kernel`.
+    pub sk: u64,
+}
+
 /// A [`kind::PROC_EXEC`] or [`kind::PROC_EXIT`] record.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -205,6 +239,8 @@ const _: () = assert!(core::mem::size_of::<DataEventScratch>() == 48 + SCRATCH_P
 const _: () = assert!(core::mem::size_of::<ConnEvent>() == 80);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 32);
 const _: () = assert!(core::mem::size_of::<SampleKey>() == 16);
+const _: () = assert!(core::mem::size_of::<TupleEvent>() == 40);
+const _: () = assert!(core::mem::size_of::<LastSock>() == 16);
 const _: () = assert!(MAX_CAPTURE.is_power_of_two());
 
 #[cfg(feature = "user")]

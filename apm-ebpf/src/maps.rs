@@ -1,6 +1,6 @@
 //! Maps and load-time settings shared by every program. Sizes here are defaults; the agent
 //! overrides them at load time from its configuration (`EbpfLoader::map_max_entries`).
-use apm_common::{DataEventScratch, SockInfo, SockKey, stat};
+use apm_common::{DataEventScratch, LastSock, SockInfo, SockKey, stat};
 use aya_ebpf::{
     Global,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -17,6 +17,10 @@ pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 /// not in here returns after one lookup, so file I/O costs almost nothing.
 #[map]
 pub(crate) static SOCKETS: HashMap<SockKey, SockInfo> = HashMap::with_max_entries(65_536, 0);
+
+/// The last socket each CPU's current thread sent or received on (see `sockets::note_sock`).
+#[map]
+pub(crate) static LAST_SOCK: PerCpuArray<LastSock> = PerCpuArray::with_max_entries(1, 0);
 
 /// Where a data record is assembled: the BPF stack (512 bytes) is far too small.
 #[map]

@@ -13,11 +13,15 @@
 //! remove a newer socket that another thread just received under the same number.
 //!
 //! x86-64 only for now: syscall numbers and the register layout are per architecture.
-use apm_common::{ConnEvent, SockInfo, SockKey, direction, kind, role, sock_flags, stat, syscall};
+use apm_common::{
+    ConnEvent, LastSock, SockInfo, SockKey, TupleEvent, direction, kind, role, sock_flags, stat,
+    syscall,
+};
 use aya_ebpf::{
     bindings::{BPF_ANY, pt_regs},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user,
     },
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
@@ -25,7 +29,7 @@ use aya_ebpf::{
 
 use crate::{
     capture::{Buffer, Moved, emit_data},
-    maps::{AGENT_TGID, SKIP_PEER_ADDR4, SKIP_PEER_PORT, SOCKETS, bump, output},
+    maps::{AGENT_TGID, LAST_SOCK, SKIP_PEER_ADDR4, SKIP_PEER_PORT, SOCKETS, bump, output},
 };
 
 #[cfg(not(bpf_target_arch = "x86_64"))]
@@ -142,6 +146,9 @@ fn on_data(regs: *const pt_regs, ret: i64, sc: u32, dir: u32, layout: Layout) {
     };
     if info.flags & sock_flags::MUTED != 0 {
         return;
+    }
+    if info.flags & sock_flags::TUPLE_DONE == 0 {
+        send_tuple(tgid, fd, *info);
     }
     let buffer = match layout {
         Layout::Plain => Buffer::Plain(a.a1),
@@ -336,5 +343,93 @@ fn on_close(fd: u64) {
         id: info.id,
         addr: [0; 16],
         comm: [0; 16],
+    });
+}
+
+// ---- connection endpoints -----------------------------------------------------------------
+
+/// `sock_send_length` / `sock_recv_length` run inside every socket send and receive, in the
+/// caller's context, with the `struct sock`: note it for this CPU, so that the syscall-exit
+/// program of the same call can read the connection's endpoints.
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn apm_sock_send(ctx: BtfTracePointContext) -> i32 {
+    note_sock(&ctx);
+    0
+}
+
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn apm_sock_recv(ctx: BtfTracePointContext) -> i32 {
+    note_sock(&ctx);
+    0
+}
+
+#[inline(always)]
+fn note_sock(ctx: &BtfTracePointContext) {
+    let sk: u64 = ctx.arg(0);
+    if let Some(slot) = LAST_SOCK.get_ptr_mut(0) {
+        // SAFETY: a per-CPU array slot; a program preempted in between only costs a retry at
+        // the socket's next syscall (the pid check below).
+        unsafe {
+            *slot = LastSock {
+                pid_tgid: bpf_get_current_pid_tgid(),
+                sk,
+            };
+        }
+    }
+}
+
+/// `struct sock_common` starts, on every kernel since long, with
+/// `skc_daddr`, `skc_rcv_saddr` (offsets 0, 4), `skc_hash` (8), `skc_dport` (12, network
+/// order), `skc_num` (14, host order), `skc_family` (16).
+const SKC_DADDR: u64 = 0;
+const SKC_RCV_SADDR: u64 = 4;
+const SKC_DPORT: u64 = 12;
+const SKC_NUM: u64 = 14;
+const SKC_FAMILY: u64 = 16;
+
+/// First data on a tracked socket: send its endpoints, once.
+#[inline(always)]
+fn send_tuple(tgid: u32, fd: u32, info: SockInfo) {
+    let Some(slot) = LAST_SOCK.get(0).copied() else {
+        return;
+    };
+    if slot.pid_tgid != bpf_get_current_pid_tgid() || slot.sk == 0 {
+        return;
+    }
+    let sk = slot.sk;
+    // SAFETY: kernel reads through the checked helper; a stale pointer only yields garbage
+    // or an error, never a fault.
+    let read_u16 = |off: u64| unsafe { bpf_probe_read_kernel((sk + off) as *const u16) }.ok();
+    // SAFETY: as above.
+    let read_u32 = |off: u64| unsafe { bpf_probe_read_kernel((sk + off) as *const u32) }.ok();
+    let done = SockInfo {
+        flags: info.flags | sock_flags::TUPLE_DONE,
+        ..info
+    };
+    let key = SockKey { tgid, fd };
+    if read_u16(SKC_FAMILY) != Some(AF_INET) {
+        // Only IPv4 endpoints are read; do not try again for this socket.
+        let _ = SOCKETS.insert(key, done, BPF_ANY as u64);
+        return;
+    }
+    let (Some(remote_addr), Some(local_addr), Some(dport), Some(num)) = (
+        read_u32(SKC_DADDR),
+        read_u32(SKC_RCV_SADDR),
+        read_u16(SKC_DPORT),
+        read_u16(SKC_NUM),
+    ) else {
+        return;
+    };
+    let _ = SOCKETS.insert(key, done, BPF_ANY as u64);
+    output(&TupleEvent {
+        kind: kind::CONN_TUPLE,
+        tgid,
+        fd,
+        local_port: u32::from(num),
+        remote_port: u32::from(u16::from_be(dport)),
+        local_addr,
+        remote_addr,
+        _pad: 0,
+        id: info.id,
     });
 }

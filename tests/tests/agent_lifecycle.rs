@@ -18,8 +18,8 @@ use tests::{
 };
 
 const WAIT: Duration = Duration::from_secs(20);
-/// Kernel programs the agent attaches: four for sockets and processes, one for the profiler.
-const PROGRAMS: usize = 5;
+/// Kernel programs the agent attaches: six for sockets and processes, one for the profiler.
+const PROGRAMS: usize = 7;
 
 #[test]
 fn check_reports_every_feature_and_passes_here() -> Result<()> {
@@ -45,7 +45,7 @@ fn check_reports_every_feature_and_passes_here() -> Result<()> {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
     assert!(
-        text.contains("4 programs loaded, verified and attached"),
+        text.contains("6 programs loaded, verified and attached"),
         "{text}"
     );
     // This VM has no PMU: reported, but not fatal.

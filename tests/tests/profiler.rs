@@ -148,8 +148,14 @@ fn stripped_binary_keeps_build_id_and_offsets_that_resolve_later() -> Result<()>
     b.finish(FINISH)?;
 
     // Leaf frames are `[unknown] split-stripped+0x...`.
-    let mine = of_service(&read_folded(&folded)?, &service);
+    let all = read_folded(&folded)?;
+    let mine = of_service(&all, &service);
     let total: u64 = mine.iter().map(|(_, n)| n).sum();
+    let roots: std::collections::BTreeSet<&str> = all
+        .iter()
+        .filter_map(|(f, _)| f.first().map(String::as_str))
+        .collect();
+    assert!(total > 0, "no samples under {service}; roots: {roots:?}");
     let mut by_offset: Vec<(u64, u64)> = Vec::new();
     for (frames, n) in &mine {
         let Some(leaf) = frames.last() else { continue };

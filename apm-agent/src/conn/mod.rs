@@ -5,7 +5,7 @@
 //! them), counted as an overflow.
 use std::{
     collections::hash_map::Entry,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
 };
 
 use rustc_hash::FxHashMap;
@@ -33,6 +33,8 @@ pub struct Connection {
     pub peer: Option<SocketAddr>,
     /// `comm` of the process when the connection opened.
     pub comm: [u8; 16],
+    /// Both endpoints (IPv4 TCP), once the kernel sent them with the first data.
+    pub endpoints: Option<Endpoints>,
     pub last_activity_ns: u64,
     pub state: ConnState,
 }
@@ -43,8 +45,32 @@ impl Connection {
             id,
             peer,
             comm,
+            endpoints: None,
             last_activity_ns: now,
             state: ConnState::Detecting { attempts: 0 },
+        }
+    }
+}
+
+/// Both ends of a TCP connection, as this side's socket sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Endpoints {
+    pub local: SocketAddrV4,
+    pub remote: SocketAddrV4,
+}
+
+impl Endpoints {
+    /// From the kernel's addresses (network byte order) and ports (host order).
+    pub fn from_kernel(
+        local_addr: u32,
+        local_port: u32,
+        remote_addr: u32,
+        remote_port: u32,
+    ) -> Self {
+        let addr = |a: u32| Ipv4Addr::from(a.to_ne_bytes());
+        Self {
+            local: SocketAddrV4::new(addr(local_addr), local_port as u16),
+            remote: SocketAddrV4::new(addr(remote_addr), remote_port as u16),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! Records are checked for length before anything is read, read unaligned, and every
 //! enumerated field is converted with `TryFrom`. A bad record is an error the caller counts,
 //! never a panic.
-use apm_common::{ConnEvent, DataEventHeader, ProcEvent, direction, kind, role};
+use apm_common::{ConnEvent, DataEventHeader, ProcEvent, TupleEvent, direction, kind, role};
 
 pub use crate::protocols::Direction;
 
@@ -15,6 +15,7 @@ pub enum Event<'a> {
     ConnClose(ConnEvent),
     ProcExec(ProcEvent),
     ProcExit(ProcEvent),
+    ConnTuple(TupleEvent),
 }
 
 /// Bytes that moved through a tracked socket.
@@ -82,6 +83,7 @@ trait Plain: Copy {}
 impl Plain for DataEventHeader {}
 impl Plain for ConnEvent {}
 impl Plain for ProcEvent {}
+impl Plain for TupleEvent {}
 
 fn read<T: Plain>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
     let need = size_of::<T>();
@@ -130,12 +132,20 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
         kind::CONN_CLOSE => Ok(Event::ConnClose(read(bytes, kind)?)),
         kind::PROC_EXEC => Ok(Event::ProcExec(read(bytes, kind)?)),
         kind::PROC_EXIT => Ok(Event::ProcExit(read(bytes, kind)?)),
+        kind::CONN_TUPLE => Ok(Event::ConnTuple(read(bytes, kind)?)),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
 
 /// Names of the event kinds, for the agent's own metrics, in the order of [`kind_index`].
-pub const KIND_NAMES: [&str; 5] = ["data", "conn_open", "conn_close", "proc_exec", "proc_exit"];
+pub const KIND_NAMES: [&str; 6] = [
+    "data",
+    "conn_open",
+    "conn_close",
+    "proc_exec",
+    "proc_exit",
+    "conn_tuple",
+];
 
 /// Index of an event's kind in [`KIND_NAMES`].
 pub fn kind_index(event: &Event<'_>) -> usize {
@@ -145,6 +155,7 @@ pub fn kind_index(event: &Event<'_>) -> usize {
         Event::ConnClose(_) => 2,
         Event::ProcExec(_) => 3,
         Event::ProcExit(_) => 4,
+        Event::ConnTuple(_) => 5,
     }
 }
 
@@ -243,7 +254,7 @@ mod tests {
                 })
                 .collect();
             let _ = decode(&bytes);
-            for k in 1..=5u32 {
+            for k in 1..=7u32 {
                 let mut b = bytes.clone();
                 if b.len() >= 4 {
                     b[..4].copy_from_slice(&k.to_ne_bytes());

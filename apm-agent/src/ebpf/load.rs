@@ -16,8 +16,13 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ap
 
 /// Programs on BTF raw tracepoints: (program function, tracepoint). These fire for every
 /// syscall and filter by number first (see apm-ebpf/src/sockets.rs for why).
-pub const RAW_PROGRAMS: &[(&str, &str)] =
-    &[("apm_sys_enter", "sys_enter"), ("apm_sys_exit", "sys_exit")];
+pub const RAW_PROGRAMS: &[(&str, &str)] = &[
+    ("apm_sys_enter", "sys_enter"),
+    ("apm_sys_exit", "sys_exit"),
+    // Note each send/receive's socket, for the connection endpoints (see sockets.rs).
+    ("apm_sock_send", "sock_send_length"),
+    ("apm_sock_recv", "sock_recv_length"),
+];
 
 /// Programs on classic tracepoints: (program function, category, tracepoint).
 pub const TRACEPOINT_PROGRAMS: &[(&str, &str, &str)] = &[

@@ -158,6 +158,7 @@ mod tests {
             start_ns: 0,
             end_ns: 7_000_000,
             tid: 1,
+            seq: 0,
             trust: Trust::default(),
             http: HttpInfo {
                 method: Method::Get,
@@ -165,6 +166,9 @@ mod tests {
                 status: 404,
                 version_minor: 1,
                 host: None,
+                user_agent: None,
+                traceparent: None,
+                tracestate: None,
             },
         };
         red.record(svc, None, &req);

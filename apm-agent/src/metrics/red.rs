@@ -441,6 +441,7 @@ mod tests {
             start_ns: 1_000,
             end_ns: 1_000 + ms * 1_000_000,
             tid: 1,
+            seq: 0,
             trust: Trust::default(),
             http: HttpInfo {
                 method: Method::Get,
@@ -448,6 +449,9 @@ mod tests {
                 status,
                 version_minor: 1,
                 host: None,
+                user_agent: None,
+                traceparent: None,
+                tracestate: None,
             },
         }
     }

@@ -3,7 +3,16 @@
 //! eBPF or tokio: they see [`Segment`]s (what one syscall moved) and emit [`Request`]s.
 pub mod http1;
 
-use crate::request::Request;
+use crate::request::{Request, Started};
+
+/// What parsers produce while they work: requests as their heads are parsed (so their spans
+/// exist before the calls they make are seen), and completed exchanges. The pipeline empties
+/// both after each segment; the vectors keep their capacity.
+#[derive(Debug, Default)]
+pub struct ParserOut {
+    pub started: Vec<Started>,
+    pub done: Vec<Request>,
+}
 
 /// Direction of a segment from the observed process's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -58,11 +67,11 @@ pub struct ParseStats {
 /// The interface every protocol parser implements.
 pub trait ProtocolParser {
     /// Feeds one segment; completed exchanges are appended to `out`.
-    fn on_segment(&mut self, seg: &Segment<'_>, out: &mut Vec<Request>, stats: &mut ParseStats);
+    fn on_segment(&mut self, seg: &Segment<'_>, out: &mut ParserOut, stats: &mut ParseStats);
     /// The connection closed at `ts_ns`: finish what can be finished, count the rest.
-    fn on_close(&mut self, ts_ns: u64, out: &mut Vec<Request>, stats: &mut ParseStats);
+    fn on_close(&mut self, ts_ns: u64, out: &mut ParserOut, stats: &mut ParseStats);
     /// Nothing moved since `idle_since_ns`: finish exchanges whose end can only be inferred.
-    fn on_idle(&mut self, out: &mut Vec<Request>);
+    fn on_idle(&mut self, out: &mut ParserOut);
     /// The parser cannot follow this connection any more (garbage, or a protocol switch);
     /// the caller stops capturing it.
     fn gave_up(&self) -> bool;
@@ -97,24 +106,19 @@ impl Parser {
         }
     }
 
-    pub fn on_segment(
-        &mut self,
-        seg: &Segment<'_>,
-        out: &mut Vec<Request>,
-        stats: &mut ParseStats,
-    ) {
+    pub fn on_segment(&mut self, seg: &Segment<'_>, out: &mut ParserOut, stats: &mut ParseStats) {
         match self {
             Self::Http1(p) => p.on_segment(seg, out, stats),
         }
     }
 
-    pub fn on_close(&mut self, ts_ns: u64, out: &mut Vec<Request>, stats: &mut ParseStats) {
+    pub fn on_close(&mut self, ts_ns: u64, out: &mut ParserOut, stats: &mut ParseStats) {
         match self {
             Self::Http1(p) => p.on_close(ts_ns, out, stats),
         }
     }
 
-    pub fn on_idle(&mut self, out: &mut Vec<Request>) {
+    pub fn on_idle(&mut self, out: &mut ParserOut) {
         match self {
             Self::Http1(p) => p.on_idle(out),
         }

@@ -22,6 +22,9 @@ pub(crate) struct Head<'a> {
     pub chunked: bool,
     pub connection_close: bool,
     pub host: Option<&'a [u8]>,
+    pub user_agent: Option<&'a [u8]>,
+    pub traceparent: Option<&'a [u8]>,
+    pub tracestate: Option<&'a [u8]>,
 }
 
 /// Outcome of parsing the bytes available so far.
@@ -102,6 +105,12 @@ fn fill_headers<'a>(head: &mut Head<'a>, headers: &[httparse::Header<'a>]) {
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
         } else if h.name.eq_ignore_ascii_case("host") {
             head.host = Some(h.value);
+        } else if h.name.eq_ignore_ascii_case("user-agent") {
+            head.user_agent = Some(h.value);
+        } else if h.name.eq_ignore_ascii_case("traceparent") {
+            head.traceparent = Some(h.value);
+        } else if h.name.eq_ignore_ascii_case("tracestate") {
+            head.tracestate = Some(h.value);
         }
     }
 }

@@ -15,8 +15,8 @@ use std::collections::VecDeque;
 use framing::{Body, Chunk, Progress};
 use head::{Head, Kind, Parsed};
 
-use super::{Direction, ParseStats, ProtocolParser, Segment};
-use crate::request::{HttpInfo, Method, Protocol, Request, Side, Trust};
+use super::{Direction, ParseStats, ParserOut, ProtocolParser, Segment};
+use crate::request::{HttpInfo, Method, Protocol, Request, Side, Started, TraceParent, Trust};
 
 /// Requests that may await their response at once (pipelining depth).
 const MAX_PENDING: usize = 64;
@@ -26,6 +26,10 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 const MAX_PATH_BYTES: usize = 512;
 /// Longest Host header kept (bytes).
 const MAX_HOST_BYTES: usize = 255;
+/// Longest User-Agent kept (bytes).
+const MAX_USER_AGENT_BYTES: usize = 256;
+/// Longest tracestate kept (bytes; the W3C limit is 512).
+const MAX_TRACESTATE_BYTES: usize = 512;
 /// Consecutive parse errors after which the connection is given up.
 const MAX_ERRORS_IN_A_ROW: u32 = 3;
 
@@ -109,9 +113,13 @@ struct Pending {
     method: Method,
     path: String,
     host: Option<String>,
+    user_agent: Option<String>,
+    traceparent: Option<TraceParent>,
+    tracestate: Option<String>,
     version_minor: u8,
     start_ns: u64,
     tid: u32,
+    seq: u64,
     trust: Trust,
 }
 
@@ -138,6 +146,9 @@ struct HeadInfo {
     method: Method,
     path: String,
     host: Option<String>,
+    user_agent: Option<String>,
+    traceparent: Option<TraceParent>,
+    tracestate: Option<String>,
     status: u16,
     version_minor: u8,
     content_length: Option<u64>,
@@ -155,6 +166,8 @@ pub struct Http1Parser {
     open: Option<Open>,
     errors_in_a_row: u32,
     upgraded: bool,
+    /// Sequence number of the next request head.
+    next_seq: u64,
 }
 
 impl Http1Parser {
@@ -167,6 +180,7 @@ impl Http1Parser {
             open: None,
             errors_in_a_row: 0,
             upgraded: false,
+            next_seq: 0,
         }
     }
 
@@ -196,7 +210,7 @@ impl Http1Parser {
         &mut self,
         r: &mut Reader,
         seg: &Segment<'_>,
-        out: &mut Vec<Request>,
+        out: &mut ParserOut,
         stats: &mut ParseStats,
     ) {
         let total = seg.total_len.max(seg.data.len() as u64);
@@ -330,10 +344,21 @@ impl Http1Parser {
                 String::new()
             },
             host: if is_request && self.side == Side::Client {
-                head.host
-                    .filter(|h| h.len() <= MAX_HOST_BYTES)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .map(str::to_owned)
+                bounded_text(head.host, MAX_HOST_BYTES)
+            } else {
+                None
+            },
+            user_agent: if is_request {
+                bounded_text(head.user_agent, MAX_USER_AGENT_BYTES)
+            } else {
+                None
+            },
+            traceparent: head
+                .traceparent
+                .filter(|_| is_request)
+                .and_then(TraceParent::parse),
+            tracestate: if is_request {
+                bounded_text(head.tracestate, MAX_TRACESTATE_BYTES)
             } else {
                 None
             },
@@ -351,7 +376,7 @@ impl Http1Parser {
         info: HeadInfo,
         head_ts: u64,
         tid: u32,
-        out: &mut Vec<Request>,
+        out: &mut ParserOut,
         stats: &mut ParseStats,
     ) -> Next {
         match kind {
@@ -377,15 +402,28 @@ impl Http1Parser {
                 if info.truncated {
                     trust.insert(Trust::HEAD_TRUNCATED);
                 }
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                out.started.push(Started {
+                    side: self.side,
+                    seq,
+                    tid,
+                    start_ns: head_ts,
+                    traceparent: info.traceparent,
+                });
                 self.pending.push_back(Pending {
                     method: info.method,
                     path: info.path,
                     host: info.host,
+                    user_agent: info.user_agent,
+                    traceparent: info.traceparent,
+                    tracestate: info.tracestate,
                     version_minor: info.version_minor,
                     // Server: when the read that brought its first bytes returned. Client: when
                     // the write that sent its first bytes returned.
                     start_ns: head_ts,
                     tid,
+                    seq,
                     trust,
                 });
                 if info.truncated {
@@ -436,7 +474,7 @@ impl Http1Parser {
     }
 
     /// A message of `kind` ended at `end_ns`. A response completes the oldest pending request.
-    fn message_end(&mut self, kind: Kind, end_ns: u64, extra: Trust, out: &mut Vec<Request>) {
+    fn message_end(&mut self, kind: Kind, end_ns: u64, extra: Trust, out: &mut ParserOut) {
         if kind == Kind::Request {
             return;
         }
@@ -453,12 +491,13 @@ impl Http1Parser {
         if open.status == 101 {
             self.upgraded = true;
         }
-        out.push(Request {
+        out.done.push(Request {
             protocol: Protocol::Http1,
             side: self.side,
             start_ns: p.start_ns,
             end_ns: end_ns.max(p.start_ns),
             tid: p.tid,
+            seq: p.seq,
             trust,
             http: HttpInfo {
                 method: p.method,
@@ -466,13 +505,16 @@ impl Http1Parser {
                 status: open.status,
                 version_minor: p.version_minor,
                 host: p.host,
+                user_agent: p.user_agent,
+                traceparent: p.traceparent,
+                tracestate: p.tracestate,
             },
         });
     }
 }
 
 impl ProtocolParser for Http1Parser {
-    fn on_segment(&mut self, seg: &Segment<'_>, out: &mut Vec<Request>, stats: &mut ParseStats) {
+    fn on_segment(&mut self, seg: &Segment<'_>, out: &mut ParserOut, stats: &mut ParseStats) {
         if self.gave_up() {
             return;
         }
@@ -484,7 +526,7 @@ impl ProtocolParser for Http1Parser {
         *self.reader_mut(kind) = reader;
     }
 
-    fn on_close(&mut self, ts_ns: u64, out: &mut Vec<Request>, stats: &mut ParseStats) {
+    fn on_close(&mut self, ts_ns: u64, out: &mut ParserOut, stats: &mut ParseStats) {
         if self.open.is_some() && self.responses.end_unknown() {
             // Delimited by the close (or framing lost): it ended with its last bytes.
             let inferred = !matches!(self.responses.state, State::Body(Body::UntilClose));
@@ -507,7 +549,7 @@ impl ProtocolParser for Http1Parser {
         self.responses.state = State::Idle;
     }
 
-    fn on_idle(&mut self, out: &mut Vec<Request>) {
+    fn on_idle(&mut self, out: &mut ParserOut) {
         if self.open.is_some() && self.responses.end_unknown() {
             let end = self.responses.last_ts;
             self.responses.state = State::Resync { after_error: false };
@@ -518,6 +560,13 @@ impl ProtocolParser for Http1Parser {
     fn gave_up(&self) -> bool {
         self.upgraded || self.errors_in_a_row >= MAX_ERRORS_IN_A_ROW
     }
+}
+
+/// A header value as text, when it is printable UTF-8 of at most `max` bytes.
+fn bounded_text(value: Option<&[u8]>, max: usize) -> Option<String> {
+    let v = value.filter(|v| v.len() <= max)?;
+    let s = std::str::from_utf8(v).ok()?;
+    (!s.chars().any(char::is_control)).then(|| s.to_owned())
 }
 
 /// The path of a request target without query string or fragment, bounded in length.

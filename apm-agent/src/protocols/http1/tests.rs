@@ -6,7 +6,7 @@ use super::*;
 /// clock moves on by 100.
 struct Conn {
     p: Http1Parser,
-    out: Vec<Request>,
+    out: ParserOut,
     stats: ParseStats,
     t: u64,
 }
@@ -18,7 +18,7 @@ impl Conn {
     fn new(side: Side) -> Self {
         Self {
             p: Http1Parser::new(side),
-            out: Vec::new(),
+            out: ParserOut::default(),
             stats: ParseStats::default(),
             t: 1000,
         }
@@ -56,6 +56,7 @@ impl Conn {
     /// (method, path, status) of every request so far.
     fn summary(&self) -> Vec<(&'static str, String, u16)> {
         self.out
+            .done
             .iter()
             .map(|r| (r.http.method.as_str(), r.http.path.clone(), r.http.status))
             .collect()
@@ -77,9 +78,9 @@ fn keep_alive_exchanges_with_timestamps() {
     c.seg(OUT, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
     assert_eq!(c.summary(), vec![s("GET", "/a", 200), s("GET", "/b", 404)]);
     // Server side: from the read's exit to the write's exit.
-    assert_eq!((c.out[0].start_ns, c.out[0].end_ns), (1005, 1105));
-    assert_eq!(c.out[0].side, Side::Server);
-    assert_eq!(c.out[0].trust, Trust::default());
+    assert_eq!((c.out.done[0].start_ns, c.out.done[0].end_ns), (1005, 1105));
+    assert_eq!(c.out.done[0].side, Side::Server);
+    assert_eq!(c.out.done[0].trust, Trust::default());
     assert_eq!(c.stats, ParseStats::default());
 }
 
@@ -92,8 +93,8 @@ fn client_side_times_from_write_to_read_return() {
     );
     c.seg(IN, OK_5);
     assert_eq!(c.summary(), vec![s("GET", "/users/7", 200)]);
-    assert_eq!((c.out[0].start_ns, c.out[0].end_ns), (1005, 1105));
-    assert_eq!(c.out[0].http.host.as_deref(), Some("api.local:8080"));
+    assert_eq!((c.out.done[0].start_ns, c.out.done[0].end_ns), (1005, 1105));
+    assert_eq!(c.out.done[0].http.host.as_deref(), Some("api.local:8080"));
 }
 
 #[test]
@@ -131,8 +132,8 @@ fn request_and_response_split_byte_by_byte() {
     }
     assert_eq!(c.summary(), vec![s("POST", "/submit", 201)]);
     // Started when the first byte arrived, ended with the last byte written.
-    assert_eq!(c.out[0].start_ns, 1005);
-    assert_eq!(c.out[0].end_ns, c.t - 100 + 5);
+    assert_eq!(c.out.done[0].start_ns, 1005);
+    assert_eq!(c.out.done[0].end_ns, c.t - 100 + 5);
 }
 
 #[test]
@@ -144,7 +145,7 @@ fn chunked_response_then_next_request() {
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
     );
     c.seg(OUT, b"4\r\nWiki\r\n");
-    assert!(c.out.is_empty(), "response not finished yet");
+    assert!(c.out.done.is_empty(), "response not finished yet");
     c.seg(OUT, b"5\r\npedia\r\n0\r\n\r\n");
     c.seg(IN, b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n");
     c.seg(OUT, OK_5);
@@ -152,8 +153,8 @@ fn chunked_response_then_next_request() {
         c.summary(),
         vec![s("GET", "/stream", 200), s("GET", "/next", 200)]
     );
-    assert_eq!(c.out[0].trust, Trust::default());
-    assert_eq!(c.out[0].end_ns, 1305);
+    assert_eq!(c.out.done[0].trust, Trust::default());
+    assert_eq!(c.out.done[0].end_ns, 1305);
 }
 
 #[test]
@@ -182,7 +183,7 @@ fn content_length_far_beyond_the_capture() {
     let mut left = 2_000_000 + head.len() as u64 - 65_536;
     while left > 0 {
         let n = left.min(65_536);
-        assert!(c.out.is_empty());
+        assert!(c.out.done.is_empty());
         c.seg_total(IN, &[b'z'; 1024][..n.min(1024) as usize], n);
         left -= n;
     }
@@ -226,15 +227,15 @@ fn http10_response_delimited_by_close() {
     c.seg(OUT, b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n");
     c.seg(OUT, b"body part 1");
     c.seg(OUT, b"body part 2"); // exits at 1305
-    assert!(c.out.is_empty());
+    assert!(c.out.done.is_empty());
     c.close();
     assert_eq!(c.summary(), vec![s("GET", "/old", 200)]);
     assert_eq!(
-        c.out[0].end_ns, 1305,
+        c.out.done[0].end_ns, 1305,
         "ends with the last write, not the close"
     );
-    assert_eq!(c.out[0].http.version_minor, 0);
-    assert_eq!(c.out[0].trust, Trust::default());
+    assert_eq!(c.out.done[0].http.version_minor, 0);
+    assert_eq!(c.out.done[0].trust, Trust::default());
     assert_eq!(c.stats.incomplete, 0);
 }
 
@@ -271,7 +272,7 @@ fn closed_mid_exchange_is_incomplete_not_a_request() {
     let mut c = Conn::server();
     c.seg(IN, b"GET /slow HTTP/1.1\r\n\r\n");
     c.close();
-    assert!(c.out.is_empty());
+    assert!(c.out.done.is_empty());
     assert_eq!(c.stats.incomplete, 1);
 
     // Client that closes in the middle of a length-delimited response.
@@ -282,7 +283,7 @@ fn closed_mid_exchange_is_incomplete_not_a_request() {
         b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\npartial",
     );
     c.close();
-    assert!(c.out.is_empty());
+    assert!(c.out.done.is_empty());
     assert_eq!(c.stats.incomplete, 1);
 }
 
@@ -309,14 +310,14 @@ fn garbage_after_detection_counts_errors_then_gives_up() {
     c.seg(OUT, b"garbage");
     c.seg(OUT, b"more garbage");
     assert!(c.stats.parse_errors >= 3);
-    let before = c.out.len();
+    let before = c.out.done.len();
     c.seg(IN, b"\x00\x00\x00");
     c.seg(IN, b"\x00\x00\x00");
     c.seg(IN, b"\x00\x00\x00");
     assert!(c.p.gave_up());
     c.seg(IN, b"GET /ignored HTTP/1.1\r\n\r\n");
     c.seg(OUT, OK_5);
-    assert_eq!(c.out.len(), before, "a given-up parser emits nothing");
+    assert_eq!(c.out.done.len(), before, "a given-up parser emits nothing");
 }
 
 #[test]
@@ -333,8 +334,8 @@ fn truncated_head_keeps_start_line_and_resyncs() {
         c.summary(),
         vec![s("GET", "/users/12", 200), s("GET", "/next", 200)]
     );
-    assert!(c.out[0].trust.contains(Trust::HEAD_TRUNCATED));
-    assert!(!c.out[1].trust.contains(Trust::HEAD_TRUNCATED));
+    assert!(c.out.done[0].trust.contains(Trust::HEAD_TRUNCATED));
+    assert!(!c.out.done[1].trust.contains(Trust::HEAD_TRUNCATED));
     assert_eq!(c.stats.parse_errors, 0);
 }
 
@@ -349,15 +350,15 @@ fn chunked_sync_lost_past_capture_is_inferred_at_next_request() {
         5000,
     );
     c.seg_total(OUT, b"more bytes we cannot frame", 8000); // exits at 1205
-    assert!(c.out.is_empty());
+    assert!(c.out.done.is_empty());
     c.seg(IN, b"GET /after HTTP/1.1\r\n\r\n");
     c.seg(OUT, OK_5);
     assert_eq!(
         c.summary(),
         vec![s("GET", "/feed", 200), s("GET", "/after", 200)]
     );
-    assert!(c.out[0].trust.contains(Trust::END_INFERRED));
-    assert_eq!(c.out[0].end_ns, 1205);
+    assert!(c.out.done[0].trust.contains(Trust::END_INFERRED));
+    assert_eq!(c.out.done[0].end_ns, 1205);
 }
 
 #[test]
@@ -391,9 +392,9 @@ fn pipelined_responses_past_the_capture_are_written_off_not_mismatched() {
     );
     // /r1's status line was captured: reported, with an inferred end. /r2 and /r3 went by
     // unseen: written off as incomplete.
-    assert!(c.out[1].trust.contains(Trust::END_INFERRED));
-    assert!(c.out[1].trust.contains(Trust::HEAD_TRUNCATED));
-    assert_eq!(c.out[2].trust, Trust::default());
+    assert!(c.out.done[1].trust.contains(Trust::END_INFERRED));
+    assert!(c.out.done[1].trust.contains(Trust::HEAD_TRUNCATED));
+    assert_eq!(c.out.done[2].trust, Trust::default());
     assert_eq!(c.stats.incomplete, 2);
     assert_eq!(c.stats.parse_errors, 0);
 }
@@ -405,7 +406,7 @@ fn idle_finishes_response_without_framing() {
     c.seg(OUT, b"HTTP/1.1 200 OK\r\n\r\nevent: 1\n\n");
     c.p.on_idle(&mut c.out);
     assert_eq!(c.summary(), vec![s("GET", "/sse", 200)]);
-    assert!(c.out[0].trust.contains(Trust::END_INFERRED));
+    assert!(c.out.done[0].trust.contains(Trust::END_INFERRED));
 }
 
 #[test]
@@ -467,6 +468,39 @@ fn pipeline_depth_is_bounded() {
     c.seg(IN, &burst);
     assert_eq!(c.p.pending.len(), MAX_PENDING);
     assert_eq!(c.stats.pipeline_overflow, 5);
+}
+
+#[test]
+fn starts_are_reported_with_sequence_and_trace_context() {
+    let mut c = Conn::server();
+    c.seg(
+        IN,
+        b"GET /a HTTP/1.1\r\nUser-Agent: curl/8\r\n\
+          traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\
+          tracestate: vendor=x\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
+    );
+    assert_eq!(
+        c.out.started.len(),
+        2,
+        "both pipelined heads reported at once"
+    );
+    assert_eq!((c.out.started[0].seq, c.out.started[1].seq), (0, 1));
+    assert_eq!(c.out.started[0].start_ns, 1005);
+    assert!(
+        c.out.started[0]
+            .traceparent
+            .is_some_and(|t| t.flags & 1 == 1)
+    );
+    assert!(c.out.started[1].traceparent.is_none());
+    assert!(c.out.done.is_empty(), "nothing completed yet");
+    c.seg(OUT, OK_5);
+    c.seg(OUT, OK_5);
+    let first = &c.out.done[0];
+    assert_eq!(first.seq, 0);
+    assert_eq!(first.http.user_agent.as_deref(), Some("curl/8"));
+    assert_eq!(first.http.tracestate.as_deref(), Some("vendor=x"));
+    assert_eq!(first.http.traceparent, c.out.started[0].traceparent);
+    assert_eq!(c.out.done[1].seq, 1);
 }
 
 #[test]
