@@ -5,7 +5,7 @@ use std::{io, path::Path};
 use crate::{
     ebpf::{
         LoadOptions, Probes,
-        load::{RAW_PROGRAMS, TRACEPOINT_PROGRAMS},
+        load::{OPTIONAL_TRACEPOINTS, RAW_PROGRAMS, TRACEPOINT_PROGRAMS},
         tracefs,
     },
     privileges,
@@ -89,10 +89,15 @@ pub fn run_checks() -> Vec<Item> {
     }
     for &(_, name) in RAW_PROGRAMS {
         let present = raw_tracepoint_in_btf(btf, name);
+        let optional = OPTIONAL_TRACEPOINTS.contains(&name);
         items.push(item(
-            format!("raw tracepoint {name} (BTF)"),
+            if optional {
+                format!("raw tracepoint {name} (BTF, optional)")
+            } else {
+                format!("raw tracepoint {name} (BTF)")
+            },
             present,
-            true,
+            !optional,
             if present {
                 format!("btf_trace_{name} in kernel BTF")
             } else {

@@ -24,6 +24,10 @@ pub const RAW_PROGRAMS: &[(&str, &str)] = &[
     ("apm_sock_recv", "sock_recv_length"),
 ];
 
+/// Raw tracepoints the agent can run without: these two exist since Linux 6.4; without them
+/// connections carry no endpoints (no same-host span pairing), everything else works.
+pub const OPTIONAL_TRACEPOINTS: &[&str] = &["sock_send_length", "sock_recv_length"];
+
 /// Programs on classic tracepoints: (program function, category, tracepoint).
 pub const TRACEPOINT_PROGRAMS: &[(&str, &str, &str)] = &[
     ("apm_proc_exec", "sched", "sched_process_exec"),
@@ -153,8 +157,9 @@ impl Probes {
         })
     }
 
-    /// Attaches every program. Stops at the first failure: a partial set of probes would give
-    /// numbers that look right and are not.
+    /// Attaches every program. Stops at the first failure of a required one: a partial set of
+    /// probes would give numbers that look right and are not. Optional ones are skipped with a
+    /// warning.
     pub fn attach_all(&mut self) -> Result<(), LoadError> {
         let btf = Btf::from_sys_fs().map_err(|e| LoadError::Btf(Box::new(e)))?;
         for &(name, tracepoint) in RAW_PROGRAMS {
@@ -169,9 +174,19 @@ impl Probes {
                 .ok_or(LoadError::MissingProgram(name))?
                 .try_into()
                 .map_err(err)?;
-            program.load(tracepoint, &btf).map_err(err)?;
-            program.attach().map_err(err)?;
-            self.attached.push(name);
+            let attached = program
+                .load(tracepoint, &btf)
+                .and_then(|()| program.attach().map(drop));
+            match attached {
+                Ok(()) => self.attached.push(name),
+                Err(e) if OPTIONAL_TRACEPOINTS.contains(&tracepoint) => {
+                    log::warn!(
+                        "raw tracepoint {tracepoint} unavailable ({e}): connections will carry \
+                         no endpoints, so same-host client and server spans are not paired"
+                    );
+                }
+                Err(e) => return Err(err(e)),
+            }
         }
         for &(name, category, tracepoint) in TRACEPOINT_PROGRAMS {
             let err = |source| LoadError::Program {
