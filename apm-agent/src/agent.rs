@@ -11,6 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use tokio::sync::mpsc;
+
 use crate::{
     config::Config,
     console,
@@ -18,6 +20,7 @@ use crate::{
         LoadError, LoadOptions, Probes, ProfilerLoad, drain::Drain, drain::lock,
         profiler::SamplingOptions, seed, tracefs,
     },
+    export::otlp::{settings::Settings, traces_task, transport::Transport},
     internal::Internal,
     metrics::red::{Red, RedConfig},
     pipeline::{Pipeline, PipelineConfig},
@@ -25,6 +28,7 @@ use crate::{
     profiles::store::Store,
     profiling::{self, ProcessFilter, Sampler},
     server::{self, Shared},
+    traces::{sampling::Sampler as TraceSampler, span::Span, tracer::TracerConfig},
 };
 
 /// Why the agent could not run.
@@ -44,6 +48,10 @@ pub enum AgentError {
     },
     #[error("starting the runtime: {0}")]
     Runtime(#[source] io::Error),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("OTLP exporter: {0}")]
+    Export(#[from] crate::export::otlp::transport::SendError),
     #[error("the event thread stopped abnormally")]
     EventThread,
 }
@@ -170,6 +178,7 @@ pub fn run(cfg: Config) -> Result<(), AgentError> {
     }
 
     let stop = Arc::new(AtomicBool::new(false));
+    let (tracing, spans) = start_trace_export(&cfg, &runtime, &internal)?;
     let drain = Drain {
         maps,
         pipeline: Pipeline::new(PipelineConfig {
@@ -177,11 +186,13 @@ pub fn run(cfg: Config) -> Result<(), AgentError> {
             idle_timeout_ns: cfg.response_idle_timeout_secs.saturating_mul(1_000_000_000),
             max_connections: cfg.max_connections,
             max_processes: cfg.max_processes,
+            tracing,
         }),
         red: red.clone(),
         internal: internal.clone(),
         stop: stop.clone(),
         poll_interval: Duration::from_millis(cfg.poll_interval_ms),
+        spans,
     };
     let events = std::thread::Builder::new()
         .name("apm-events".to_owned())
@@ -224,6 +235,47 @@ pub fn run(cfg: Config) -> Result<(), AgentError> {
     }
     joined.map_err(|_| AgentError::EventThread)
 }
+
+/// Starts the span export task when a traces endpoint is configured: the tracer settings
+/// for the pipeline and the queue it feeds.
+fn start_trace_export(
+    cfg: &Config,
+    runtime: &tokio::runtime::Runtime,
+    internal: &Arc<Internal>,
+) -> Result<(Option<TracerConfig>, Option<mpsc::Sender<Span>>), AgentError> {
+    let Some(settings) = Settings::from_config(cfg)? else {
+        return Ok((None, None));
+    };
+    if let Some(url) = &settings.metrics_url {
+        log::warn!("OTLP metrics export is not implemented yet: nothing is sent to {url}");
+    }
+    let Some(url) = settings.traces_url.clone() else {
+        return Ok((None, None));
+    };
+    let sampler = TraceSampler::parse(&cfg.traces_sampler, cfg.traces_sampler_arg.as_deref())
+        .map_err(|e| crate::config::ConfigError::Invalid {
+            key: "traces_sampler",
+            reason: e.to_string(),
+        })?;
+    let transport = Transport::new(settings.protocol, &url, settings.headers, settings.timeout)?;
+    let capacity = cfg.export_queue_spans.max(1);
+    let (tx, rx) = mpsc::channel(capacity);
+    runtime.spawn(traces_task::run(rx, transport, internal.clone()));
+    log::info!("exporting spans to {url} ({:?})", settings.protocol);
+    Ok((
+        Some(TracerConfig {
+            sampler,
+            slow_ns: cfg.traces_slow_ms.saturating_mul(1_000_000),
+            max_open: cfg.max_connections,
+            hold_ns: SPAN_HOLD_NS,
+            max_held: capacity,
+        }),
+        Some(tx),
+    ))
+}
+
+/// Finished spans wait this long for a late same-host pairing before export.
+const SPAN_HOLD_NS: u64 = 1_000_000_000;
 
 /// Rolls the percentile window (and prints the console table) until SIGINT or SIGTERM.
 async fn windows_until_signal(cfg: &Config, red: &Mutex<Red>) {

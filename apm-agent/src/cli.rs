@@ -16,7 +16,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent (needs root, or CAP_BPF + CAP_PERFMON + CAP_SYS_PTRACE + CAP_DAC_READ_SEARCH).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check that this machine can run the agent; exits non-zero when it cannot.
     Check,
     /// Take a CPU profile now and write it as an SVG flame graph, folded stacks or pprof.
@@ -142,6 +142,48 @@ pub struct RunArgs {
     /// Memory budget of the profile store in bytes [default: 16777216].
     #[arg(long, env = "APM_PROFILE_STORE_BYTES")]
     pub profile_store_bytes: Option<usize>,
+    /// OTLP endpoint (base URL) for traces and metrics; unset: no export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// OTLP traces endpoint (full URL).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")]
+    pub otlp_traces_endpoint: Option<String>,
+    /// OTLP metrics endpoint (full URL).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")]
+    pub otlp_metrics_endpoint: Option<String>,
+    /// OTLP protocol: http/protobuf or grpc [default: http/protobuf].
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL")]
+    pub otlp_protocol: Option<String>,
+    /// OTLP request headers, key=value,key2=value2.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_HEADERS")]
+    pub otlp_headers: Option<String>,
+    /// OTLP request timeout in milliseconds [default: 10000].
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TIMEOUT")]
+    pub otlp_timeout_ms: Option<u64>,
+    /// Metric export period in milliseconds [default: 60000].
+    #[arg(long, env = "OTEL_METRIC_EXPORT_INTERVAL")]
+    pub metric_export_interval_ms: Option<u64>,
+    /// Metric temporality: cumulative or delta [default: cumulative].
+    #[arg(long, env = "APM_METRICS_TEMPORALITY")]
+    pub metrics_temporality: Option<String>,
+    /// Histogram aggregation: exponential or explicit [default: exponential].
+    #[arg(long, env = "APM_METRICS_HISTOGRAM")]
+    pub metrics_histogram: Option<String>,
+    /// Trace head sampler, as OTEL_TRACES_SAMPLER [default: parentbased_always_on].
+    #[arg(long, env = "OTEL_TRACES_SAMPLER")]
+    pub traces_sampler: Option<String>,
+    /// Sampler argument (the ratio).
+    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG")]
+    pub traces_sampler_arg: Option<String>,
+    /// Requests at least this slow (ms) are always exported [default: 1000].
+    #[arg(long, env = "APM_TRACES_SLOW_MS")]
+    pub traces_slow_ms: Option<u64>,
+    /// Extra resource attributes for every observed service.
+    #[arg(long, env = "OTEL_RESOURCE_ATTRIBUTES")]
+    pub resource_attributes: Option<String>,
+    /// service.name for processes that set none.
+    #[arg(long, env = "OTEL_SERVICE_NAME")]
+    pub default_service_name: Option<String>,
 }
 
 impl RunArgs {
@@ -166,8 +208,35 @@ impl RunArgs {
             max_connections,
             max_kernel_sockets,
             profile_frequency_hz,
-            profile_store_bytes
+            profile_store_bytes,
+            otlp_timeout_ms,
+            metric_export_interval_ms,
+            traces_slow_ms
         );
+        macro_rules! set_opt {
+            ($($field:ident),*) => { $( if self.$field.is_some() { cfg.$field = self.$field; } )* };
+        }
+        set_opt!(
+            otlp_endpoint,
+            otlp_traces_endpoint,
+            otlp_metrics_endpoint,
+            otlp_headers,
+            traces_sampler_arg,
+            resource_attributes,
+            default_service_name
+        );
+        if let Some(v) = self.otlp_protocol {
+            cfg.otlp_protocol = v;
+        }
+        if let Some(v) = self.metrics_temporality {
+            cfg.metrics_temporality = v;
+        }
+        if let Some(v) = self.metrics_histogram {
+            cfg.metrics_histogram = v;
+        }
+        if let Some(v) = self.traces_sampler {
+            cfg.traces_sampler = v;
+        }
         if self.no_profiling {
             cfg.profiling = false;
         }

@@ -101,6 +101,43 @@ pub struct Config {
     /// tables: names the internal functions of stripped system libraries, at a memory cost
     /// (measured: about 14 MB more with glibc's debug file). Default false.
     pub profile_debug_info: bool,
+    /// OTLP base endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT`). For HTTP/protobuf, `/v1/traces`
+    /// and `/v1/metrics` are appended; for gRPC it is used as it is. Unset (the default):
+    /// nothing is exported, the local listener is the only output.
+    pub otlp_endpoint: Option<String>,
+    /// Traces endpoint, used as it is (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`).
+    pub otlp_traces_endpoint: Option<String>,
+    /// Metrics endpoint, used as it is (`OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`).
+    pub otlp_metrics_endpoint: Option<String>,
+    /// `http/protobuf` (default) or `grpc` (`OTEL_EXPORTER_OTLP_PROTOCOL`).
+    pub otlp_protocol: String,
+    /// Extra request headers, `key=value,key2=value2` (`OTEL_EXPORTER_OTLP_HEADERS`), e.g. an
+    /// API key for the backend.
+    pub otlp_headers: Option<String>,
+    /// Time allowed for one export request in milliseconds (`OTEL_EXPORTER_OTLP_TIMEOUT`).
+    /// Default 10000.
+    pub otlp_timeout_ms: u64,
+    /// Period of metric export in milliseconds (`OTEL_METRIC_EXPORT_INTERVAL`). Default 60000.
+    pub metric_export_interval_ms: u64,
+    /// `cumulative` (default) or `delta` temporality of exported metrics.
+    pub metrics_temporality: String,
+    /// `exponential` (default) or `explicit` (the OTel HTTP bucket advice) histograms.
+    pub metrics_histogram: String,
+    /// Head sampler (`OTEL_TRACES_SAMPLER`). Default `parentbased_always_on`.
+    pub traces_sampler: String,
+    /// Sampler argument: the ratio for `*traceidratio` (`OTEL_TRACES_SAMPLER_ARG`).
+    pub traces_sampler_arg: Option<String>,
+    /// Requests at least this slow (milliseconds) are always exported, whatever the head
+    /// sampler said; errors always are. Default 1000.
+    pub traces_slow_ms: u64,
+    /// Spans waiting for export at most; beyond, spans are dropped and counted. Default 8192.
+    pub export_queue_spans: usize,
+    /// Extra resource attributes for every observed service (`OTEL_RESOURCE_ATTRIBUTES` of
+    /// the agent), below each process's own.
+    pub resource_attributes: Option<String>,
+    /// `service.name` for processes that set none (`OTEL_SERVICE_NAME` of the agent); unset:
+    /// named from their command line.
+    pub default_service_name: Option<String>,
 }
 
 impl Default for Config {
@@ -137,6 +174,21 @@ impl Default for Config {
             profile_drain_secs: 2,
             profile_stack_entries: 8192,
             profile_debug_info: false,
+            otlp_endpoint: None,
+            otlp_traces_endpoint: None,
+            otlp_metrics_endpoint: None,
+            otlp_protocol: "http/protobuf".to_owned(),
+            otlp_headers: None,
+            otlp_timeout_ms: 10_000,
+            metric_export_interval_ms: 60_000,
+            metrics_temporality: "cumulative".to_owned(),
+            metrics_histogram: "exponential".to_owned(),
+            traces_sampler: "parentbased_always_on".to_owned(),
+            traces_sampler_arg: None,
+            traces_slow_ms: 1000,
+            export_queue_spans: 8192,
+            resource_attributes: None,
+            default_service_name: None,
         }
     }
 }

@@ -34,6 +34,10 @@ impl ProtocolCounters {
     }
 }
 
+const SIGNAL_LABELS: [&str; 2] = ["signal=\"traces\"", "signal=\"metrics\""];
+/// Index of the traces counters.
+pub const TRACES: usize = 0;
+
 /// All of the agent's own counters. Shared between the event thread and the listener.
 #[derive(Debug, Default)]
 pub struct Internal {
@@ -63,6 +67,20 @@ pub struct Internal {
     pub profile_symbol_cache_entries: AtomicU64,
     pub profile_symbol_cache_resets: AtomicU64,
     pub profile_symbolize_ns: AtomicU64,
+    /// Per OTLP signal (traces, metrics): items exported, items dropped (queue full or retries
+    /// exhausted), failed export attempts.
+    pub export_sent: [AtomicU64; 2],
+    pub export_dropped: [AtomicU64; 2],
+    pub export_failures: [AtomicU64; 2],
+    /// Spans not exported because the head sampler said no (and they were neither errors
+    /// nor slow).
+    pub spans_sampled_out: AtomicU64,
+    /// Requests whose trace context could not be tracked (table full): exported as roots.
+    pub trace_context_overflow: AtomicU64,
+    /// Spans released before their hold time because the hold buffer was full.
+    pub spans_released_early: AtomicU64,
+    /// Server spans parented to a same-host client span.
+    pub spans_paired: AtomicU64,
 }
 
 impl Internal {
@@ -310,6 +328,62 @@ impl Internal {
             "counter",
             "CPU time the profiler spent symbolizing.",
             self.profile_symbolize_ns.load(Relaxed) as f64 / 1e9,
+        );
+        let per_signal = |counters: &[AtomicU64; 2]| -> Vec<(&str, u64)> {
+            SIGNAL_LABELS
+                .iter()
+                .zip(counters)
+                .map(|(l, c)| (*l, c.load(Relaxed)))
+                .collect()
+        };
+        family(
+            out,
+            "apm_export_sent_total",
+            "counter",
+            "Spans and metric data points accepted by the OTLP endpoint.",
+            &per_signal(&self.export_sent),
+        );
+        family(
+            out,
+            "apm_export_dropped_total",
+            "counter",
+            "Spans and metric data points dropped: export queue full, or retries exhausted.",
+            &per_signal(&self.export_dropped),
+        );
+        family(
+            out,
+            "apm_export_failures_total",
+            "counter",
+            "Failed OTLP export attempts (each retried while the retry budget lasts).",
+            &per_signal(&self.export_failures),
+        );
+        family(
+            out,
+            "apm_spans_sampled_out_total",
+            "counter",
+            "Spans the head sampler did not keep (errors and slow requests are always kept).",
+            &[("", self.spans_sampled_out.load(Relaxed))],
+        );
+        family(
+            out,
+            "apm_trace_context_overflow_total",
+            "counter",
+            "Requests whose trace context could not be tracked (table full), exported as new traces.",
+            &[("", self.trace_context_overflow.load(Relaxed))],
+        );
+        family(
+            out,
+            "apm_spans_released_early_total",
+            "counter",
+            "Spans released before their hold time (buffer full): late links cannot apply.",
+            &[("", self.spans_released_early.load(Relaxed))],
+        );
+        family(
+            out,
+            "apm_spans_paired_total",
+            "counter",
+            "Server spans made children of a client span observed on the same host.",
+            &[("", self.spans_paired.load(Relaxed))],
         );
         family(
             out,

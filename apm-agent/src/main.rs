@@ -20,6 +20,7 @@ mod protocols;
 mod request;
 mod routes;
 mod server;
+mod traces;
 mod ui;
 
 use std::process::ExitCode;

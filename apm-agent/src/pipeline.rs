@@ -15,7 +15,12 @@ use crate::{
     internal::Internal,
     metrics::red::{Red, split_host},
     protocols::{Detection, ParseStats, Parser, ParserOut, Segment},
-    request::{Request, Side, Trust},
+    request::{Side, Trust},
+    traces::{
+        assembler::ConnRef,
+        span::Span,
+        tracer::{Tracer, TracerConfig},
+    },
 };
 
 /// Settings of the pipeline.
@@ -27,6 +32,8 @@ pub struct PipelineConfig {
     pub idle_timeout_ns: u64,
     pub max_connections: usize,
     pub max_processes: usize,
+    /// Trace assembly, when spans are exported.
+    pub tracing: Option<TracerConfig>,
 }
 
 /// Kernel socket-table changes decided by the pipeline.
@@ -51,11 +58,13 @@ pub struct Pipeline {
     events: [u64; 6],
     bytes_captured: u64,
     ops: KernelOps,
+    tracer: Option<Tracer>,
 }
 
 impl Pipeline {
     pub fn new(cfg: PipelineConfig) -> Self {
         Self {
+            tracer: cfg.tracing.clone().map(Tracer::new),
             conns: ConnTable::new(cfg.max_connections),
             procs: Processes::new(cfg.max_processes),
             cfg,
@@ -164,20 +173,18 @@ impl Pipeline {
             conn.state = ConnState::Ignored;
             self.ops.mute.push((key(h.tgid, h.fd), conn.id));
         }
-        // Request starts feed trace assembly (not built yet): nothing consumes them here.
-        self.out.started.clear();
-        if !self.out.done.is_empty() {
-            let (peer, comm) = (conn.peer, conn.comm);
-            record(
-                &mut self.procs,
-                &mut self.stats,
-                red,
-                h.tgid,
-                peer,
-                &comm,
-                &mut self.out.done,
-            );
-        }
+        let cref = conn_ref(h.tgid, h.fd, conn);
+        let (peer, comm) = (conn.peer, conn.comm);
+        record(
+            &mut self.procs,
+            &mut self.stats,
+            red,
+            self.tracer.as_mut(),
+            &cref,
+            peer,
+            &comm,
+            &mut self.out,
+        );
     }
 
     fn on_open(&mut self, c: &ConnEvent, red: &mut Red, internal: &Internal) {
@@ -185,7 +192,7 @@ impl Pipeline {
         match self.conns.open(c.tgid, c.fd, conn) {
             Ok(None) => {}
             // The fd was reused and its close was missed: finish the old connection first.
-            Ok(Some(old)) => self.finish(c.tgid, old, c.ts_ns, red),
+            Ok(Some(old)) => self.finish(c.tgid, c.fd, old, c.ts_ns, red),
             Err(_) => {
                 internal.connections_overflow.fetch_add(1, Relaxed);
                 self.ops.mute.push((key(c.tgid, c.fd), c.id));
@@ -195,7 +202,7 @@ impl Pipeline {
 
     fn on_close(&mut self, c: &ConnEvent, red: &mut Red) {
         if let Some(conn) = self.conns.remove(c.tgid, c.fd) {
-            self.finish(c.tgid, conn, c.ts_ns, red);
+            self.finish(c.tgid, c.fd, conn, c.ts_ns, red);
         }
     }
 
@@ -203,23 +210,25 @@ impl Pipeline {
         // The kernel closes an exiting process's fds without close(): forget them here.
         for (fd, conn) in self.conns.remove_process(p.tgid) {
             self.ops.forget.push(key(p.tgid, fd));
-            self.finish(p.tgid, conn, p.ts_ns, red);
+            self.finish(p.tgid, fd, conn, p.ts_ns, red);
         }
         self.procs.remove(p.tgid);
     }
 
     /// A connection ended: flush its parser.
-    fn finish(&mut self, tgid: u32, conn: Connection, ts_ns: u64, red: &mut Red) {
-        if let ConnState::Parsing(mut parser) = conn.state {
+    fn finish(&mut self, tgid: u32, fd: u32, mut conn: Connection, ts_ns: u64, red: &mut Red) {
+        let cref = conn_ref(tgid, fd, &conn);
+        if let ConnState::Parsing(parser) = &mut conn.state {
             parser.on_close(ts_ns, &mut self.out, &mut self.stats);
             record(
                 &mut self.procs,
                 &mut self.stats,
                 red,
-                tgid,
+                self.tracer.as_mut(),
+                &cref,
                 conn.peer,
                 &conn.comm,
-                &mut self.out.done,
+                &mut self.out,
             );
         }
     }
@@ -227,7 +236,7 @@ impl Pipeline {
     /// Finishes responses whose end can only be inferred once their connection went quiet.
     pub fn housekeeping(&mut self, now_ns: u64, red: &mut Red) {
         let idle = self.cfg.idle_timeout_ns;
-        for (tgid, _fd, conn) in self.conns.iter_mut() {
+        for (tgid, fd, conn) in self.conns.iter_mut() {
             let ConnState::Parsing(parser) = &mut conn.state else {
                 continue;
             };
@@ -235,18 +244,22 @@ impl Pipeline {
                 continue;
             }
             parser.on_idle(&mut self.out);
-            self.out.started.clear();
-            if !self.out.done.is_empty() {
-                record(
-                    &mut self.procs,
-                    &mut self.stats,
-                    red,
-                    tgid,
-                    conn.peer,
-                    &conn.comm,
-                    &mut self.out.done,
-                );
-            }
+            let cref = ConnRef {
+                tgid,
+                fd,
+                endpoints: conn.endpoints,
+                from_open: conn.id != 0,
+            };
+            record(
+                &mut self.procs,
+                &mut self.stats,
+                red,
+                self.tracer.as_mut(),
+                &cref,
+                conn.peer,
+                &conn.comm,
+                &mut self.out,
+            );
         }
     }
 
@@ -276,6 +289,17 @@ impl Pipeline {
     /// Publishes gauges and parser counters gathered since the last call.
     pub fn publish(&mut self, internal: &Internal) {
         internal.http.add(&self.stats);
+        if let Some(t) = &self.tracer {
+            let st = t.stats();
+            internal
+                .spans_sampled_out
+                .store(st.hold.sampled_out, Relaxed);
+            internal.spans_released_early.store(st.hold.early, Relaxed);
+            internal
+                .trace_context_overflow
+                .store(st.assembler.open_overflow, Relaxed);
+            internal.spans_paired.store(st.assembler.paired, Relaxed);
+        }
         self.stats = ParseStats::default();
         for (counter, n) in internal.events_read.iter().zip(&mut self.events) {
             counter.fetch_add(std::mem::take(n), Relaxed);
@@ -294,6 +318,11 @@ impl Pipeline {
             .store(self.procs.overflowed(), Relaxed);
     }
 
+    /// Spans whose hold time is up (sampled), for the exporter; None when not tracing.
+    pub fn ready_spans(&mut self, now_ns: u64) -> Option<&mut Vec<Span>> {
+        self.tracer.as_mut().map(|t| t.tick(now_ns))
+    }
+
     /// Kernel table changes to apply.
     pub fn kernel_ops(&mut self) -> &mut KernelOps {
         &mut self.ops
@@ -304,16 +333,37 @@ fn key(tgid: u32, fd: u32) -> SockKey {
     SockKey { tgid, fd }
 }
 
-/// Aggregates the requests in `out` (emptying it) under the service of `tgid`.
+/// The tracing view of a connection.
+fn conn_ref(tgid: u32, fd: u32, conn: &Connection) -> ConnRef {
+    ConnRef {
+        tgid,
+        fd,
+        endpoints: conn.endpoints,
+        from_open: conn.id != 0,
+    }
+}
+
+/// Hands what the parser produced on: request starts to the tracer, completed requests to
+/// RED (and to the tracer) under the service of the connection's process. Empties `out`.
+#[allow(clippy::too_many_arguments)]
 fn record(
     procs: &mut Processes,
     stats: &mut ParseStats,
     red: &mut Red,
-    tgid: u32,
+    mut tracer: Option<&mut Tracer>,
+    conn: &ConnRef,
     peer: Option<SocketAddr>,
     comm: &[u8; 16],
-    out: &mut Vec<Request>,
+    out: &mut ParserOut,
 ) {
+    match tracer.as_deref_mut() {
+        Some(t) => out.started.drain(..).for_each(|s| t.on_start(conn, &s)),
+        None => out.started.clear(),
+    }
+    if out.done.is_empty() {
+        return;
+    }
+    let tgid = conn.tgid;
     let entry = procs.get_or_resolve(tgid, comm_str(comm));
     let service = match entry.service_id {
         Some(id) => id,
@@ -323,8 +373,9 @@ fn record(
             id
         }
     };
+    let resource = tracer.is_some().then(|| procs.resource(tgid)).flatten();
     let mut peer_ip: Option<String> = None;
-    for req in out.drain(..) {
+    for req in out.done.drain(..) {
         stats.requests += 1;
         if req.trust.contains(Trust::END_INFERRED) {
             stats.end_inferred += 1;
@@ -347,5 +398,10 @@ fn record(
             }),
         };
         red.record(service, server, &req);
+        if let (Some(t), Some(resource)) = (tracer.as_deref_mut(), &resource) {
+            let remote = peer.or(conn.endpoints.map(|e| SocketAddr::V4(e.remote)));
+            let local = conn.endpoints.map(|e| SocketAddr::V4(e.local));
+            t.on_done(conn, &req, (remote, local), resource);
+        }
     }
 }

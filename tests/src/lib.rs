@@ -3,6 +3,7 @@
 //! the servers are the real ones.
 pub mod agent;
 pub mod net;
+pub mod otlp;
 pub mod profile;
 pub mod prom;
 pub mod servers;

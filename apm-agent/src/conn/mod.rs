@@ -73,6 +73,14 @@ impl Endpoints {
             remote: SocketAddrV4::new(addr(remote_addr), remote_port as u16),
         }
     }
+
+    /// The same connection seen from the other end.
+    pub fn mirrored(self) -> Self {
+        Self {
+            local: self.remote,
+            remote: self.local,
+        }
+    }
 }
 
 /// Peer address from the kernel's (family, port, address bytes).

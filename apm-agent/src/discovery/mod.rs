@@ -1,3 +1,4 @@
 //! Who is behind a pid: service names and the bounded table of processes seen.
 pub mod processes;
+pub mod resource;
 pub mod service_name;

@@ -1,10 +1,11 @@
 //! The processes the agent has seen traffic from: pid -> service name, resolved once per
 //! process (at its first request, while /proc still has it), bounded, dropped on exit.
-use std::collections::hash_map::Entry;
+use std::{collections::hash_map::Entry, sync::Arc};
 
 use rustc_hash::FxHashMap;
 
-use super::service_name;
+use super::{resource, service_name};
+use crate::traces::span::Resource;
 
 /// One process.
 #[derive(Debug)]
@@ -12,6 +13,8 @@ pub struct ProcessEntry {
     pub service: Box<str>,
     /// Service id in the RED aggregator, filled on first use.
     pub service_id: Option<u32>,
+    /// OTLP resource, built when tracing first needs it.
+    pub resource: Option<Arc<Resource>>,
 }
 
 /// Bounded process table.
@@ -22,6 +25,7 @@ pub struct Processes {
     overflowed: u64,
     /// Entry used for processes that arrive when the table is full.
     spill: ProcessEntry,
+    host_name: String,
 }
 
 impl Processes {
@@ -33,7 +37,9 @@ impl Processes {
             spill: ProcessEntry {
                 service: "".into(),
                 service_id: None,
+                resource: None,
             },
+            host_name: resource::host_name(),
         }
     }
 
@@ -47,6 +53,7 @@ impl Processes {
                 let entry = ProcessEntry {
                     service: service_name::resolve(tgid, comm).into_boxed_str(),
                     service_id: None,
+                    resource: None,
                 };
                 if full {
                     self.overflowed += 1;
@@ -57,6 +64,19 @@ impl Processes {
                 }
             }
         }
+    }
+
+    /// The OTLP resource of `tgid` (resolved with [`Self::get_or_resolve`] first).
+    pub fn resource(&mut self, tgid: u32) -> Option<Arc<Resource>> {
+        let host = &self.host_name;
+        let entry = self.map.get_mut(&tgid).unwrap_or(&mut self.spill);
+        let service = &entry.service;
+        Some(
+            entry
+                .resource
+                .get_or_insert_with(|| resource::resolve(tgid, service, host))
+                .clone(),
+        )
     }
 
     /// Forgets `tgid` (exit, or exec: the next request resolves the name again).

@@ -31,6 +31,8 @@ pub struct Drain {
     pub internal: Arc<Internal>,
     pub stop: Arc<AtomicBool>,
     pub poll_interval: Duration,
+    /// The span export queue, when traces are exported.
+    pub spans: Option<tokio::sync::mpsc::Sender<crate::traces::span::Span>>,
 }
 
 /// Locks a mutex, recovering the data if a panicking holder poisoned it.
@@ -71,6 +73,7 @@ impl Drain {
             wait_readable(fd, self.poll_interval.min(Duration::from_secs(1)));
             self.drain_batch();
             self.apply_kernel_ops();
+            self.export_spans();
             if last_housekeeping.elapsed() >= Duration::from_secs(1) {
                 last_housekeeping = Instant::now();
                 self.read_kernel_stats();
@@ -109,6 +112,26 @@ impl Drain {
         }
         drop(red);
         self.pipeline.publish(internal);
+    }
+
+    /// Hands spans whose hold time is up to the export queue; a full queue drops them
+    /// (counted): the event thread never waits for the exporter.
+    fn export_spans(&mut self) {
+        let Some(tx) = &self.spans else {
+            return;
+        };
+        let Some(ready) = self.pipeline.ready_spans(monotonic_ns()) else {
+            return;
+        };
+        let mut dropped = 0;
+        for span in ready.drain(..) {
+            if tx.try_send(span).is_err() {
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            self.internal.export_dropped[crate::internal::TRACES].fetch_add(dropped, Relaxed);
+        }
     }
 
     fn apply_kernel_ops(&mut self) {

@@ -1,2 +1,3 @@
 //! Sinks: where aggregated data leaves the agent.
+pub mod otlp;
 pub mod prometheus;

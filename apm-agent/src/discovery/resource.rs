@@ -1,0 +1,191 @@
+//! The OTLP resource of an observed process: who sent a span or a metric point.
+//!
+//! `service.name` (resolved by [`super::service_name`]), `service.instance.id` (host, pid and
+//! process start time: unique across pid reuse and restarts), `host.name`, `process.pid`,
+//! `process.executable.name`, `container.id` (from the cgroup path, when the process runs in
+//! a container), and the process's own `OTEL_RESOURCE_ATTRIBUTES`, bounded.
+use std::sync::Arc;
+
+use crate::traces::span::{Resource, Value};
+
+/// Attributes kept from one process's `OTEL_RESOURCE_ATTRIBUTES`.
+const MAX_EXTRA: usize = 32;
+/// Longest key or value kept from it.
+const MAX_EXTRA_LEN: usize = 255;
+
+/// Builds the resource of `pid`, named `service`.
+pub fn resolve(pid: u32, service: &str, host_name: &str) -> Arc<Resource> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .map(|n| n.trim_end_matches(" (deleted)").to_owned());
+    let start = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| start_time(&stat));
+    let container = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .ok()
+        .and_then(|c| container_id(&c));
+    let extra = std::fs::read(format!("/proc/{pid}/environ"))
+        .ok()
+        .and_then(|env| env_var(&env, "OTEL_RESOURCE_ATTRIBUTES").map(parse_resource_attributes))
+        .unwrap_or_default();
+    let mut attributes = vec![
+        ("service.name", Value::Str(service.to_owned())),
+        (
+            "service.instance.id",
+            Value::Str(format!("{host_name}:{pid}:{}", start.unwrap_or(0))),
+        ),
+        ("host.name", Value::Str(host_name.to_owned())),
+        ("process.pid", Value::Int(i64::from(pid))),
+    ];
+    if let Some(exe) = exe {
+        attributes.push(("process.executable.name", Value::Str(exe)));
+    }
+    if let Some(id) = container {
+        attributes.push(("container.id", Value::Str(id)));
+    }
+    // The agent's own keys win over what the process declares.
+    let extra = extra
+        .into_iter()
+        .filter(|(k, _)| !attributes.iter().any(|(own, _)| own == k))
+        .collect();
+    Arc::new(Resource { attributes, extra })
+}
+
+/// This host's name.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// Field 22 of `/proc/<pid>/stat` (start time in clock ticks since boot). The command name
+/// (field 2) may hold spaces and parentheses: fields are counted after its last `)`.
+pub fn start_time(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// A 64-hex-digit container id in a cgroup path (`/docker/<id>`, `docker-<id>.scope`,
+/// `cri-containerd-<id>.scope`, `crio-<id>.scope`, `.../pod.../<id>`).
+pub fn container_id(cgroup: &str) -> Option<String> {
+    cgroup.lines().find_map(|line| {
+        let path = line.rsplit(':').next()?;
+        path.rsplit('/').find_map(|segment| {
+            let segment = segment.strip_suffix(".scope").unwrap_or(segment);
+            let id = segment.rsplit('-').next()?;
+            (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
+        })
+    })
+}
+
+/// The value of `key` in a NUL-separated environment block.
+pub fn env_var<'a>(environ: &'a [u8], key: &str) -> Option<&'a str> {
+    environ.split(|b| *b == 0).find_map(|entry| {
+        let rest = entry.strip_prefix(key.as_bytes())?.strip_prefix(b"=")?;
+        std::str::from_utf8(rest).ok()
+    })
+}
+
+/// `key1=value1,key2=value2` with percent-encoded values (the `OTEL_RESOURCE_ATTRIBUTES`
+/// format). Malformed entries are skipped; count and lengths are bounded.
+pub fn parse_resource_attributes(s: &str) -> Vec<(String, String)> {
+    s.split(',')
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            let (k, v) = (k.trim(), percent_decode(v.trim())?);
+            (!k.is_empty() && k.len() <= MAX_EXTRA_LEN && v.len() <= MAX_EXTRA_LEN)
+                .then(|| (k.to_owned(), v))
+        })
+        .take(MAX_EXTRA)
+        .collect()
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_attributes_are_decoded_and_bounded() {
+        let got = parse_resource_attributes(
+            "deployment.environment=prod, team=a%20b,broken,=x,bad=%zz,k=v",
+        );
+        assert_eq!(
+            got,
+            vec![
+                ("deployment.environment".to_owned(), "prod".to_owned()),
+                ("team".to_owned(), "a b".to_owned()),
+                ("k".to_owned(), "v".to_owned()),
+            ]
+        );
+        let many: Vec<String> = (0..100).map(|i| format!("k{i}=v")).collect();
+        assert_eq!(parse_resource_attributes(&many.join(",")).len(), MAX_EXTRA);
+    }
+
+    #[test]
+    fn container_ids_from_cgroup_paths() {
+        let id = "3f4e2c1b0a9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f";
+        for cg in [
+            format!("0::/system.slice/docker-{id}.scope"),
+            format!("12:cpu:/docker/{id}"),
+            format!(
+                "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-containerd-{id}.scope"
+            ),
+            format!("0::/kubepods/besteffort/pod1234/{id}"),
+        ] {
+            assert_eq!(container_id(&cg).as_deref(), Some(id), "{cg}");
+        }
+        assert_eq!(
+            container_id("0::/user.slice/user-0.slice/session-1.scope"),
+            None
+        );
+    }
+
+    #[test]
+    fn start_time_survives_odd_command_names() {
+        let stat = "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10";
+        assert_eq!(start_time(stat), Some(98765));
+        assert_eq!(start_time("garbage"), None);
+    }
+
+    #[test]
+    fn this_process_resolves() {
+        let r = resolve(std::process::id(), "svc", "h");
+        assert!(
+            r.attributes
+                .contains(&("service.name", Value::Str("svc".to_owned())))
+        );
+        assert!(
+            r.attributes
+                .iter()
+                .any(|(k, _)| *k == "process.executable.name")
+        );
+        let Some((_, Value::Str(id))) = r
+            .attributes
+            .iter()
+            .find(|(k, _)| *k == "service.instance.id")
+        else {
+            panic!("no instance id");
+        };
+        assert!(!id.ends_with(":0"), "start time read: {id}");
+    }
+}

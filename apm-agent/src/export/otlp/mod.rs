@@ -1,0 +1,6 @@
+//! OTLP export: encoding, transports, retries and the export tasks.
+pub mod encode_traces;
+pub mod retry;
+pub mod settings;
+pub mod traces_task;
+pub mod transport;

@@ -1,0 +1,119 @@
+//! A completed request and its trace context -> a span with OpenTelemetry HTTP semantic
+//! convention attributes. Only allow-listed values leave: method, path without query, route
+//! template, status, user agent, addresses and ports. No other header, no body.
+use std::{net::SocketAddr, sync::Arc};
+
+use super::{
+    assembler::Ctx,
+    span::{Attributes, Clock, Kind, Resource, Span, Value},
+};
+use crate::{
+    metrics::red::split_host,
+    request::{Request, Side},
+};
+
+/// Everything about the connection a span needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer<'a> {
+    /// The other end of the connection.
+    pub remote: Option<SocketAddr>,
+    /// This end (server side: the port it serves on).
+    pub local: Option<SocketAddr>,
+    /// Server side: the route template of the path.
+    pub route: &'a str,
+}
+
+/// Builds the span of `req`.
+pub fn span(
+    req: &Request,
+    ctx: &Ctx,
+    peer: &Peer<'_>,
+    resource: Arc<Resource>,
+    clock: Clock,
+) -> Span {
+    let http = &req.http;
+    let method = http.method.as_str();
+    let mut attributes: Attributes = Vec::with_capacity(12);
+    let mut put = |k: &'static str, v: Value| attributes.push((k, v));
+    put("http.request.method", Value::Str(method.to_owned()));
+    put("http.route", Value::Str(peer.route.to_owned()));
+    put("url.path", Value::Str(http.path.clone()));
+    put("url.scheme", Value::Str("http".to_owned()));
+    if http.status != 0 {
+        put(
+            "http.response.status_code",
+            Value::Int(i64::from(http.status)),
+        );
+    }
+    put(
+        "network.protocol.version",
+        Value::Str(
+            if http.version_minor == 0 {
+                "1.0"
+            } else {
+                "1.1"
+            }
+            .to_owned(),
+        ),
+    );
+    if let Some(ua) = &http.user_agent {
+        put("user_agent.original", Value::Str(ua.clone()));
+    }
+    if let Some(remote) = peer.remote {
+        put("network.peer.address", Value::Str(remote.ip().to_string()));
+        put("network.peer.port", Value::Int(i64::from(remote.port())));
+    }
+    match req.side {
+        Side::Server => {
+            if let Some(remote) = peer.remote {
+                put("client.address", Value::Str(remote.ip().to_string()));
+            }
+            if let Some(local) = peer.local {
+                put("server.port", Value::Int(i64::from(local.port())));
+            }
+        }
+        Side::Client => match http.host.as_deref().map(split_host) {
+            Some((host, port)) => {
+                put("server.address", Value::Str(host.to_owned()));
+                put("server.port", Value::Int(i64::from(port.unwrap_or(80))));
+            }
+            None => {
+                if let Some(remote) = peer.remote {
+                    put("server.address", Value::Str(remote.ip().to_string()));
+                    put("server.port", Value::Int(i64::from(remote.port())));
+                }
+            }
+        },
+    }
+    let error = is_error(req.side, http.status);
+    if error {
+        put("error.type", Value::Str(http.status.to_string()));
+    }
+    Span {
+        resource,
+        trace_id: ctx.trace_id,
+        span_id: ctx.span_id,
+        parent_span_id: ctx.parent,
+        // A server joining its caller's trace keeps the caller's vendor state.
+        trace_state: match req.side {
+            Side::Server if http.traceparent.is_some() => http.tracestate.clone(),
+            _ => None,
+        },
+        name: format!("{method} {}", peer.route),
+        kind: Kind::from(req.side),
+        start_unix_ns: clock.to_unix(req.start_ns),
+        end_unix_ns: clock.to_unix(req.end_ns),
+        attributes,
+        error,
+        links: ctx.link.into_iter().collect(),
+    }
+}
+
+/// Status ERROR: 5xx on a server (its own failure), any 4xx/5xx on a client (the call
+/// failed), per the HTTP semantic conventions; no response at all is an error too.
+pub fn is_error(side: Side, status: u16) -> bool {
+    match side {
+        Side::Server => status >= 500 || status == 0,
+        Side::Client => status >= 400 || status == 0,
+    }
+}

@@ -1,0 +1,164 @@
+//! A small OTLP/HTTP receiver for the tests: accepts `POST /v1/traces` (protobuf), keeps the
+//! raw bodies (to search them for secrets) and decodes them with the official OTLP protobuf
+//! definitions (`opentelemetry-proto`).
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpListener,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::ExportTraceServiceRequest,
+    common::v1::{AnyValue, KeyValue, any_value},
+    trace::v1::Span,
+};
+use prost::Message;
+
+/// Everything received so far.
+#[derive(Debug, Default)]
+pub struct Received {
+    pub bodies: Vec<Vec<u8>>,
+    pub traces: Vec<ExportTraceServiceRequest>,
+    pub decode_errors: usize,
+}
+
+/// The running receiver (a thread; it lives as long as the test process).
+#[derive(Debug, Clone)]
+pub struct Receiver {
+    pub port: u16,
+    received: Arc<Mutex<Received>>,
+}
+
+impl Receiver {
+    pub fn start() -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let received = Arc::new(Mutex::new(Received::default()));
+        let sink = received.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().map_while(Result::ok) {
+                let sink = sink.clone();
+                std::thread::spawn(move || {
+                    let _ = serve(stream, &sink);
+                });
+            }
+        });
+        Ok(Self { port, received })
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Every span received, with the `service.name` of its resource.
+    pub fn spans(&self) -> Vec<(String, Span)> {
+        let r = self.received.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for req in &r.traces {
+            for rs in &req.resource_spans {
+                let service = rs
+                    .resource
+                    .as_ref()
+                    .and_then(|res| str_attr(&res.attributes, "service.name"))
+                    .unwrap_or_default();
+                for ss in &rs.scope_spans {
+                    out.extend(ss.spans.iter().map(|s| (service.clone(), s.clone())));
+                }
+            }
+        }
+        out
+    }
+
+    /// Spans of `service` once at least `n` arrived (or the timeout passed).
+    pub fn wait_spans(&self, service: &str, n: usize, timeout: Duration) -> Vec<Span> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mine: Vec<Span> = self
+                .spans()
+                .into_iter()
+                .filter(|(s, _)| s == service)
+                .map(|(_, s)| s)
+                .collect();
+            if mine.len() >= n || Instant::now() > deadline {
+                return mine;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Raw bodies, for searching.
+    pub fn bodies(&self) -> Vec<Vec<u8>> {
+        let r = self.received.lock().unwrap_or_else(|e| e.into_inner());
+        r.bodies.clone()
+    }
+
+    pub fn decode_errors(&self) -> usize {
+        let r = self.received.lock().unwrap_or_else(|e| e.into_inner());
+        r.decode_errors
+    }
+}
+
+/// Serves one keep-alive connection.
+fn serve(stream: std::net::TcpStream, sink: &Mutex<Received>) -> Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+        let mut len = 0usize;
+        loop {
+            let mut h = String::new();
+            reader.read_line(&mut h)?;
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                len = v.trim().parse().context("content-length")?;
+            }
+        }
+        let mut body = vec![0u8; len];
+        reader.read_exact(&mut body)?;
+        {
+            let mut r = sink.lock().unwrap_or_else(|e| e.into_inner());
+            if path == "/v1/traces" {
+                match ExportTraceServiceRequest::decode(body.as_slice()) {
+                    Ok(req) => r.traces.push(req),
+                    Err(_) => r.decode_errors += 1,
+                }
+            }
+            r.bodies.push(body);
+        }
+        writer.write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n",
+        )?;
+    }
+}
+
+fn value_str(v: &Option<AnyValue>) -> Option<String> {
+    match v.as_ref()?.value.as_ref()? {
+        any_value::Value::StringValue(s) => Some(s.clone()),
+        any_value::Value::IntValue(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+/// An attribute's value as text (strings and integers).
+pub fn str_attr(attrs: &[KeyValue], key: &str) -> Option<String> {
+    attrs
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| value_str(&kv.value))
+}
+
+/// Lower-case hex of an id.
+pub fn hex(id: &[u8]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
