@@ -11,18 +11,31 @@ use std::{
     time::{Duration, Instant},
 };
 
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use tokio::sync::mpsc;
 
 use crate::{
     config::Config,
     console,
+    discovery::{
+        resource::{self, parse_resource_attributes},
+        service_name,
+    },
     ebpf::{
         LoadError, LoadOptions, Probes, ProfilerLoad, drain::Drain, drain::lock,
         profiler::SamplingOptions, seed, tracefs,
     },
-    export::otlp::{settings::Settings, traces_task, transport::Transport},
+    export::otlp::{
+        metrics_task,
+        settings::{Settings, metrics_config},
+        traces_task,
+        transport::Transport,
+    },
     internal::Internal,
-    metrics::red::{Red, RedConfig},
+    metrics::{
+        otel::OtelConfig,
+        red::{Red, RedConfig},
+    },
     pipeline::{Pipeline, PipelineConfig},
     privileges,
     profiles::store::Store,
@@ -71,6 +84,7 @@ pub fn run(cfg: Config) -> Result<(), AgentError> {
         return Err(AgentError::Privileges(names.join(", ")));
     }
     raise_memlock();
+    apply_naming_defaults(&cfg);
     let (root, state) = tracefs::ensure().map_err(AgentError::Tracefs)?;
     if state == tracefs::TracefsState::MountedNow {
         log::info!("mounted tracefs at {}", root.display());
@@ -178,7 +192,7 @@ pub fn run(cfg: Config) -> Result<(), AgentError> {
     }
 
     let stop = Arc::new(AtomicBool::new(false));
-    let (tracing, spans) = start_trace_export(&cfg, &runtime, &internal)?;
+    let exports = start_export(&cfg, &runtime, &internal)?;
     let drain = Drain {
         maps,
         pipeline: Pipeline::new(PipelineConfig {
@@ -186,13 +200,15 @@ pub fn run(cfg: Config) -> Result<(), AgentError> {
             idle_timeout_ns: cfg.response_idle_timeout_secs.saturating_mul(1_000_000_000),
             max_connections: cfg.max_connections,
             max_processes: cfg.max_processes,
-            tracing,
+            tracing: exports.tracing,
+            metrics: exports.metrics_config,
         }),
         red: red.clone(),
         internal: internal.clone(),
         stop: stop.clone(),
         poll_interval: Duration::from_millis(cfg.poll_interval_ms),
-        spans,
+        spans: exports.spans,
+        metrics: exports.metrics,
     };
     let events = std::thread::Builder::new()
         .name("apm-events".to_owned())
@@ -229,6 +245,13 @@ pub fn run(cfg: Config) -> Result<(), AgentError> {
     let profiler_joined = profiler.map(std::thread::JoinHandle::join);
     let joined = events.join();
     drop(probes);
+    // The event thread handed over what it still held; give the export tasks a moment.
+    let flush = Duration::from_millis(cfg.otlp_timeout_ms).min(Duration::from_secs(5));
+    runtime.block_on(async {
+        for task in exports.tasks {
+            let _ = tokio::time::timeout(flush, task).await;
+        }
+    });
     runtime.shutdown_timeout(Duration::from_secs(1));
     if matches!(profiler_joined, Some(Err(_))) {
         return Err(AgentError::EventThread);
@@ -236,21 +259,54 @@ pub fn run(cfg: Config) -> Result<(), AgentError> {
     joined.map_err(|_| AgentError::EventThread)
 }
 
-/// Starts the span export task when a traces endpoint is configured: the tracer settings
-/// for the pipeline and the queue it feeds.
-fn start_trace_export(
+/// What the export setup gives the event thread.
+struct Exports {
+    tracing: Option<TracerConfig>,
+    spans: Option<mpsc::Sender<Span>>,
+    metrics_config: Option<OtelConfig>,
+    metrics: Option<(mpsc::Sender<ExportMetricsServiceRequest>, Duration)>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts the span and metrics export tasks for the configured endpoints: the settings for
+/// the pipeline and the queues it feeds.
+fn start_export(
     cfg: &Config,
     runtime: &tokio::runtime::Runtime,
     internal: &Arc<Internal>,
-) -> Result<(Option<TracerConfig>, Option<mpsc::Sender<Span>>), AgentError> {
+) -> Result<Exports, AgentError> {
+    let mut exports = Exports {
+        tracing: None,
+        spans: None,
+        metrics_config: None,
+        metrics: None,
+        tasks: Vec::new(),
+    };
     let Some(settings) = Settings::from_config(cfg)? else {
-        return Ok((None, None));
+        return Ok(exports);
     };
     if let Some(url) = &settings.metrics_url {
-        log::warn!("OTLP metrics export is not implemented yet: nothing is sent to {url}");
+        let metrics_config = metrics_config(cfg)?;
+        let transport = Transport::new(
+            settings.protocol,
+            url,
+            settings.headers.clone(),
+            settings.timeout,
+        )?;
+        let (tx, rx) = mpsc::channel(metrics_task::QUEUE);
+        exports
+            .tasks
+            .push(runtime.spawn(metrics_task::run(rx, transport, internal.clone())));
+        let every = Duration::from_millis(cfg.metric_export_interval_ms.max(100));
+        exports.metrics_config = Some(metrics_config);
+        exports.metrics = Some((tx, every));
+        log::info!(
+            "exporting metrics to {url} ({:?}) every {every:?}",
+            settings.protocol
+        );
     }
     let Some(url) = settings.traces_url.clone() else {
-        return Ok((None, None));
+        return Ok(exports);
     };
     let sampler = TraceSampler::parse(&cfg.traces_sampler, cfg.traces_sampler_arg.as_deref())
         .map_err(|e| crate::config::ConfigError::Invalid {
@@ -260,18 +316,36 @@ fn start_trace_export(
     let transport = Transport::new(settings.protocol, &url, settings.headers, settings.timeout)?;
     let capacity = cfg.export_queue_spans.max(1);
     let (tx, rx) = mpsc::channel(capacity);
-    runtime.spawn(traces_task::run(rx, transport, internal.clone()));
+    exports
+        .tasks
+        .push(runtime.spawn(traces_task::run(rx, transport, internal.clone())));
     log::info!("exporting spans to {url} ({:?})", settings.protocol);
-    Ok((
-        Some(TracerConfig {
-            sampler,
-            slow_ns: cfg.traces_slow_ms.saturating_mul(1_000_000),
-            max_open: cfg.max_connections,
-            hold_ns: SPAN_HOLD_NS,
-            max_held: capacity,
-        }),
-        Some(tx),
-    ))
+    exports.tracing = Some(TracerConfig {
+        sampler,
+        slow_ns: cfg.traces_slow_ms.saturating_mul(1_000_000),
+        max_open: cfg.max_connections,
+        hold_ns: SPAN_HOLD_NS,
+        max_held: capacity,
+    });
+    exports.spans = Some(tx);
+    Ok(exports)
+}
+
+/// The agent's `OTEL_SERVICE_NAME` (or the `service.name` in its `OTEL_RESOURCE_ATTRIBUTES`)
+/// names processes that declare none; its other resource attributes go on every resource.
+fn apply_naming_defaults(cfg: &Config) {
+    let attributes = cfg.resource_attributes.as_deref().unwrap_or("");
+    if !attributes.trim().is_empty() {
+        resource::set_agent_attributes(attributes);
+    }
+    let from_attributes = parse_resource_attributes(attributes)
+        .into_iter()
+        .find(|(k, _)| k == "service.name")
+        .map(|(_, v)| v);
+    if let Some(name) = cfg.default_service_name.clone().or(from_attributes) {
+        log::info!("processes that declare no service name are named {name:?}");
+        service_name::set_default(&name);
+    }
 }
 
 /// Finished spans wait this long for a late same-host pairing before export.

@@ -164,10 +164,10 @@ pub struct RunArgs {
     #[arg(long, env = "OTEL_METRIC_EXPORT_INTERVAL")]
     pub metric_export_interval_ms: Option<u64>,
     /// Metric temporality: cumulative or delta [default: cumulative].
-    #[arg(long, env = "APM_METRICS_TEMPORALITY")]
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE")]
     pub metrics_temporality: Option<String>,
     /// Histogram aggregation: exponential or explicit [default: exponential].
-    #[arg(long, env = "APM_METRICS_HISTOGRAM")]
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION")]
     pub metrics_histogram: Option<String>,
     /// Trace head sampler, as OTEL_TRACES_SAMPLER [default: parentbased_always_on].
     #[arg(long, env = "OTEL_TRACES_SAMPLER")]

@@ -37,6 +37,8 @@ impl ProtocolCounters {
 const SIGNAL_LABELS: [&str; 2] = ["signal=\"traces\"", "signal=\"metrics\""];
 /// Index of the traces counters.
 pub const TRACES: usize = 0;
+/// Index of the metrics counters (data points).
+pub const METRICS: usize = 1;
 
 /// All of the agent's own counters. Shared between the event thread and the listener.
 #[derive(Debug, Default)]
@@ -72,6 +74,8 @@ pub struct Internal {
     pub export_sent: [AtomicU64; 2],
     pub export_dropped: [AtomicU64; 2],
     pub export_failures: [AtomicU64; 2],
+    /// OTLP metric points refused by the series budget.
+    pub otlp_series_overflow: AtomicU64,
     /// Spans not exported because the head sampler said no (and they were neither errors
     /// nor slow).
     pub spans_sampled_out: AtomicU64,
@@ -242,6 +246,10 @@ impl Internal {
             (
                 "pipelined_requests".to_owned(),
                 h.pipeline_overflow.load(Relaxed),
+            ),
+            (
+                "otlp_series".to_owned(),
+                self.otlp_series_overflow.load(Relaxed),
             ),
         ];
         maps.extend(red_overflows.iter().map(|(m, v)| ((*m).to_owned(), *v)));

@@ -22,6 +22,10 @@ use crate::{
         tracer::{Tracer, TracerConfig},
     },
 };
+use crate::{
+    metrics::otel::{Collected, OtelConfig, OtelMetrics},
+    traces::span::Clock,
+};
 
 /// Settings of the pipeline.
 #[derive(Debug, Clone)]
@@ -34,6 +38,15 @@ pub struct PipelineConfig {
     pub max_processes: usize,
     /// Trace assembly, when spans are exported.
     pub tracing: Option<TracerConfig>,
+    /// OTLP duration histograms, when metrics are exported.
+    pub metrics: Option<OtelConfig>,
+}
+
+/// Consumers of completed requests beyond RED, present only when their export is on.
+struct Sinks {
+    tracer: Option<Tracer>,
+    otel: Option<OtelMetrics>,
+    clock: Clock,
 }
 
 /// Kernel socket-table changes decided by the pipeline.
@@ -58,13 +71,17 @@ pub struct Pipeline {
     events: [u64; 6],
     bytes_captured: u64,
     ops: KernelOps,
-    tracer: Option<Tracer>,
+    sinks: Sinks,
 }
 
 impl Pipeline {
     pub fn new(cfg: PipelineConfig) -> Self {
         Self {
-            tracer: cfg.tracing.clone().map(Tracer::new),
+            sinks: Sinks {
+                tracer: cfg.tracing.clone().map(Tracer::new),
+                otel: cfg.metrics.map(OtelMetrics::new),
+                clock: Clock::now(),
+            },
             conns: ConnTable::new(cfg.max_connections),
             procs: Processes::new(cfg.max_processes),
             cfg,
@@ -179,7 +196,7 @@ impl Pipeline {
             &mut self.procs,
             &mut self.stats,
             red,
-            self.tracer.as_mut(),
+            &mut self.sinks,
             &cref,
             peer,
             &comm,
@@ -224,7 +241,7 @@ impl Pipeline {
                 &mut self.procs,
                 &mut self.stats,
                 red,
-                self.tracer.as_mut(),
+                &mut self.sinks,
                 &cref,
                 conn.peer,
                 &conn.comm,
@@ -254,7 +271,7 @@ impl Pipeline {
                 &mut self.procs,
                 &mut self.stats,
                 red,
-                self.tracer.as_mut(),
+                &mut self.sinks,
                 &cref,
                 conn.peer,
                 &conn.comm,
@@ -289,7 +306,10 @@ impl Pipeline {
     /// Publishes gauges and parser counters gathered since the last call.
     pub fn publish(&mut self, internal: &Internal) {
         internal.http.add(&self.stats);
-        if let Some(t) = &self.tracer {
+        if let Some(m) = &self.sinks.otel {
+            internal.otlp_series_overflow.store(m.overflows(), Relaxed);
+        }
+        if let Some(t) = &self.sinks.tracer {
             let st = t.stats();
             internal
                 .spans_sampled_out
@@ -320,7 +340,18 @@ impl Pipeline {
 
     /// Spans whose hold time is up (sampled), for the exporter; None when not tracing.
     pub fn ready_spans(&mut self, now_ns: u64) -> Option<&mut Vec<Span>> {
-        self.tracer.as_mut().map(|t| t.tick(now_ns))
+        self.sinks.tracer.as_mut().map(|t| t.tick(now_ns))
+    }
+
+    /// The OTLP duration points of this interval, with the temporality they follow; None when
+    /// metrics are not exported.
+    pub fn collect_metrics(
+        &mut self,
+        now_monotonic_ns: u64,
+    ) -> Option<(Vec<Collected>, OtelConfig, u64)> {
+        let now = self.sinks.clock.to_unix(now_monotonic_ns);
+        let m = self.sinks.otel.as_mut()?;
+        Some((m.collect(now), m.config(), now))
     }
 
     /// Kernel table changes to apply.
@@ -350,13 +381,13 @@ fn record(
     procs: &mut Processes,
     stats: &mut ParseStats,
     red: &mut Red,
-    mut tracer: Option<&mut Tracer>,
+    sinks: &mut Sinks,
     conn: &ConnRef,
     peer: Option<SocketAddr>,
     comm: &[u8; 16],
     out: &mut ParserOut,
 ) {
-    match tracer.as_deref_mut() {
+    match sinks.tracer.as_mut() {
         Some(t) => out.started.drain(..).for_each(|s| t.on_start(conn, &s)),
         None => out.started.clear(),
     }
@@ -373,7 +404,8 @@ fn record(
             id
         }
     };
-    let resource = tracer.is_some().then(|| procs.resource(tgid)).flatten();
+    let exporting = sinks.tracer.is_some() || sinks.otel.is_some();
+    let resource = exporting.then(|| procs.resource(tgid)).flatten();
     let mut peer_ip: Option<String> = None;
     for req in out.done.drain(..) {
         stats.requests += 1;
@@ -397,8 +429,22 @@ fn record(
                 )
             }),
         };
-        red.record(service, server, &req);
-        if let (Some(t), Some(resource)) = (tracer.as_deref_mut(), &resource) {
+        let series = red.record(service, server, &req);
+        if let (Some(m), Some(resource)) = (sinks.otel.as_mut(), &resource) {
+            let local_port = match req.side {
+                Side::Server => conn.endpoints.map_or(0, |e| e.local.port()),
+                Side::Client => 0,
+            };
+            m.record(
+                resource,
+                series,
+                local_port,
+                req.http.version_minor,
+                req.duration_ns(),
+                sinks.clock.to_unix(req.end_ns),
+            );
+        }
+        if let (Some(t), Some(resource)) = (sinks.tracer.as_mut(), &resource) {
             let remote = peer.or(conn.endpoints.map(|e| SocketAddr::V4(e.remote)));
             let local = conn.endpoints.map(|e| SocketAddr::V4(e.local));
             t.on_done(conn, &req, (remote, local), resource);

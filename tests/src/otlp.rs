@@ -1,6 +1,6 @@
-//! A small OTLP/HTTP receiver for the tests: accepts `POST /v1/traces` (protobuf), keeps the
-//! raw bodies (to search them for secrets) and decodes them with the official OTLP protobuf
-//! definitions (`opentelemetry-proto`).
+//! A small OTLP/HTTP receiver for the tests: accepts `POST /v1/traces` and `POST /v1/metrics`
+//! (protobuf), keeps the raw bodies (to search them for secrets) and decodes them with the
+//! official OTLP protobuf definitions (`opentelemetry-proto`).
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpListener,
@@ -10,8 +10,9 @@ use std::{
 
 use anyhow::{Context, Result};
 use opentelemetry_proto::tonic::{
-    collector::trace::v1::ExportTraceServiceRequest,
+    collector::{metrics::v1::ExportMetricsServiceRequest, trace::v1::ExportTraceServiceRequest},
     common::v1::{AnyValue, KeyValue, any_value},
+    metrics::v1::{Metric, metric::Data},
     trace::v1::Span,
 };
 use prost::Message;
@@ -21,6 +22,7 @@ use prost::Message;
 pub struct Received {
     pub bodies: Vec<Vec<u8>>,
     pub traces: Vec<ExportTraceServiceRequest>,
+    pub metrics: Vec<ExportMetricsServiceRequest>,
     pub decode_errors: usize,
 }
 
@@ -88,6 +90,76 @@ impl Receiver {
         }
     }
 
+    /// Every metric received, in arrival order, with its resource's attributes.
+    pub fn metrics(&self) -> Vec<(Vec<KeyValue>, Metric)> {
+        let r = self.received.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for req in &r.metrics {
+            for rm in &req.resource_metrics {
+                let attrs = rm
+                    .resource
+                    .as_ref()
+                    .map(|res| res.attributes.clone())
+                    .unwrap_or_default();
+                for sm in &rm.scope_metrics {
+                    out.extend(sm.metrics.iter().map(|m| (attrs.clone(), m.clone())));
+                }
+            }
+        }
+        out
+    }
+
+    /// Data points of metric `name` from resources named `service`, in arrival order, as
+    /// (resource attributes, point).
+    pub fn points(&self, service: &str, name: &str) -> Vec<(Vec<KeyValue>, Point)> {
+        let mut out = Vec::new();
+        for (attrs, m) in self.metrics() {
+            if m.name != name || str_attr(&attrs, "service.name").as_deref() != Some(service) {
+                continue;
+            }
+            let points: Vec<Point> = match m.data {
+                Some(Data::ExponentialHistogram(h)) => h
+                    .data_points
+                    .into_iter()
+                    .map(|p| Point {
+                        temporality: h.aggregation_temporality,
+                        unit: m.unit.clone(),
+                        attributes: p.attributes.clone(),
+                        start: p.start_time_unix_nano,
+                        time: p.time_unix_nano,
+                        count: p.count,
+                        sum: p.sum.unwrap_or(0.0),
+                        buckets_total: p.zero_count
+                            + p.positive
+                                .as_ref()
+                                .map_or(0, |b| b.bucket_counts.iter().sum::<u64>()),
+                        exponential: true,
+                        explicit_bounds: Vec::new(),
+                    })
+                    .collect(),
+                Some(Data::Histogram(h)) => h
+                    .data_points
+                    .into_iter()
+                    .map(|p| Point {
+                        temporality: h.aggregation_temporality,
+                        unit: m.unit.clone(),
+                        attributes: p.attributes.clone(),
+                        start: p.start_time_unix_nano,
+                        time: p.time_unix_nano,
+                        count: p.count,
+                        sum: p.sum.unwrap_or(0.0),
+                        buckets_total: p.bucket_counts.iter().sum(),
+                        exponential: false,
+                        explicit_bounds: p.explicit_bounds.clone(),
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            out.extend(points.into_iter().map(|p| (attrs.clone(), p)));
+        }
+        out
+    }
+
     /// Raw bodies, for searching.
     pub fn bodies(&self) -> Vec<Vec<u8>> {
         let r = self.received.lock().unwrap_or_else(|e| e.into_inner());
@@ -133,6 +205,11 @@ fn serve(stream: std::net::TcpStream, sink: &Mutex<Received>) -> Result<()> {
                     Ok(req) => r.traces.push(req),
                     Err(_) => r.decode_errors += 1,
                 }
+            } else if path == "/v1/metrics" {
+                match ExportMetricsServiceRequest::decode(body.as_slice()) {
+                    Ok(req) => r.metrics.push(req),
+                    Err(_) => r.decode_errors += 1,
+                }
             }
             r.bodies.push(body);
         }
@@ -140,6 +217,23 @@ fn serve(stream: std::net::TcpStream, sink: &Mutex<Received>) -> Result<()> {
             b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n",
         )?;
     }
+}
+
+/// One histogram data point, exponential or explicit, reduced to what tests check.
+#[derive(Debug, Clone)]
+pub struct Point {
+    /// 1 delta, 2 cumulative.
+    pub temporality: i32,
+    pub unit: String,
+    pub attributes: Vec<KeyValue>,
+    pub start: u64,
+    pub time: u64,
+    pub count: u64,
+    pub sum: f64,
+    /// Sum of every bucket count (and the zero bucket): must equal `count`.
+    pub buckets_total: u64,
+    pub exponential: bool,
+    pub explicit_bounds: Vec<f64>,
 }
 
 fn value_str(v: &Option<AnyValue>) -> Option<String> {

@@ -4,7 +4,17 @@
 //! process start time: unique across pid reuse and restarts), `host.name`, `process.pid`,
 //! `process.executable.name`, `container.id` (from the cgroup path, when the process runs in
 //! a container), and the process's own `OTEL_RESOURCE_ATTRIBUTES`, bounded.
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+/// Attributes for every observed process (the agent's own `OTEL_RESOURCE_ATTRIBUTES`), below
+/// each process's own.
+static AGENT_ATTRIBUTES: OnceLock<Vec<(String, String)>> = OnceLock::new();
+
+/// Sets the attributes added to every resource (a process's own values win). Process-wide
+/// configuration, set once at start-up; later calls are ignored.
+pub fn set_agent_attributes(attributes: &str) {
+    let _ = AGENT_ATTRIBUTES.set(parse_resource_attributes(attributes));
+}
 
 use crate::traces::span::{Resource, Value};
 
@@ -25,10 +35,14 @@ pub fn resolve(pid: u32, service: &str, host_name: &str) -> Arc<Resource> {
     let container = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .ok()
         .and_then(|c| container_id(&c));
-    let extra = std::fs::read(format!("/proc/{pid}/environ"))
+    let mut extra = std::fs::read(format!("/proc/{pid}/environ"))
         .ok()
         .and_then(|env| env_var(&env, "OTEL_RESOURCE_ATTRIBUTES").map(parse_resource_attributes))
         .unwrap_or_default();
+    merge_below(
+        &mut extra,
+        AGENT_ATTRIBUTES.get().map_or(&[], Vec::as_slice),
+    );
     let mut attributes = vec![
         ("service.name", Value::Str(service.to_owned())),
         (
@@ -50,6 +64,18 @@ pub fn resolve(pid: u32, service: &str, host_name: &str) -> Arc<Resource> {
         .filter(|(k, _)| !attributes.iter().any(|(own, _)| own == k))
         .collect();
     Arc::new(Resource { attributes, extra })
+}
+
+/// Adds the `defaults` whose keys `own` lacks, within the [`MAX_EXTRA`] bound.
+fn merge_below(own: &mut Vec<(String, String)>, defaults: &[(String, String)]) {
+    for (k, v) in defaults {
+        if own.len() >= MAX_EXTRA {
+            break;
+        }
+        if !own.iter().any(|(o, _)| o == k) {
+            own.push((k.clone(), v.clone()));
+        }
+    }
 }
 
 /// This host's name.
@@ -123,6 +149,22 @@ fn percent_decode(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_attributes_sit_below_the_process_own() {
+        let mut own = vec![("deployment.environment".to_owned(), "canary".to_owned())];
+        merge_below(
+            &mut own,
+            &parse_resource_attributes("deployment.environment=prod,cloud.region=eu-west-1"),
+        );
+        assert_eq!(
+            own,
+            vec![
+                ("deployment.environment".to_owned(), "canary".to_owned()),
+                ("cloud.region".to_owned(), "eu-west-1".to_owned()),
+            ]
+        );
+    }
 
     #[test]
     fn resource_attributes_are_decoded_and_bounded() {

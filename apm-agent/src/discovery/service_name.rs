@@ -3,7 +3,20 @@
 //! Precedence: `OTEL_SERVICE_NAME` in the process environment, then `service.name` in its
 //! `OTEL_RESOURCE_ATTRIBUTES`, then a readable name from the executable and command line
 //! (the script for interpreters: `python3 app.py` -> `app`), then the kernel `comm`.
-use std::path::Path;
+use std::{path::Path, sync::OnceLock};
+
+/// The name of processes that declare none (the agent's own `OTEL_SERVICE_NAME`).
+static DEFAULT_NAME: OnceLock<String> = OnceLock::new();
+
+/// Sets the name given to processes that declare none, instead of one derived from their
+/// command line. Process-wide configuration, set once at start-up (before any process is
+/// named); later calls are ignored.
+pub fn set_default(name: &str) {
+    let name = name.trim();
+    if !name.is_empty() {
+        let _ = DEFAULT_NAME.set(sanitize(name));
+    }
+}
 
 /// Longest service name kept.
 const MAX_NAME: usize = 128;
@@ -14,6 +27,9 @@ pub fn resolve(pid: u32, comm: &str) -> String {
         && let Some(name) = from_environ(&environ)
     {
         return name;
+    }
+    if let Some(name) = DEFAULT_NAME.get() {
+        return name.clone();
     }
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let args: Vec<&str> = cmdline

@@ -16,7 +16,13 @@ use super::{
     KernelMaps,
     decode::{DecodeError, decode},
 };
-use crate::{internal::Internal, metrics::red::Red, pipeline::Pipeline};
+use crate::{
+    export::otlp::{encode_metrics, metrics_task},
+    internal::{Internal, METRICS, TRACES},
+    metrics::red::Red,
+    pipeline::Pipeline,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 
 /// Events handled before the RED lock is released once, so a scrape never waits long.
 const EVENTS_PER_LOCK: usize = 4096;
@@ -33,6 +39,11 @@ pub struct Drain {
     pub poll_interval: Duration,
     /// The span export queue, when traces are exported.
     pub spans: Option<tokio::sync::mpsc::Sender<crate::traces::span::Span>>,
+    /// The metrics export queue and period, when metrics are exported.
+    pub metrics: Option<(
+        tokio::sync::mpsc::Sender<ExportMetricsServiceRequest>,
+        Duration,
+    )>,
 }
 
 /// Locks a mutex, recovering the data if a panicking holder poisoned it.
@@ -69,11 +80,18 @@ impl Drain {
         let fd = self.maps.events.as_raw_fd();
         let mut last_housekeeping = Instant::now();
         let mut last_sweep = Instant::now();
+        let mut last_collect = Instant::now();
         while !self.stop.load(Relaxed) {
             wait_readable(fd, self.poll_interval.min(Duration::from_secs(1)));
             self.drain_batch();
             self.apply_kernel_ops();
-            self.export_spans();
+            self.export_spans(monotonic_ns());
+            if let Some((_, every)) = &self.metrics
+                && last_collect.elapsed() >= *every
+            {
+                last_collect = Instant::now();
+                self.export_metrics();
+            }
             if last_housekeeping.elapsed() >= Duration::from_secs(1) {
                 last_housekeeping = Instant::now();
                 self.read_kernel_stats();
@@ -85,9 +103,14 @@ impl Drain {
                 self.sweep();
             }
         }
-        // Whatever is still in the ring buffer.
+        // Whatever is still in the ring buffer, then everything held for export: the queues'
+        // tasks get a last moment to send it after this thread ends.
         self.drain_batch();
         self.read_kernel_stats();
+        self.export_spans(u64::MAX);
+        if self.metrics.is_some() {
+            self.export_metrics();
+        }
     }
 
     fn drain_batch(&mut self) {
@@ -116,11 +139,11 @@ impl Drain {
 
     /// Hands spans whose hold time is up to the export queue; a full queue drops them
     /// (counted): the event thread never waits for the exporter.
-    fn export_spans(&mut self) {
+    fn export_spans(&mut self, now_ns: u64) {
         let Some(tx) = &self.spans else {
             return;
         };
-        let Some(ready) = self.pipeline.ready_spans(monotonic_ns()) else {
+        let Some(ready) = self.pipeline.ready_spans(now_ns) else {
             return;
         };
         let mut dropped = 0;
@@ -130,7 +153,28 @@ impl Drain {
             }
         }
         if dropped > 0 {
-            self.internal.export_dropped[crate::internal::TRACES].fetch_add(dropped, Relaxed);
+            self.internal.export_dropped[TRACES].fetch_add(dropped, Relaxed);
+        }
+    }
+
+    /// Collects this interval's duration points and hands them to the export queue; a full
+    /// queue (the endpoint is down and retries are pending) drops them, counted.
+    fn export_metrics(&mut self) {
+        let Some((tx, _)) = &self.metrics else {
+            return;
+        };
+        let Some((points, cfg, now)) = self.pipeline.collect_metrics(monotonic_ns()) else {
+            return;
+        };
+        let request = {
+            let red = lock(&self.red);
+            encode_metrics::request(points, &red, cfg.temporality, now)
+        };
+        if let Some(request) = request {
+            let n = metrics_task::points(&request);
+            if tx.try_send(request).is_err() {
+                self.internal.export_dropped[METRICS].fetch_add(n, Relaxed);
+            }
         }
     }
 

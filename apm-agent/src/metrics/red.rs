@@ -203,8 +203,9 @@ impl Red {
     }
 
     /// Records one request of service `service`. `peer` is the server (host, port) of a
-    /// client-side request.
-    pub fn record(&mut self, service: u32, peer: Option<(&str, u16)>, req: &Request) {
+    /// client-side request. Returns the series it was counted in (interned ids other views,
+    /// such as the OTLP metrics, reuse so their cardinality obeys the same budgets).
+    pub fn record(&mut self, service: u32, peer: Option<(&str, u16)>, req: &Request) -> SeriesKey {
         let service = if (service as usize) < self.services.len() {
             service
         } else {
@@ -260,6 +261,7 @@ impl Red {
             status,
             ns,
         );
+        key
     }
 
     fn record_window(&mut self, key: RouteKey, status: u16, ns: u64) {

@@ -7,7 +7,45 @@ use super::transport::Protocol;
 use crate::{
     config::{Config, ConfigError},
     discovery::resource::parse_resource_attributes,
+    metrics::otel::{Aggregation, OtelConfig, Temporality},
 };
+
+/// A cumulative series idle for this many export intervals is no longer reported.
+const STALE_INTERVALS: u32 = 10;
+
+/// The OTLP metrics aggregation settings: temporality (`cumulative`, `delta`; the OTel names
+/// of `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE` too) and histogram kind
+/// (`exponential`, `explicit`; or the `OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION`
+/// names).
+pub fn metrics_config(cfg: &Config) -> Result<OtelConfig, ConfigError> {
+    let temporality = match cfg.metrics_temporality.trim().to_ascii_lowercase().as_str() {
+        "cumulative" => Temporality::Cumulative,
+        // `lowmemory` is delta for synchronous histograms, the only instruments here.
+        "delta" | "lowmemory" => Temporality::Delta,
+        other => {
+            return Err(ConfigError::Invalid {
+                key: "metrics_temporality",
+                reason: format!("{other:?}: use cumulative or delta"),
+            });
+        }
+    };
+    let aggregation = match cfg.metrics_histogram.trim().to_ascii_lowercase().as_str() {
+        "exponential" | "base2_exponential_bucket_histogram" => Aggregation::Exponential,
+        "explicit" | "explicit_bucket_histogram" => Aggregation::Explicit,
+        other => {
+            return Err(ConfigError::Invalid {
+                key: "metrics_histogram",
+                reason: format!("{other:?}: use exponential or explicit"),
+            });
+        }
+    };
+    Ok(OtelConfig {
+        temporality,
+        aggregation,
+        max_series: cfg.max_series,
+        stale_collections: STALE_INTERVALS,
+    })
+}
 
 /// Where and how to export.
 #[derive(Debug, Clone)]
@@ -97,5 +135,24 @@ mod tests {
         assert_eq!(s.metrics_url.as_deref(), Some("http://collector:4318/"));
         cfg.otlp_protocol = "thrift".to_owned();
         assert!(Settings::from_config(&cfg).is_err());
+    }
+
+    #[test]
+    fn metric_options_accept_otel_names() {
+        let mut cfg = Config::default();
+        let m = metrics_config(&cfg).expect("defaults");
+        assert_eq!(
+            (m.temporality, m.aggregation),
+            (Temporality::Cumulative, Aggregation::Exponential)
+        );
+        cfg.metrics_temporality = "Delta".to_owned();
+        cfg.metrics_histogram = "explicit_bucket_histogram".to_owned();
+        let m = metrics_config(&cfg).expect("valid");
+        assert_eq!(
+            (m.temporality, m.aggregation),
+            (Temporality::Delta, Aggregation::Explicit)
+        );
+        cfg.metrics_histogram = "summary".to_owned();
+        assert!(metrics_config(&cfg).is_err());
     }
 }

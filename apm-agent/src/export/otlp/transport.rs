@@ -5,8 +5,9 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, trace_service_client::TraceServiceClient,
+use opentelemetry_proto::tonic::collector::{
+    metrics::v1::{ExportMetricsServiceRequest, metrics_service_client::MetricsServiceClient},
+    trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
 };
 use prost::Message;
 
@@ -103,6 +104,20 @@ impl Transport {
         match &self.kind {
             Kind::Grpc(channel) => {
                 let mut client = TraceServiceClient::new(channel.clone());
+                client
+                    .export(self.grpc_request(req))
+                    .await
+                    .map(drop)
+                    .map_err(grpc_error)
+            }
+            Kind::Http { client, url } => self.post(client, url, req.encode_to_vec()).await,
+        }
+    }
+
+    pub async fn send_metrics(&self, req: ExportMetricsServiceRequest) -> Result<(), SendError> {
+        match &self.kind {
+            Kind::Grpc(channel) => {
+                let mut client = MetricsServiceClient::new(channel.clone());
                 client
                     .export(self.grpc_request(req))
                     .await
