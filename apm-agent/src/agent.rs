@@ -287,12 +287,7 @@ fn start_export(
     };
     if let Some(url) = &settings.metrics_url {
         let metrics_config = metrics_config(cfg)?;
-        let transport = Transport::new(
-            settings.protocol,
-            url,
-            settings.headers.clone(),
-            settings.timeout,
-        )?;
+        let transport = Transport::new(&settings, url)?;
         let (tx, rx) = mpsc::channel(metrics_task::QUEUE);
         exports
             .tasks
@@ -313,7 +308,7 @@ fn start_export(
             key: "traces_sampler",
             reason: e.to_string(),
         })?;
-    let transport = Transport::new(settings.protocol, &url, settings.headers, settings.timeout)?;
+    let transport = Transport::new(&settings, &url)?;
     let capacity = cfg.export_queue_spans.max(1);
     let (tx, rx) = mpsc::channel(capacity);
     exports

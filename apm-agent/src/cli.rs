@@ -160,6 +160,9 @@ pub struct RunArgs {
     /// OTLP request timeout in milliseconds [default: 10000].
     #[arg(long, env = "OTEL_EXPORTER_OTLP_TIMEOUT")]
     pub otlp_timeout_ms: Option<u64>,
+    /// PEM CA certificate(s) trusted for https:// endpoints, besides the system roots.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_CERTIFICATE")]
+    pub otlp_certificate: Option<std::path::PathBuf>,
     /// Metric export period in milliseconds [default: 60000].
     #[arg(long, env = "OTEL_METRIC_EXPORT_INTERVAL")]
     pub metric_export_interval_ms: Option<u64>,
@@ -221,6 +224,7 @@ impl RunArgs {
             otlp_traces_endpoint,
             otlp_metrics_endpoint,
             otlp_headers,
+            otlp_certificate,
             traces_sampler_arg,
             resource_attributes,
             default_service_name

@@ -117,6 +117,10 @@ pub struct Config {
     /// Time allowed for one export request in milliseconds (`OTEL_EXPORTER_OTLP_TIMEOUT`).
     /// Default 10000.
     pub otlp_timeout_ms: u64,
+    /// PEM file of the CA certificate(s) that sign the endpoint's TLS certificate
+    /// (`OTEL_EXPORTER_OTLP_CERTIFICATE`), trusted on top of the system's roots; for `https://`
+    /// endpoints with a private CA.
+    pub otlp_certificate: Option<std::path::PathBuf>,
     /// Period of metric export in milliseconds (`OTEL_METRIC_EXPORT_INTERVAL`). Default 60000.
     pub metric_export_interval_ms: u64,
     /// `cumulative` (default) or `delta` temporality of exported metrics.
@@ -180,6 +184,7 @@ impl Default for Config {
             otlp_protocol: "http/protobuf".to_owned(),
             otlp_headers: None,
             otlp_timeout_ms: 10_000,
+            otlp_certificate: None,
             metric_export_interval_ms: 60_000,
             metrics_temporality: "cumulative".to_owned(),
             metrics_histogram: "exponential".to_owned(),

@@ -17,6 +17,8 @@ const TEST_PACKAGES: &[&str] = &[
     "bpftool",
     "util-linux",
     "procps",
+    // OTLP TLS test: a private CA and a server certificate.
+    "openssl",
     // Profiler tests: the workload is built with gcc; binutils (strip, readelf, addr2line)
     // check stripped frames; the SVG is opened in Chromium and read back with tesseract;
     // the pprof file is read by `go tool pprof`.

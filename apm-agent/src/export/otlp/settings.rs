@@ -55,6 +55,8 @@ pub struct Settings {
     pub metrics_url: Option<String>,
     pub headers: Vec<(String, String)>,
     pub timeout: Duration,
+    /// Extra trusted CA certificates (PEM), read at start-up.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl Settings {
@@ -101,6 +103,13 @@ impl Settings {
                 .map(parse_resource_attributes)
                 .unwrap_or_default(),
             timeout: Duration::from_millis(cfg.otlp_timeout_ms.max(1)),
+            ca_pem: match &cfg.otlp_certificate {
+                Some(path) => Some(std::fs::read(path).map_err(|e| ConfigError::Invalid {
+                    key: "otlp_certificate",
+                    reason: format!("{}: {e}", path.display()),
+                })?),
+                None => None,
+            },
         }))
     }
 }

@@ -1,15 +1,22 @@
-//! Sending encoded OTLP requests: gRPC (tonic) or HTTP/protobuf (hyper), with the configured
-//! headers and timeout. Failures say whether a retry may help.
+//! Sending encoded OTLP requests: gRPC (tonic) or HTTP/protobuf (hyper), plain or TLS
+//! (rustls; the system's roots plus an optional CA file), with the configured headers and
+//! timeout. Failures say whether a retry may help.
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use opentelemetry_proto::tonic::collector::{
     metrics::v1::{ExportMetricsServiceRequest, metrics_service_client::MetricsServiceClient},
     trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
 };
 use prost::Message;
+
+use super::settings::Settings;
+
+/// The HTTP client: `http://` and `https://` alike.
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Which wire protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +63,7 @@ pub struct Transport {
 enum Kind {
     Grpc(tonic::transport::Channel),
     Http {
-        client: Box<Client<HttpConnector, Full<Bytes>>>,
+        client: Box<HttpClient>,
         url: hyper::Uri,
     },
 }
@@ -64,38 +71,50 @@ enum Kind {
 impl Transport {
     /// A transport to `url` (for HTTP, the full signal URL: `.../v1/traces`). Connects lazily:
     /// an endpoint that is down at start-up is retried like any other failure.
-    pub fn new(
-        protocol: Protocol,
-        url: &str,
-        headers: Vec<(String, String)>,
-        timeout: Duration,
-    ) -> Result<Self, SendError> {
+    pub fn new(settings: &Settings, url: &str) -> Result<Self, SendError> {
         let bad = |e: &dyn std::fmt::Display| SendError::Endpoint(url.to_owned(), e.to_string());
-        let kind = match protocol {
+        let timeout = settings.timeout;
+        let uri: hyper::Uri = url.parse().map_err(|e| bad(&e))?;
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(bad(&"use an http:// or https:// URL")),
+        };
+        let kind = match settings.protocol {
             Protocol::Grpc => {
-                let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+                let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
                     .map_err(|e| bad(&e))?
                     .timeout(timeout)
                     .connect_timeout(timeout);
+                if tls {
+                    let mut config = tonic::transport::ClientTlsConfig::new().with_native_roots();
+                    if let Some(pem) = &settings.ca_pem {
+                        config = config
+                            .ca_certificate(tonic::transport::Certificate::from_pem(pem.clone()));
+                    }
+                    endpoint = endpoint.tls_config(config).map_err(|e| bad(&e))?;
+                }
                 Kind::Grpc(endpoint.connect_lazy())
             }
             Protocol::HttpProtobuf => {
-                let url: hyper::Uri = url.parse().map_err(|e| bad(&e))?;
-                if url.scheme_str() != Some("http") {
-                    return Err(bad(&"only http:// endpoints are supported (no TLS yet)"));
-                }
-                let mut connector = HttpConnector::new();
-                connector.set_connect_timeout(Some(timeout));
+                let mut http = HttpConnector::new();
+                http.set_connect_timeout(Some(timeout));
+                http.enforce_http(false);
+                let connector = HttpsConnectorBuilder::new()
+                    .with_tls_config(tls_config(settings.ca_pem.as_deref()).map_err(|e| bad(&e))?)
+                    .https_or_http()
+                    .enable_http1()
+                    .wrap_connector(http);
                 let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
                 Kind::Http {
                     client: Box::new(client),
-                    url,
+                    url: uri,
                 }
             }
         };
         Ok(Self {
             kind,
-            headers,
+            headers: settings.headers.clone(),
             timeout,
         })
     }
@@ -144,7 +163,7 @@ impl Transport {
 
     async fn post(
         &self,
-        client: &Client<HttpConnector, Full<Bytes>>,
+        client: &HttpClient,
         url: &hyper::Uri,
         body: Vec<u8>,
     ) -> Result<(), SendError> {
@@ -159,7 +178,7 @@ impl Transport {
         let resp = tokio::time::timeout(self.timeout, client.request(req))
             .await
             .map_err(|_| SendError::Unreachable(format!("no answer within {:?}", self.timeout)))?
-            .map_err(|e| SendError::Unreachable(e.to_string()))?;
+            .map_err(|e| SendError::Unreachable(chain(&e)))?;
         let status = resp.status();
         if status.is_success() {
             // Drain the body so the connection can be reused.
@@ -172,6 +191,44 @@ impl Transport {
             retryable: matches!(status.as_u16(), 429 | 502 | 503 | 504),
         })
     }
+}
+
+/// An error with its causes (hyper's own message hides them: "client error (Connect)").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// rustls client settings: the system's trusted roots, plus the certificates of `ca_pem`.
+fn tls_config(ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    let (added, _) = roots.add_parsable_certificates(native.certs);
+    if let Some(pem) = ca_pem {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("CA certificate file: {e}"))?;
+        if certs.is_empty() {
+            return Err("CA certificate file holds no PEM certificate".to_owned());
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("CA certificate file: {e}"))?;
+        }
+    } else if added == 0 {
+        log::warn!("no system CA certificates found: https:// endpoints will not verify");
+    }
+    Ok(rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 fn grpc_error(status: tonic::Status) -> SendError {
