@@ -285,6 +285,8 @@ fn start_export(
     let Some(settings) = Settings::from_config(cfg)? else {
         return Ok(exports);
     };
+    // A gRPC channel spawns its connection task when made: it needs the runtime's context.
+    let _runtime = runtime.enter();
     if let Some(url) = &settings.metrics_url {
         let metrics_config = metrics_config(cfg)?;
         let transport = Transport::new(&settings, url)?;

@@ -6,6 +6,7 @@ pub mod net;
 pub mod otlp;
 pub mod profile;
 pub mod prom;
+pub mod pyotlp;
 pub mod servers;
 pub mod workloads;
 
