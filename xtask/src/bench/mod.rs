@@ -3,6 +3,7 @@
 //! the figures instead of being asserted.
 mod overhead;
 mod profiler;
+mod sdk_compare;
 mod wrk;
 
 use anyhow::Result;
@@ -20,11 +21,15 @@ enum Bench {
     Overhead(overhead::OverheadArgs),
     /// A CPU-bound workload with no profiler, the agent's profiler, and perf record.
     Profiler(profiler::ProfilerArgs),
+    /// A FastAPI app traced by the OpenTelemetry Python SDK and by the agent: span counts,
+    /// routes, statuses and durations side by side, paired by trace id.
+    SdkCompare(sdk_compare::SdkCompareArgs),
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     match &args.bench {
         Bench::Overhead(a) => overhead::run(a),
         Bench::Profiler(a) => profiler::run(a),
+        Bench::SdkCompare(a) => sdk_compare::run(a),
     }
 }
