@@ -7,6 +7,7 @@ mod prereq;
 mod run;
 mod test;
 mod util;
+mod venv;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

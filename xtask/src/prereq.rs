@@ -38,11 +38,11 @@ const TEST_PACKAGES: &[&str] = &[
 /// find its Python at the same path (tests/src/pyotlp.rs). Outside the build tree, so it
 /// survives `cargo clean` and is shared by every checkout.
 pub const TEST_VENV: &str = "/var/lib/apm-agent-tests/venv";
-/// What the receiver imports, pinned: (distribution, version).
-const TEST_PYTHON_PACKAGES: &[(&str, &str)] = &[
-    ("grpcio", "1.85.1"),
-    ("protobuf", "7.36.2"),
-    ("opentelemetry-proto", "1.45.2"),
+/// What the receiver imports, pinned.
+const TEST_PYTHON_PACKAGES: &[&str] = &[
+    "grpcio==1.85.1",
+    "protobuf==7.36.2",
+    "opentelemetry-proto==1.45.2",
 ];
 /// bpf-linker version known to build against Debian's LLVM 22 (see ../shared/PLATFORM.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -115,7 +115,7 @@ fn ensure_rust() -> Result<()> {
     Ok(())
 }
 
-fn ensure_debian(packages: &[&str]) -> Result<()> {
+pub fn ensure_debian(packages: &[&str]) -> Result<()> {
     let missing: Vec<&str> = packages
         .iter()
         .copied()
@@ -161,49 +161,14 @@ fn ensure_bpf_linker() -> Result<()> {
         .args(["--no-default-features", "--features", "llvm-22"]))
 }
 
-/// The receiver's venv with the pinned packages. Present and matching the pins: one Python
-/// start-up (about 0.1 s), nothing else.
+/// The OTLP test receiver's venv (`tests/servers/otlp_receiver.py`).
 fn ensure_test_venv() -> Result<()> {
-    let venv = std::path::Path::new(TEST_VENV);
-    let python = venv.join("bin/python3");
-    let pinned: Vec<String> = TEST_PYTHON_PACKAGES
-        .iter()
-        .map(|(name, version)| format!("{name}=={version}"))
-        .collect();
-    // Imports what the receiver imports, then prints the installed versions as pins.
-    let probe = format!(
+    crate::venv::ensure(
+        std::path::Path::new(TEST_VENV),
+        TEST_PYTHON_PACKAGES,
         "import grpc, google.protobuf.json_format, \
          opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc, \
-         opentelemetry.proto.collector.metrics.v1.metrics_service_pb2_grpc\n\
-         from importlib.metadata import version\n\
-         print(' '.join(n + '==' + version(n) for n in {:?}))",
-        TEST_PYTHON_PACKAGES
-            .iter()
-            .map(|(name, _)| *name)
-            .collect::<Vec<_>>()
-    );
-    let installed = output(Command::new(&python).args(["-c", &probe]));
-    if installed.is_some_and(|v| v.split_whitespace().eq(pinned.iter().map(String::as_str))) {
-        return Ok(());
-    }
-    if !python.exists() {
-        eprintln!("creating the OTLP receiver's venv in {TEST_VENV}");
-        // Debian's Python (python3-venv), not whatever python3 comes first on PATH.
-        run(as_root("/usr/bin/python3").args(["-m", "venv", "--clear", TEST_VENV]))?;
-    }
-    run(as_root(&python.to_string_lossy())
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-input",
-        ])
-        .args(&pinned))?;
-    let check = output(Command::new(&python).args(["-c", &probe]));
-    if !check.is_some_and(|v| v.split_whitespace().eq(pinned.iter().map(String::as_str))) {
-        bail!("{TEST_VENV}: the receiver's packages do not import after pip install");
-    }
-    Ok(())
+         opentelemetry.proto.collector.metrics.v1.metrics_service_pb2_grpc",
+    )
+    .map(drop)
 }

@@ -225,65 +225,10 @@ pub fn run(args: &SdkCompareArgs) -> Result<()> {
     Ok(())
 }
 
-/// Creates (or repairs) the venv with [`PIP_PACKAGES`]. Fast when present: a stamp file with
-/// the pinned list plus one import check, no pip call.
+/// The bench's venv: Debian's `python3-venv`, then [`PIP_PACKAGES`].
 fn ensure_venv(venv: &Path) -> Result<PathBuf> {
-    let python = venv.join("bin/python");
-    let stamp = venv.join(".apm-bench-requirements");
-    let want = PIP_PACKAGES.join("\n");
-    let imports = |py: &Path| util::output(Command::new(py).args(["-c", IMPORT_CHECK])).is_some();
-    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == want) && imports(&python) {
-        return Ok(python);
-    }
-    // Debian's own interpreter: python3-venv (ensurepip) belongs to it, whatever else (pyenv)
-    // comes first on PATH.
-    let base = if Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    };
-    if util::output(Command::new(base).args(["-c", "import ensurepip, venv"])).is_none() {
-        eprintln!("installing python3-venv");
-        util::run(util::as_root("apt-get").args(["update", "-qq"]))?;
-        util::run(
-            util::as_root("apt-get")
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .args([
-                    "install",
-                    "-y",
-                    "-qq",
-                    "--no-install-recommends",
-                    "python3-venv",
-                ]),
-        )?;
-    }
-    if util::output(Command::new(&python).args(["-c", "import sys"])).is_none() {
-        // Missing or broken (an interpreter upgrade leaves a dangling link): start afresh.
-        if let Some(parent) = venv.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
-        }
-        util::run(Command::new(base).args(["-m", "venv", "--clear"]).arg(venv))?;
-    }
-    util::run(
-        Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .args(PIP_PACKAGES),
-    )?;
-    if !imports(&python) {
-        bail!(
-            "{} cannot import the FastAPI / OpenTelemetry packages after pip install",
-            python.display()
-        );
-    }
-    std::fs::write(&stamp, want).with_context(|| format!("writing {}", stamp.display()))?;
-    Ok(python)
+    prereq::ensure_debian(&["python3-venv"])?;
+    crate::venv::ensure(venv, PIP_PACKAGES, IMPORT_CHECK)
 }
 
 /// uvicorn serving `tests/servers/fastapi_app.py`: one worker (one process to observe), the
