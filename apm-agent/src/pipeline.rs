@@ -261,12 +261,7 @@ impl Pipeline {
                 continue;
             }
             parser.on_idle(&mut self.out);
-            let cref = ConnRef {
-                tgid,
-                fd,
-                endpoints: conn.endpoints,
-                from_open: conn.id != 0,
-            };
+            let cref = conn_ref(tgid, fd, conn);
             record(
                 &mut self.procs,
                 &mut self.stats,
@@ -447,7 +442,10 @@ fn record(
         if let (Some(t), Some(resource)) = (sinks.tracer.as_mut(), &resource) {
             let remote = peer.or(conn.endpoints.map(|e| SocketAddr::V4(e.remote)));
             let local = conn.endpoints.map(|e| SocketAddr::V4(e.local));
-            t.on_done(conn, &req, (remote, local), resource);
+            // The route as RED interned it: templated once, and bounded like the metrics (span
+            // names must stay low-cardinality too).
+            let route = red.service(series.service).routes.name(series.route);
+            t.on_done(conn, &req, route, (remote, local), resource);
         }
     }
 }

@@ -86,8 +86,8 @@ pub fn span(
         },
     }
     let error = is_error(req.side, http.status);
-    if error {
-        put("error.type", Value::Str(http.status.to_string()));
+    if let Some(kind) = error_type(req.side, http.status) {
+        put("error.type", Value::Str(kind));
     }
     Span {
         resource,
@@ -109,11 +109,36 @@ pub fn span(
     }
 }
 
+/// `error.type` of a failed exchange: its status code, or `_OTHER` when no response came
+/// (the semantic conventions' fallback). None when it did not fail.
+pub fn error_type(side: Side, status: u16) -> Option<String> {
+    match status {
+        0 => Some("_OTHER".to_owned()),
+        s if is_error(side, s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
 /// Status ERROR: 5xx on a server (its own failure), any 4xx/5xx on a client (the call
 /// failed), per the HTTP semantic conventions; no response at all is an error too.
 pub fn is_error(side: Side, status: u16) -> bool {
     match side {
         Side::Server => status >= 500 || status == 0,
         Side::Client => status >= 400 || status == 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_types_follow_the_side() {
+        assert_eq!(error_type(Side::Server, 503).as_deref(), Some("503"));
+        assert_eq!(error_type(Side::Server, 404), None);
+        assert_eq!(error_type(Side::Client, 404).as_deref(), Some("404"));
+        assert_eq!(error_type(Side::Client, 200), None);
+        // No response at all: the semantic conventions' fallback, not "0".
+        assert_eq!(error_type(Side::Server, 0).as_deref(), Some("_OTHER"));
     }
 }

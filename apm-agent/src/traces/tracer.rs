@@ -9,10 +9,7 @@ use super::{
     sampling::Sampler,
     span::{Clock, Resource, Span},
 };
-use crate::{
-    request::{Request, Started},
-    routes,
-};
+use crate::request::{Request, Started};
 
 /// Settings.
 #[derive(Debug, Clone)]
@@ -43,7 +40,6 @@ pub struct Tracer {
     clock: Clock,
     slow_ns: u64,
     ready: Vec<Span>,
-    route: String,
     last_expire_ns: u64,
 }
 
@@ -59,7 +55,6 @@ impl Tracer {
             clock: Clock::now(),
             slow_ns: cfg.slow_ns,
             ready: Vec::new(),
-            route: String::new(),
             last_expire_ns: 0,
         }
     }
@@ -73,6 +68,7 @@ impl Tracer {
         &mut self,
         conn: &ConnRef,
         req: &Request,
+        route: &str,
         peer: (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>),
         resource: &Arc<Resource>,
     ) {
@@ -80,14 +76,13 @@ impl Tracer {
             Some(ctx) => ctx,
             None => self.asm.root(),
         };
-        routes::template_into(&req.http.path, &mut self.route);
         let span = build::span(
             req,
             &ctx,
             &Peer {
                 remote: peer.0,
                 local: peer.1,
-                route: &self.route,
+                route,
             },
             resource.clone(),
             self.clock,

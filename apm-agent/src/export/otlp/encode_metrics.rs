@@ -3,6 +3,8 @@
 //! (unit `s`) with the HTTP semantic-convention attributes.
 use std::sync::Arc;
 
+use rustc_hash::FxHashMap;
+
 use opentelemetry_proto::tonic::{
     collector::metrics::v1::ExportMetricsServiceRequest,
     common::v1::KeyValue,
@@ -21,7 +23,10 @@ use crate::{
     },
     request::{Method, Side},
     routes,
-    traces::span::{Resource, Value},
+    traces::{
+        build::error_type,
+        span::{Resource, Value},
+    },
 };
 
 const SERVER_METRIC: &str = "http.server.request.duration";
@@ -42,15 +47,26 @@ pub fn request(
         Temporality::Cumulative => AggregationTemporality::Cumulative,
         Temporality::Delta => AggregationTemporality::Delta,
     } as i32;
-    // Per resource: server points, client points.
-    let mut groups: Vec<(Arc<Resource>, [Vec<Data>; 2])> = Vec::new();
+    // Per resource, per side (server, client): the points of either aggregation.
+    let mut groups: Vec<Group> = Vec::new();
+    let mut index: FxHashMap<*const Resource, usize> = FxHashMap::default();
     for c in points {
         let attributes = attributes(&c, red);
         let p = &c.point;
         let (min, max, sum) = (Some(p.min_s), Some(p.max_s), Some(p.sum_s));
-        let data = match &p.buckets {
-            Buckets::Exponential(h) => Data::ExponentialHistogram(ExponentialHistogram {
-                data_points: vec![ExponentialHistogramDataPoint {
+        let i = *index.entry(Arc::as_ptr(&c.resource)).or_insert_with(|| {
+            groups.push(Group {
+                resource: c.resource.clone(),
+                exponential: [Vec::new(), Vec::new()],
+                explicit: [Vec::new(), Vec::new()],
+            });
+            groups.len() - 1
+        });
+        let group = &mut groups[i];
+        let side = usize::from(c.key.series.side == Side::Client);
+        match &p.buckets {
+            Buckets::Exponential(h) => {
+                group.exponential[side].push(ExponentialHistogramDataPoint {
                     attributes,
                     start_time_unix_nano: p.start_unix_ns,
                     time_unix_nano: now_unix_ns,
@@ -68,78 +84,73 @@ pub fn request(
                     min,
                     max,
                     zero_threshold: 0.0,
-                }],
-                aggregation_temporality: temporality,
-            }),
-            Buckets::Explicit(counts) => Data::Histogram(Histogram {
-                data_points: vec![HistogramDataPoint {
-                    attributes,
-                    start_time_unix_nano: p.start_unix_ns,
-                    time_unix_nano: now_unix_ns,
-                    count: p.count,
-                    sum,
-                    bucket_counts: counts.clone(),
-                    explicit_bounds: BUCKETS_S.to_vec(),
-                    exemplars: Vec::new(),
-                    flags: 0,
-                    min,
-                    max,
-                }],
-                aggregation_temporality: temporality,
-            }),
-        };
-        let side = usize::from(c.key.series.side == Side::Client);
-        match groups.iter_mut().find(|(r, _)| Arc::ptr_eq(r, &c.resource)) {
-            Some((_, g)) => g[side].push(data),
-            None => {
-                let mut g: [Vec<Data>; 2] = [Vec::new(), Vec::new()];
-                g[side].push(data);
-                groups.push((c.resource.clone(), g));
+                })
             }
+            Buckets::Explicit(counts) => group.explicit[side].push(HistogramDataPoint {
+                attributes,
+                start_time_unix_nano: p.start_unix_ns,
+                time_unix_nano: now_unix_ns,
+                count: p.count,
+                sum,
+                bucket_counts: counts.clone(),
+                explicit_bounds: BUCKETS_S.to_vec(),
+                exemplars: Vec::new(),
+                flags: 0,
+                min,
+                max,
+            }),
         }
     }
+    let names = [
+        (SERVER_METRIC, "Duration of HTTP server requests."),
+        (CLIENT_METRIC, "Duration of HTTP client requests."),
+    ];
     Some(ExportMetricsServiceRequest {
         resource_metrics: groups
             .into_iter()
-            .map(|(r, [server, client])| ResourceMetrics {
-                resource: Some(resource(&r)),
-                scope_metrics: vec![ScopeMetrics {
-                    scope: Some(scope()),
-                    metrics: [
-                        metric(SERVER_METRIC, "Duration of HTTP server requests.", server),
-                        metric(CLIENT_METRIC, "Duration of HTTP client requests.", client),
-                    ]
-                    .into_iter()
-                    .flatten()
-                    .collect(),
+            .map(|g| {
+                let mut metrics = Vec::new();
+                let sides = g.exponential.into_iter().zip(g.explicit);
+                for ((name, description), (exp, hist)) in names.into_iter().zip(sides) {
+                    let metric = |data| Metric {
+                        name: name.to_owned(),
+                        description: description.to_owned(),
+                        unit: "s".to_owned(),
+                        metadata: Vec::new(),
+                        data: Some(data),
+                    };
+                    if !exp.is_empty() {
+                        metrics.push(metric(Data::ExponentialHistogram(ExponentialHistogram {
+                            data_points: exp,
+                            aggregation_temporality: temporality,
+                        })));
+                    }
+                    if !hist.is_empty() {
+                        metrics.push(metric(Data::Histogram(Histogram {
+                            data_points: hist,
+                            aggregation_temporality: temporality,
+                        })));
+                    }
+                }
+                ResourceMetrics {
+                    resource: Some(resource(&g.resource)),
+                    scope_metrics: vec![ScopeMetrics {
+                        scope: Some(scope()),
+                        metrics,
+                        schema_url: String::new(),
+                    }],
                     schema_url: String::new(),
-                }],
-                schema_url: String::new(),
+                }
             })
             .collect(),
     })
 }
 
-/// One metric holding every point in `data` (all of one aggregation kind); None if empty.
-fn metric(name: &str, description: &str, data: Vec<Data>) -> Option<Metric> {
-    let mut merged: Option<Data> = None;
-    for d in data {
-        match (&mut merged, d) {
-            (None, d) => merged = Some(d),
-            (Some(Data::ExponentialHistogram(m)), Data::ExponentialHistogram(d)) => {
-                m.data_points.extend(d.data_points);
-            }
-            (Some(Data::Histogram(m)), Data::Histogram(d)) => m.data_points.extend(d.data_points),
-            _ => {}
-        }
-    }
-    merged.map(|data| Metric {
-        name: name.to_owned(),
-        description: description.to_owned(),
-        unit: "s".to_owned(),
-        metadata: Vec::new(),
-        data: Some(data),
-    })
+/// The points of one process, per side (0 server, 1 client).
+struct Group {
+    resource: Arc<Resource>,
+    exponential: [Vec<ExponentialHistogramDataPoint>; 2],
+    explicit: [Vec<HistogramDataPoint>; 2],
 }
 
 /// Semantic-convention attributes of one point.
@@ -166,17 +177,10 @@ fn attributes(c: &Collected, red: &Red) -> Vec<KeyValue> {
     if s.status != 0 {
         put("http.response.status_code", Value::Int(i64::from(s.status)));
     }
-    // The catch-all series of a spent budget has no status: it is not an error.
+    // The catch-all series of a spent budget merges every status into 0: not an error.
     let catch_all = s.method == Method::Other && s.route == routes::OVERFLOW_ID && s.status == 0;
-    let error = match s.side {
-        Side::Server => s.status >= 500,
-        Side::Client => s.status >= 400,
-    };
-    if error {
-        put("error.type", Value::Str(s.status.to_string()));
-    } else if s.status == 0 && !catch_all {
-        // No response at all (the connection ended first).
-        put("error.type", Value::Str("_OTHER".to_owned()));
+    if let Some(kind) = error_type(s.side, s.status).filter(|_| !catch_all) {
+        put("error.type", Value::Str(kind));
     }
     match s.side {
         Side::Server => {
