@@ -32,6 +32,7 @@ use crate::{
         transport::Transport,
     },
     internal::Internal,
+    metrics::db::DbConfig,
     metrics::{
         otel::OtelConfig,
         red::{Red, RedConfig},
@@ -110,6 +111,11 @@ pub fn run(cfg: Config) -> Result<(), AgentError> {
         max_series: cfg.max_series,
         max_peers: cfg.max_server_addresses,
         max_route_windows: cfg.max_route_windows,
+        db: DbConfig {
+            max_series: cfg.max_series,
+            max_names: cfg.max_db_names,
+            max_statements_per_service: cfg.max_statements_per_service,
+        },
     })));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -128,6 +134,7 @@ pub fn run(cfg: Config) -> Result<(), AgentError> {
         red: red.clone(),
         internal: internal.clone(),
         window_secs: cfg.window_secs,
+        slow_queries_top: cfg.slow_queries_top,
         profiles: store.clone(),
     };
     let listen = cfg.listen;
@@ -202,6 +209,7 @@ pub fn run(cfg: Config) -> Result<(), AgentError> {
             max_processes: cfg.max_processes,
             tracing: exports.tracing,
             metrics: exports.metrics_config,
+            n_plus_one_threshold: cfg.n_plus_one_threshold,
         }),
         red: red.clone(),
         internal: internal.clone(),

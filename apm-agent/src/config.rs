@@ -58,6 +58,18 @@ pub struct Config {
     pub max_server_addresses: usize,
     /// Routes with a percentile window (hdrhistogram, a few KiB each). Default 2000.
     pub max_route_windows: usize,
+    /// Distinct normalized statements (SQL, cache commands) per service; more share the
+    /// `{overflow}` statement. Default 200.
+    pub max_statements_per_service: usize,
+    /// Distinct database operation, table, namespace and error-code names, all services
+    /// together; more are named `_OTHER`. Default 4096.
+    pub max_db_names: usize,
+    /// Rows of each slow-query ranking per service (`/api/slow-queries`, `/metrics`).
+    /// Default 10.
+    pub slow_queries_top: usize,
+    /// Executions of one statement within one server request that flag it as an N+1.
+    /// Default 5.
+    pub n_plus_one_threshold: u32,
     /// Apdex threshold T in milliseconds. Default 500.
     pub apdex_threshold_ms: u64,
     /// Length of a percentile window, and of the console table's period, in seconds. Default 10.
@@ -159,6 +171,10 @@ impl Default for Config {
             max_series: 20_000,
             max_server_addresses: 1000,
             max_route_windows: 2000,
+            max_statements_per_service: 200,
+            max_db_names: 4096,
+            slow_queries_top: 10,
+            n_plus_one_threshold: 5,
             apdex_threshold_ms: 500,
             window_secs: 10,
             console: true,

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use apm_common::stat;
 
-use crate::{ebpf::decode::KIND_NAMES, protocols::ParseStats};
+use crate::{ebpf::decode::KIND_NAMES, protocols::ParseStats, request::Protocol};
 
 /// Counters of one protocol's parsers.
 #[derive(Debug, Default)]
@@ -52,7 +52,8 @@ pub struct Internal {
     pub unclassified_connections: AtomicU64,
     pub muted_connections: AtomicU64,
     pub mute_failures: AtomicU64,
-    pub http: ProtocolCounters,
+    /// Parser counters per protocol ([`Protocol::index`]).
+    pub protocols: [ProtocolCounters; Protocol::ALL.len()],
     pub connections_overflow: AtomicU64,
     pub processes_overflow: AtomicU64,
     pub connections_tracked: AtomicU64,
@@ -85,6 +86,8 @@ pub struct Internal {
     pub spans_released_early: AtomicU64,
     /// Server spans parented to a same-host client span.
     pub spans_paired: AtomicU64,
+    /// Server requests not followed by the N+1 detector (its table was full).
+    pub n_plus_one_untracked: AtomicU64,
 }
 
 impl Internal {
@@ -191,48 +194,70 @@ impl Internal {
             "Connections found in /proc at start-up.",
             &[("", self.seeded_connections.load(Relaxed))],
         );
-        let h = &self.http;
-        let http = "protocol=\"http1\"";
         family(
             out,
-            "apm_parse_errors_total",
+            "apm_connections_adopted_total",
             "counter",
-            "Bytes that did not parse where a message was expected.",
-            &[(http, h.parse_errors.load(Relaxed))],
+            "Sockets followed from their first data: inherited across fork, duplicated, or received over a unix socket.",
+            &[("", k(stat::SOCK_ADOPTED))],
         );
-        family(
-            out,
-            "apm_exchanges_incomplete_total",
-            "counter",
-            "Requests that never got a complete response (closed mid-exchange).",
-            &[(http, h.incomplete.load(Relaxed))],
-        );
-        family(
-            out,
-            "apm_responses_unmatched_total",
-            "counter",
-            "Responses without a request (sent before the agent started).",
-            &[(http, h.unmatched_responses.load(Relaxed))],
-        );
-        family(
-            out,
-            "apm_requests_total",
-            "counter",
-            "Completed exchanges observed.",
-            &[(http, h.requests.load(Relaxed))],
-        );
-        let inferred = "protocol=\"http1\",reason=\"end_inferred\"";
-        let truncated = "protocol=\"http1\",reason=\"head_truncated\"";
+        // Per protocol: the label, and a counter read off each protocol's counters.
+        let per_protocol = |f: fn(&ProtocolCounters) -> &AtomicU64| -> Vec<(String, u64)> {
+            Protocol::ALL
+                .iter()
+                .zip(&self.protocols)
+                .map(|(p, c)| (format!("protocol=\"{}\"", p.as_str()), f(c).load(Relaxed)))
+                .collect()
+        };
+        for (name, help, f) in [
+            (
+                "apm_parse_errors_total",
+                "Bytes that did not parse where a message was expected.",
+                (|c| &c.parse_errors) as fn(&ProtocolCounters) -> &AtomicU64,
+            ),
+            (
+                "apm_exchanges_incomplete_total",
+                "Requests that never got a complete response (closed mid-exchange).",
+                |c| &c.incomplete,
+            ),
+            (
+                "apm_responses_unmatched_total",
+                "Responses without a request (sent before the agent started).",
+                |c| &c.unmatched_responses,
+            ),
+            ("apm_requests_total", "Completed exchanges observed.", |c| {
+                &c.requests
+            }),
+        ] {
+            let values = per_protocol(f);
+            let rows: Vec<(&str, u64)> = values.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+            family(out, name, "counter", help, &rows);
+        }
+        let mut approximate: Vec<(String, u64)> = Vec::new();
+        for (p, c) in Protocol::ALL.iter().zip(&self.protocols) {
+            for (reason, v) in [
+                ("end_inferred", c.end_inferred.load(Relaxed)),
+                ("head_truncated", c.head_truncated.load(Relaxed)),
+            ] {
+                approximate.push((
+                    format!("protocol=\"{}\",reason=\"{reason}\"", p.as_str()),
+                    v,
+                ));
+            }
+        }
+        let rows: Vec<(&str, u64)> = approximate.iter().map(|(l, v)| (l.as_str(), *v)).collect();
         family(
             out,
             "apm_requests_approximate_total",
             "counter",
             "Completed exchanges recorded from partial information (see reason).",
-            &[
-                (inferred, h.end_inferred.load(Relaxed)),
-                (truncated, h.head_truncated.load(Relaxed)),
-            ],
+            &rows,
         );
+        let pipeline_overflow: u64 = self
+            .protocols
+            .iter()
+            .map(|c| c.pipeline_overflow.load(Relaxed))
+            .sum();
         let mut maps: Vec<(String, u64)> = vec![
             ("kernel_sockets".to_owned(), k(stat::SOCK_MAP_FULL)),
             (
@@ -243,10 +268,7 @@ impl Internal {
                 "processes".to_owned(),
                 self.processes_overflow.load(Relaxed),
             ),
-            (
-                "pipelined_requests".to_owned(),
-                h.pipeline_overflow.load(Relaxed),
-            ),
+            ("pipelined_requests".to_owned(), pipeline_overflow),
             (
                 "otlp_series".to_owned(),
                 self.otlp_series_overflow.load(Relaxed),
@@ -378,6 +400,13 @@ impl Internal {
             "counter",
             "Requests whose trace context could not be tracked (table full), exported as new traces.",
             &[("", self.trace_context_overflow.load(Relaxed))],
+        );
+        family(
+            out,
+            "apm_db_n_plus_one_untracked_total",
+            "counter",
+            "Server requests the N+1 detector could not follow (its table was full).",
+            &[("", self.n_plus_one_untracked.load(Relaxed))],
         );
         family(
             out,

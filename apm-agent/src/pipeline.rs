@@ -6,16 +6,20 @@
 //! ring-buffer loop between batches.
 use std::{net::SocketAddr, sync::atomic::Ordering::Relaxed};
 
-use apm_common::{ConnEvent, ProcEvent, SockKey};
+use apm_common::{ConnEvent, ProcEvent, SockKey, role};
 
 use crate::{
-    conn::{ConnState, ConnTable, Connection, Endpoints, peer_addr},
+    conn::{ConnState, ConnTable, Connection, Endpoints, Prefix, peer_addr},
     discovery::processes::Processes,
     ebpf::decode::{DataEvent, Event, comm_str, kind_index},
     internal::Internal,
-    metrics::red::{Red, split_host},
+    metrics::{
+        db::NPlusOneKey,
+        n_plus_one::{Flagged, NPlusOne},
+        red::{Red, SeriesKey, split_host},
+    },
     protocols::{Detection, ParseStats, Parser, ParserOut, Segment},
-    request::{Side, Trust},
+    request::{Detail, Protocol, Request, Side, Trust},
     traces::{
         assembler::ConnRef,
         span::Span,
@@ -24,8 +28,11 @@ use crate::{
 };
 use crate::{
     metrics::otel::{Collected, OtelConfig, OtelMetrics},
-    traces::span::Clock,
+    traces::span::{Attributes, Clock, Value},
 };
+
+/// Undecided first bytes kept for joining with the next segment, at most.
+const MAX_DETECT_PREFIX: usize = 512;
 
 /// Settings of the pipeline.
 #[derive(Debug, Clone)]
@@ -40,13 +47,19 @@ pub struct PipelineConfig {
     pub tracing: Option<TracerConfig>,
     /// OTLP duration histograms, when metrics are exported.
     pub metrics: Option<OtelConfig>,
+    /// Executions of one statement within one server request that flag an N+1.
+    pub n_plus_one_threshold: u32,
 }
 
-/// Consumers of completed requests beyond RED, present only when their export is on.
+/// Consumers of completed requests beyond RED: the exporters' views, present only when their
+/// export is on, and the N+1 detector.
 struct Sinks {
     tracer: Option<Tracer>,
     otel: Option<OtelMetrics>,
     clock: Clock,
+    n_plus_one: NPlusOne,
+    /// N+1 findings of the request being recorded, reused.
+    flagged: Vec<Flagged>,
 }
 
 /// Kernel socket-table changes decided by the pipeline.
@@ -65,7 +78,8 @@ pub struct Pipeline {
     procs: Processes,
     /// Parser output, reused.
     out: ParserOut,
-    stats: ParseStats,
+    /// Parser counters per protocol ([`Protocol::index`]).
+    stats: [ParseStats; Protocol::ALL.len()],
     /// Events per kind and bytes captured since the last publish (counted locally: the hot
     /// path does no atomic operation per event).
     events: [u64; 6],
@@ -81,12 +95,15 @@ impl Pipeline {
                 tracer: cfg.tracing.clone().map(Tracer::new),
                 otel: cfg.metrics.map(OtelMetrics::new),
                 clock: Clock::now(),
+                // One in-flight request per serving thread: bounded like the connections.
+                n_plus_one: NPlusOne::new(cfg.n_plus_one_threshold, cfg.max_connections),
+                flagged: Vec::new(),
             },
             conns: ConnTable::new(cfg.max_connections),
             procs: Processes::new(cfg.max_processes),
             cfg,
             out: ParserOut::default(),
-            stats: ParseStats::default(),
+            stats: Default::default(),
             events: [0; 6],
             bytes_captured: 0,
             ops: KernelOps::default(),
@@ -150,35 +167,87 @@ impl Pipeline {
             ts_ns: h.ts_ns,
             tid: h.tid,
         };
+        if matches!(conn.state, ConnState::Detecting { attempts: 0, .. }) {
+            // A connection's first data: name its process now, while it surely runs (a
+            // forked child serving one inherited connection may be gone by the time its
+            // first exchange completes, and it never exec'd, so no exec event named it).
+            self.procs.get_or_resolve(h.tgid, comm_str(&conn.comm));
+        }
         let give_up = match &mut conn.state {
-            ConnState::Detecting { attempts } => match Parser::detect(&seg) {
-                Detection::Match(mut parser) => {
-                    parser.on_segment(&seg, &mut self.out, &mut self.stats);
-                    conn.state = ConnState::Parsing(parser);
-                    false
-                }
-                detection => {
-                    *attempts = attempts.saturating_add(1);
-                    // A connection seen from its open is decided on its first bytes; one first
-                    // seen mid-stream (opened before the agent started: id 0) may start inside
-                    // a message, so it gets a few segments to show a message start.
-                    let allowed = if conn.id == 0 {
-                        self.cfg.detect_attempts
-                    } else {
-                        1
-                    };
-                    let done = (matches!(detection, Detection::NoMatch) && *attempts >= allowed)
-                        || *attempts >= self.cfg.detect_attempts;
-                    if done {
-                        internal.unclassified_connections.fetch_add(1, Relaxed);
+            ConnState::Detecting { attempts, prefix } => {
+                // Bytes an earlier segment left undecided, read or written the same way, are
+                // joined to this one: a client that reads a message's header apart from its
+                // body (MySQL clients read 4 bytes, then the rest) is recognised all the same.
+                let joined = match prefix.take() {
+                    Some(p) if p.direction == seg.direction => {
+                        let mut bytes = p.bytes;
+                        bytes.extend_from_slice(seg.data);
+                        Some((bytes, p.ts_ns, p.tid))
                     }
-                    done
+                    _ => None,
+                };
+                let joined_seg = joined.as_ref().map(|(bytes, ts_ns, tid)| Segment {
+                    direction: seg.direction,
+                    data: bytes,
+                    total_len: (bytes.len() - seg.data.len()) as u64 + seg.total_len,
+                    ts_ns: *ts_ns,
+                    tid: *tid,
+                });
+                let seg = joined_seg.as_ref().unwrap_or(&seg);
+                match Parser::detect(seg) {
+                    Detection::Match(mut parser) => {
+                        parser.on_segment(
+                            seg,
+                            &mut self.out,
+                            &mut self.stats[parser.protocol().index()],
+                        );
+                        conn.state = ConnState::Parsing(parser);
+                        false
+                    }
+                    detection => {
+                        *attempts = attempts.saturating_add(1);
+                        if matches!(detection, Detection::Undecided)
+                            && !seg.is_truncated()
+                            && seg.data.len() <= MAX_DETECT_PREFIX
+                        {
+                            *prefix = Some(Box::new(Prefix {
+                                direction: seg.direction,
+                                bytes: seg.data.to_vec(),
+                                ts_ns: seg.ts_ns,
+                                tid: seg.tid,
+                            }));
+                        }
+                        // A connection seen from its open is decided on its first bytes; one
+                        // first seen mid-stream (opened before the agent started: id 0) may
+                        // start inside a message, so it gets a few segments to show a message
+                        // start.
+                        let allowed = if conn.id == 0 {
+                            self.cfg.detect_attempts
+                        } else {
+                            1
+                        };
+                        let done = (matches!(detection, Detection::NoMatch)
+                            && *attempts >= allowed)
+                            || *attempts >= self.cfg.detect_attempts;
+                        if done {
+                            internal.unclassified_connections.fetch_add(1, Relaxed);
+                        }
+                        done
+                    }
                 }
-            },
+            }
             ConnState::Parsing(parser) => {
-                parser.on_segment(&seg, &mut self.out, &mut self.stats);
+                parser.on_segment(
+                    &seg,
+                    &mut self.out,
+                    &mut self.stats[parser.protocol().index()],
+                );
                 if parser.gave_up() {
-                    parser.on_close(now, &mut self.out, &mut self.stats);
+                    parser.on_close(
+                        now,
+                        &mut self.out,
+                        &mut self.stats[parser.protocol().index()],
+                    );
                     true
                 } else {
                     false
@@ -205,6 +274,11 @@ impl Pipeline {
     }
 
     fn on_open(&mut self, c: &ConnEvent, red: &mut Red, internal: &Internal) {
+        if c.role == role::UNKNOWN {
+            // A socket adopted at its first data (inherited across fork, duplicated): name
+            // its process now, after its parent if it is already gone.
+            self.procs.adopted(c.tgid, comm_str(&c.comm), c.parent_tgid);
+        }
         let conn = Connection::new(c.id, peer_addr(c.family, c.port, &c.addr), c.comm, c.ts_ns);
         match self.conns.open(c.tgid, c.fd, conn) {
             Ok(None) => {}
@@ -229,6 +303,7 @@ impl Pipeline {
             self.ops.forget.push(key(p.tgid, fd));
             self.finish(p.tgid, fd, conn, p.ts_ns, red);
         }
+        self.sinks.n_plus_one.forget_process(p.tgid);
         self.procs.remove(p.tgid);
     }
 
@@ -236,7 +311,11 @@ impl Pipeline {
     fn finish(&mut self, tgid: u32, fd: u32, mut conn: Connection, ts_ns: u64, red: &mut Red) {
         let cref = conn_ref(tgid, fd, &conn);
         if let ConnState::Parsing(parser) = &mut conn.state {
-            parser.on_close(ts_ns, &mut self.out, &mut self.stats);
+            parser.on_close(
+                ts_ns,
+                &mut self.out,
+                &mut self.stats[parser.protocol().index()],
+            );
             record(
                 &mut self.procs,
                 &mut self.stats,
@@ -300,7 +379,12 @@ impl Pipeline {
 
     /// Publishes gauges and parser counters gathered since the last call.
     pub fn publish(&mut self, internal: &Internal) {
-        internal.http.add(&self.stats);
+        for (counters, stats) in internal.protocols.iter().zip(&self.stats) {
+            counters.add(stats);
+        }
+        internal
+            .n_plus_one_untracked
+            .store(self.sinks.n_plus_one.overflows(), Relaxed);
         if let Some(m) = &self.sinks.otel {
             internal.otlp_series_overflow.store(m.overflows(), Relaxed);
         }
@@ -315,7 +399,7 @@ impl Pipeline {
                 .store(st.assembler.open_overflow, Relaxed);
             internal.spans_paired.store(st.assembler.paired, Relaxed);
         }
-        self.stats = ParseStats::default();
+        self.stats = Default::default();
         for (counter, n) in internal.events_read.iter().zip(&mut self.events) {
             counter.fetch_add(std::mem::take(n), Relaxed);
         }
@@ -374,7 +458,7 @@ fn conn_ref(tgid: u32, fd: u32, conn: &Connection) -> ConnRef {
 #[allow(clippy::too_many_arguments)]
 fn record(
     procs: &mut Processes,
-    stats: &mut ParseStats,
+    stats: &mut [ParseStats; Protocol::ALL.len()],
     red: &mut Red,
     sinks: &mut Sinks,
     conn: &ConnRef,
@@ -382,9 +466,15 @@ fn record(
     comm: &[u8; 16],
     out: &mut ParserOut,
 ) {
-    match sinks.tracer.as_mut() {
-        Some(t) => out.started.drain(..).for_each(|s| t.on_start(conn, &s)),
-        None => out.started.clear(),
+    for s in out.started.drain(..) {
+        if s.side == Side::Server {
+            sinks
+                .n_plus_one
+                .on_server_start(conn.tgid, s.tid, conn.fd, s.seq);
+        }
+        if let Some(t) = sinks.tracer.as_mut() {
+            t.on_start(conn, &s);
+        }
     }
     if out.done.is_empty() {
         return;
@@ -403,6 +493,7 @@ fn record(
     let resource = exporting.then(|| procs.resource(tgid)).flatten();
     let mut peer_ip: Option<String> = None;
     for req in out.done.drain(..) {
+        let stats = &mut stats[req.protocol.index()];
         stats.requests += 1;
         if req.trust.contains(Trust::END_INFERRED) {
             stats.end_inferred += 1;
@@ -410,42 +501,115 @@ fn record(
         if req.trust.contains(Trust::HEAD_TRUNCATED) {
             stats.head_truncated += 1;
         }
-        let server = match (req.side, req.http.host.as_deref()) {
-            (Side::Server, _) => None,
-            // server.address/port of a client call: the Host header, else the peer address.
-            (Side::Client, Some(host)) => {
-                let (host, port) = split_host(host);
-                Some((host, port.unwrap_or(80)))
+        let remote = peer.or(conn.endpoints.map(|e| SocketAddr::V4(e.remote)));
+        let local = conn.endpoints.map(|e| SocketAddr::V4(e.local));
+        match &req.detail {
+            Detail::Http(http) => {
+                let server = match (req.side, http.host.as_deref()) {
+                    (Side::Server, _) => None,
+                    // server.address/port of a client call: the Host header, else the peer
+                    // address.
+                    (Side::Client, Some(host)) => {
+                        let (host, port) = split_host(host);
+                        Some((host, port.unwrap_or(80)))
+                    }
+                    (Side::Client, None) => peer.map(|p| {
+                        (
+                            peer_ip.get_or_insert_with(|| p.ip().to_string()).as_str(),
+                            p.port(),
+                        )
+                    }),
+                };
+                let series = red.record(service, server, &req, http);
+                if let (Some(m), Some(resource)) = (sinks.otel.as_mut(), &resource) {
+                    let local_port = match req.side {
+                        Side::Server => conn.endpoints.map_or(0, |e| e.local.port()),
+                        Side::Client => 0,
+                    };
+                    m.record(
+                        resource,
+                        series,
+                        local_port,
+                        http.version_minor,
+                        req.duration_ns(),
+                        sinks.clock.to_unix(req.end_ns),
+                    );
+                }
+                let mut extra = Vec::new();
+                if req.side == Side::Server {
+                    n_plus_one(red, sinks, conn, &req, series, &mut extra);
+                }
+                if let (Some(t), Some(resource)) = (sinks.tracer.as_mut(), &resource) {
+                    // The route as RED interned it: templated once, and bounded like the
+                    // metrics (span names must stay low-cardinality too).
+                    let route = red.service(series.service).routes.name(series.route);
+                    t.on_done(conn, &req, route, (remote, local), resource, extra);
+                }
             }
-            (Side::Client, None) => peer.map(|p| {
-                (
-                    peer_ip.get_or_insert_with(|| p.ip().to_string()).as_str(),
-                    p.port(),
-                )
-            }),
-        };
-        let series = red.record(service, server, &req);
-        if let (Some(m), Some(resource)) = (sinks.otel.as_mut(), &resource) {
-            let local_port = match req.side {
-                Side::Server => conn.endpoints.map_or(0, |e| e.local.port()),
-                Side::Client => 0,
-            };
-            m.record(
-                resource,
-                series,
-                local_port,
-                req.http.version_minor,
-                req.duration_ns(),
-                sinks.clock.to_unix(req.end_ns),
-            );
+            Detail::Db(db) => {
+                // server.address/port of a database call: the peer address.
+                let server = match req.side {
+                    Side::Client => peer.map_or(0, |p| {
+                        let ip = peer_ip.get_or_insert_with(|| p.ip().to_string());
+                        red.peer_id(ip, p.port())
+                    }),
+                    Side::Server => 0,
+                };
+                let (series, statement) =
+                    red.db
+                        .record(service, req.side, server, db, req.duration_ns());
+                if let (Some(m), Some(resource)) = (sinks.otel.as_mut(), &resource) {
+                    m.record(
+                        resource,
+                        series,
+                        0,
+                        0,
+                        req.duration_ns(),
+                        sinks.clock.to_unix(req.end_ns),
+                    );
+                }
+                if req.side == Side::Client {
+                    sinks
+                        .n_plus_one
+                        .on_statement(tgid, req.tid, service, statement);
+                }
+                if let (Some(t), Some(resource)) = (sinks.tracer.as_mut(), &resource) {
+                    t.on_done(conn, &req, "", (remote, local), resource, Vec::new());
+                }
+            }
         }
-        if let (Some(t), Some(resource)) = (sinks.tracer.as_mut(), &resource) {
-            let remote = peer.or(conn.endpoints.map(|e| SocketAddr::V4(e.remote)));
-            let local = conn.endpoints.map(|e| SocketAddr::V4(e.local));
-            // The route as RED interned it: templated once, and bounded like the metrics (span
-            // names must stay low-cardinality too).
-            let route = red.service(series.service).routes.name(series.route);
-            t.on_done(conn, &req, route, (remote, local), resource);
-        }
+    }
+}
+
+/// A server request completed: counts the statements it ran in a loop, and names the worst
+/// one on its span.
+fn n_plus_one(
+    red: &mut Red,
+    sinks: &mut Sinks,
+    conn: &ConnRef,
+    req: &Request,
+    series: SeriesKey,
+    span_attributes: &mut Attributes,
+) {
+    sinks.flagged.clear();
+    sinks
+        .n_plus_one
+        .on_server_done(conn.tgid, req.tid, conn.fd, req.seq, &mut sinks.flagged);
+    for f in &sinks.flagged {
+        red.db.record_n_plus_one(NPlusOneKey {
+            service: f.service,
+            route: series.route,
+            statement: f.statement,
+        });
+    }
+    if let Some(worst) = sinks.flagged.iter().max_by_key(|f| f.count) {
+        span_attributes.push((
+            "apm.db.n_plus_one.query.text",
+            Value::Str(red.db.statement(worst.service, worst.statement).to_owned()),
+        ));
+        span_attributes.push((
+            "apm.db.n_plus_one.count",
+            Value::Int(i64::from(worst.count)),
+        ));
     }
 }

@@ -7,6 +7,37 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
     Http1,
+    Postgres,
+    Mysql,
+    Redis,
+    Memcached,
+}
+
+impl Protocol {
+    /// Every protocol, in [`Protocol::index`] order.
+    pub const ALL: [Self; 5] = [
+        Self::Http1,
+        Self::Postgres,
+        Self::Mysql,
+        Self::Redis,
+        Self::Memcached,
+    ];
+
+    /// Position in [`Protocol::ALL`] (per-protocol counter arrays).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Label value of the agent's own per-protocol metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http1 => "http1",
+            Self::Postgres => "postgresql",
+            Self::Mysql => "mysql",
+            Self::Redis => "redis",
+            Self::Memcached => "memcached",
+        }
+    }
 }
 
 /// Which end of the exchange the observed process was.
@@ -166,6 +197,54 @@ pub struct HttpInfo {
     pub tracestate: Option<String>,
 }
 
+/// Database systems, named as `db.system.name` values of the OpenTelemetry conventions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DbSystem {
+    Postgresql,
+    Mysql,
+    Mariadb,
+    Redis,
+    Memcached,
+}
+
+impl DbSystem {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Postgresql => "postgresql",
+            Self::Mysql => "mysql",
+            Self::Mariadb => "mariadb",
+            Self::Redis => "redis",
+            Self::Memcached => "memcached",
+        }
+    }
+}
+
+/// The database part of a request: one operation (a statement, a command) and its outcome.
+///
+/// Parsers fill it with values that are safe to export: `query` is already normalized
+/// (literals replaced by `?`), never raw text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbInfo {
+    pub system: DbSystem,
+    /// `db.operation.name`: the SQL keyword or the Redis command upper-case, the memcached
+    /// command as the protocol spells it (lower-case), bounded (`_OTHER` when it is not a
+    /// word).
+    pub operation: String,
+    /// `db.query.text`: the normalized statement (SQL literals -> `?`, IN-lists collapsed;
+    /// cache commands with their arguments replaced by `?`), bounded.
+    pub query: String,
+    /// `db.collection.name`: the one table the statement names, if exactly one.
+    pub collection: Option<String>,
+    /// `db.namespace`: the database (PostgreSQL/MySQL database name, Redis database index)
+    /// when the connection's start or a `USE`/`SELECT` was seen.
+    pub namespace: Option<String>,
+    /// `db.response.status_code`: SQLSTATE, MySQL error number or Redis error prefix, when
+    /// the operation failed.
+    pub status_code: Option<String>,
+    /// The operation failed (an error response).
+    pub error: bool,
+}
+
 /// One completed exchange.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
@@ -183,7 +262,15 @@ pub struct Request {
     /// ends of a same-host connection, the n-th request of one with the n-th of the other.
     pub seq: u64,
     pub trust: Trust,
-    pub http: HttpInfo,
+    /// What the protocol says about the exchange.
+    pub detail: Detail,
+}
+
+/// The protocol-specific part of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Detail {
+    Http(HttpInfo),
+    Db(DbInfo),
 }
 
 /// A request whose head was just parsed: reported before it completes, so that its span
@@ -200,6 +287,24 @@ pub struct Started {
 impl Request {
     pub fn duration_ns(&self) -> u64 {
         self.end_ns.saturating_sub(self.start_ns)
+    }
+
+    /// The HTTP part, for HTTP exchanges.
+    #[cfg(test)]
+    pub fn http(&self) -> Option<&HttpInfo> {
+        match &self.detail {
+            Detail::Http(h) => Some(h),
+            Detail::Db(_) => None,
+        }
+    }
+
+    /// The database part, for database and cache exchanges.
+    #[cfg(test)]
+    pub fn db(&self) -> Option<&DbInfo> {
+        match &self.detail {
+            Detail::Db(d) => Some(d),
+            Detail::Http(_) => None,
+        }
     }
 }
 

@@ -79,9 +79,15 @@ pub const OVERFLOW_ID: u32 = 0;
 
 impl RouteTable {
     pub fn new(budget: usize) -> Self {
+        Self::with_overflow_name(budget, OVERFLOW_ROUTE)
+    }
+
+    /// A table whose overflow entry (id [`OVERFLOW_ID`]) is called `overflow` (the same
+    /// interning serves other names than routes, e.g. normalized statements).
+    pub fn with_overflow_name(budget: usize, overflow: &str) -> Self {
         Self {
             ids: HashMap::new(),
-            names: vec![OVERFLOW_ROUTE.into()],
+            names: vec![overflow.into()],
             budget,
             overflowed: 0,
         }
@@ -103,7 +109,10 @@ impl RouteTable {
     }
 
     pub fn name(&self, id: u32) -> &str {
-        self.names.get(id as usize).map_or(OVERFLOW_ROUTE, |n| n)
+        match self.names.get(id as usize) {
+            Some(n) => n,
+            None => &self.names[0],
+        }
     }
 
     /// Requests that found the budget spent.

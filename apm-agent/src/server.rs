@@ -1,4 +1,5 @@
-//! The local listener: `/metrics`, `/healthz`, `/readyz`, `/api/routes`, and an index page.
+//! The local listener: `/metrics`, `/healthz`, `/readyz`, `/api/routes`,
+//! `/api/slow-queries`, the profile pages, and an index page.
 use std::sync::{Arc, Mutex, atomic::Ordering::Relaxed};
 
 use axum::{
@@ -26,6 +27,8 @@ pub struct Shared {
     pub red: Arc<Mutex<Red>>,
     pub internal: Arc<Internal>,
     pub window_secs: u64,
+    /// Rows of each slow-query ranking.
+    pub slow_queries_top: usize,
     /// The continuous profile store (`None` when profiling is off).
     pub profiles: Option<Arc<Mutex<Store>>>,
 }
@@ -38,6 +41,7 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Shared) -> std::io
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/api/routes", get(routes))
+        .route("/api/slow-queries", get(slow_queries))
         .route("/profiles", get(profiles_page))
         .route("/profiles/flamegraph.svg", get(profile_svg))
         .route("/profiles/folded", get(profile_folded))
@@ -50,7 +54,7 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Shared) -> std::io
 async fn metrics(State(s): State<Shared>) -> Response {
     let body = {
         let red = lock(&s.red);
-        prometheus::render(&red, &s.internal)
+        prometheus::render(&red, &s.internal, s.slow_queries_top)
     };
     ([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], body).into_response()
 }
@@ -82,11 +86,37 @@ async fn routes(State(s): State<Shared>) -> Response {
         .into_response()
 }
 
+/// Per service, the statements with the most total time and the highest p99, since start.
+async fn slow_queries(State(s): State<Shared>) -> Response {
+    let body = {
+        let red = lock(&s.red);
+        let services: Vec<_> = red
+            .db
+            .slow_queries(s.slow_queries_top)
+            .into_iter()
+            .map(|q| {
+                serde_json::json!({
+                    "service": &*red.service(q.service).name,
+                    "by_total_time": q.by_total_time,
+                    "by_p99": q.by_p99,
+                })
+            })
+            .collect();
+        serde_json::json!({ "services": services })
+    };
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
 async fn index() -> Html<&'static str> {
     Html(
         "<!doctype html><title>apm-agent</title><h1>apm-agent</h1><ul>\
          <li><a href=\"/metrics\">/metrics</a> (Prometheus)</li>\
          <li><a href=\"/api/routes\">/api/routes</a> (busiest routes, last window, JSON)</li>\
+         <li><a href=\"/api/slow-queries\">/api/slow-queries</a> (slowest statements per service, JSON)</li>\
          <li><a href=\"/profiles\">/profiles</a> (CPU flame graphs per service)</li>\
          <li><a href=\"/healthz\">/healthz</a> &middot; <a href=\"/readyz\">/readyz</a></li></ul>",
     )

@@ -46,7 +46,8 @@ pub mod direction {
 
 /// How a socket came to be tracked.
 pub mod role {
-    /// Found in /proc at start-up; the agent infers the side from the traffic.
+    /// Found in /proc at start-up, or adopted at its first data (inherited, duplicated): the
+    /// agent infers the side from the traffic.
     pub const UNKNOWN: u32 = 0;
     /// Returned by accept/accept4: this process is the server.
     pub const SERVER: u32 = 1;
@@ -102,6 +103,9 @@ pub mod stat {
     pub const PROFILE_KNOWN_FULL: u32 = 9;
     /// Profiler: the agent's ring buffer for first-sample events was full.
     pub const PROFILE_EVENTS_LOST: u32 = 10;
+    /// A socket the table did not know moved data and was adopted (inherited across fork,
+    /// duplicated, or received over a unix socket).
+    pub const SOCK_ADOPTED: u32 = 11;
     /// Number of counters.
     pub const COUNT: u32 = 16;
 }
@@ -183,7 +187,10 @@ pub struct ConnEvent {
     pub family: u32,
     /// Peer port in host byte order (0 when unknown).
     pub port: u32,
-    pub _pad: u32,
+    /// An adopted socket's ([`role::UNKNOWN`]) process was forked by this one (its thread
+    /// group), when the fork was seen; else 0. Names a short-lived forked child after its
+    /// parent when the child is gone before /proc can be read.
+    pub parent_tgid: u32,
     pub ts_ns: u64,
     /// The socket's [`SockInfo::id`].
     pub id: u64,

@@ -5,7 +5,7 @@ use aya_ebpf::{
     Global,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 
 /// Every record for the agent: data, connection and process events.
@@ -17,6 +17,13 @@ pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 /// not in here returns after one lookup, so file I/O costs almost nothing.
 #[map]
 pub(crate) static SOCKETS: HashMap<SockKey, SockInfo> = HashMap::with_max_entries(65_536, 0);
+
+/// Who forked whom: child pid -> parent tgid, for naming a forked child that serves an
+/// inherited socket after its parent (see `sockets::adopt`). Least recently used entries go
+/// first: the table needs to remember only recent forks. Thread creations land here too (their
+/// entries are never read and age out).
+#[map]
+pub(crate) static FORK_PARENT: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16_384, 0);
 
 /// The last socket each CPU's current thread sent or received on (see `sockets::note_sock`).
 #[map]

@@ -18,7 +18,7 @@ use apm_common::{
     syscall,
 };
 use aya_ebpf::{
-    bindings::{BPF_ANY, pt_regs},
+    bindings::{BPF_ANY, BPF_NOEXIST, pt_regs},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         bpf_probe_read_user,
@@ -29,7 +29,9 @@ use aya_ebpf::{
 
 use crate::{
     capture::{Buffer, Moved, emit_data},
-    maps::{AGENT_TGID, LAST_SOCK, SKIP_PEER_ADDR4, SKIP_PEER_PORT, SOCKETS, bump, output},
+    maps::{
+        AGENT_TGID, FORK_PARENT, LAST_SOCK, SKIP_PEER_ADDR4, SKIP_PEER_PORT, SOCKETS, bump, output,
+    },
 };
 
 #[cfg(not(bpf_target_arch = "x86_64"))]
@@ -91,9 +93,27 @@ fn caller() -> Option<(u32, u32)> {
 #[btf_tracepoint(function = "sys_enter")]
 pub fn apm_sys_enter(ctx: BtfTracePointContext) -> i32 {
     let id: i64 = ctx.arg(1);
-    if id as u64 == nr::CLOSE {
-        let regs: *const pt_regs = ctx.arg(0);
-        on_close(args(regs).a0);
+    match id as u64 {
+        nr::CLOSE => {
+            let regs: *const pt_regs = ctx.arg(0);
+            on_close(args(regs).a0);
+        }
+        // A data syscall starts: forget the socket noted by an earlier one, so that at exit
+        // a noted socket is this call's own (see `adopt`).
+        nr::READ
+        | nr::WRITE
+        | nr::READV
+        | nr::WRITEV
+        | nr::RECVFROM
+        | nr::SENDTO
+        | nr::RECVMSG
+        | nr::SENDMSG => {
+            if let Some(slot) = LAST_SOCK.get_ptr_mut(0) {
+                // SAFETY: this CPU's slot of a per-CPU array.
+                unsafe { (*slot).sk = 0 };
+            }
+        }
+        _ => {}
     }
     0
 }
@@ -141,14 +161,18 @@ fn on_data(regs: *const pt_regs, ret: i64, sc: u32, dir: u32, layout: Layout) {
     let a = args(regs);
     let fd = a.a0 as u32;
     // SAFETY: the value is copied out immediately.
-    let Some(info) = (unsafe { SOCKETS.get(SockKey { tgid, fd }) }) else {
-        return;
+    let info = match unsafe { SOCKETS.get(SockKey { tgid, fd }) } {
+        Some(info) => *info,
+        None => match adopt(tgid, fd) {
+            Some(info) => info,
+            None => return,
+        },
     };
     if info.flags & sock_flags::MUTED != 0 {
         return;
     }
     if info.flags & sock_flags::TUPLE_DONE == 0 {
-        send_tuple(tgid, fd, *info);
+        send_tuple(tgid, fd, info);
     }
     let buffer = match layout {
         Layout::Plain => Buffer::Plain(a.a1),
@@ -178,6 +202,65 @@ fn on_data(regs: *const pt_regs, ret: i64, sc: u32, dir: u32, layout: Layout) {
         total: ret as u64,
         buffer,
     });
+}
+
+/// A data syscall moved bytes on an fd the table does not know. If the socket layer saw this
+/// very call (`sock_send_length`/`sock_recv_length` noted a socket for this thread since the
+/// syscall entered, which cleared the note), the fd is a socket this process got without
+/// accept/connect: inherited across `fork` (PostgreSQL backends, pre-fork servers),
+/// duplicated, or passed over a unix socket. It is adopted like a connection found at
+/// start-up: id 0, role unknown, side inferred from the traffic.
+#[inline(always)]
+fn adopt(tgid: u32, fd: u32) -> Option<SockInfo> {
+    let slot = LAST_SOCK.get(0).copied()?;
+    if slot.pid_tgid != bpf_get_current_pid_tgid() || slot.sk == 0 {
+        return None;
+    }
+    let sk = slot.sk;
+    // SAFETY: kernel read through the checked helper.
+    let family = unsafe { bpf_probe_read_kernel((sk + SKC_FAMILY) as *const u16) }.ok()?;
+    if !is_tracked_family(family) {
+        return None;
+    }
+    if family != AF_UNIX {
+        // SAFETY: as above.
+        let dport = unsafe { bpf_probe_read_kernel((sk + SKC_DPORT) as *const u16) }.ok()?;
+        let skip = SKIP_PEER_PORT.load();
+        if skip != 0 && u32::from(u16::from_be(dport)) == skip {
+            return None;
+        }
+    }
+    let info = SockInfo {
+        role: role::UNKNOWN,
+        flags: 0,
+        id: 0,
+    };
+    if SOCKETS
+        .insert(SockKey { tgid, fd }, info, BPF_NOEXIST as u64)
+        .is_err()
+    {
+        bump(stat::SOCK_MAP_FULL);
+        return None;
+    }
+    bump(stat::SOCK_ADOPTED);
+    // SAFETY: the value is copied out immediately.
+    let parent_tgid = unsafe { FORK_PARENT.get(tgid) }.copied().unwrap_or(0);
+    output(&ConnEvent {
+        kind: kind::CONN_OPEN,
+        tgid,
+        tid: bpf_get_current_pid_tgid() as u32,
+        fd,
+        role: role::UNKNOWN,
+        family: u32::from(family),
+        port: 0,
+        parent_tgid,
+        // SAFETY: no preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        id: 0,
+        addr: [0; 16],
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    });
+    Some(info)
 }
 
 /// Peer address of a `struct sockaddr` in user memory: (family, port, address bytes).
@@ -268,7 +351,7 @@ fn track(tgid: u32, tid: u32, fd: u32, sock_role: u32, peer: Option<(u16, u16, [
         role: sock_role,
         family: u32::from(family),
         port: u32::from(port),
-        _pad: 0,
+        parent_tgid: 0,
         ts_ns: now,
         id: now,
         addr,
@@ -337,7 +420,7 @@ fn on_close(fd: u64) {
         role: info.role,
         family: 0,
         port: 0,
-        _pad: 0,
+        parent_tgid: 0,
         // SAFETY: no preconditions.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         id: info.id,

@@ -1,6 +1,8 @@
 """Test application server: HTTP/1.1 with keep-alive, known routes, statuses and timings.
 
-Usage: python3 app.py PORT
+Usage: python3 app.py PORT [--fork]
+  --fork: a process per connection (accepted by the parent, served by a forked child that
+          inherits the socket: the pre-fork model of PostgreSQL, Apache prefork...)
 Routes:
   GET  /users/<id>       200, small JSON
   GET  /error            500
@@ -15,7 +17,8 @@ Routes:
 import json
 import sys
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import socketserver
+from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 BIG = b"x" * (1536 * 1024)
@@ -78,7 +81,14 @@ class Handler(BaseHTTPRequestHandler):
             self.send(404, b"not found")
 
 
+class ForkingHTTPServer(socketserver.ForkingMixIn, HTTPServer):
+    pass
+
+
 if __name__ == "__main__":
     port = int(sys.argv[1])
-    ThreadingHTTPServer.daemon_threads = True
-    ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+    if "--fork" in sys.argv[2:]:
+        ForkingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+    else:
+        ThreadingHTTPServer.daemon_threads = True
+        ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()

@@ -18,8 +18,9 @@ use tests::{
 };
 
 const WAIT: Duration = Duration::from_secs(20);
-/// Kernel programs the agent attaches: six for sockets and processes, one for the profiler.
-const PROGRAMS: usize = 7;
+/// Kernel programs the agent attaches: seven for sockets and processes (exec, exit, fork),
+/// one for the profiler.
+const PROGRAMS: usize = 8;
 
 #[test]
 fn check_reports_every_feature_and_passes_here() -> Result<()> {
@@ -36,6 +37,7 @@ fn check_reports_every_feature_and_passes_here() -> Result<()> {
         "[ok]      tracefs",
         "[ok]      tracepoint sched/sched_process_exec",
         "[ok]      tracepoint sched/sched_process_exit",
+        "[ok]      tracepoint sched/sched_process_fork",
         "[ok]      raw tracepoint sys_enter (BTF)",
         "[ok]      raw tracepoint sys_exit (BTF)",
         "[ok]      attach: tp_btf + tracepoint programs, ring buffer",
@@ -45,7 +47,7 @@ fn check_reports_every_feature_and_passes_here() -> Result<()> {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
     assert!(
-        text.contains("6 programs loaded, verified and attached"),
+        text.contains("7 programs loaded, verified and attached"),
         "{text}"
     );
     // This VM has no PMU: reported, but not fatal.

@@ -33,6 +33,14 @@ const TEST_PACKAGES: &[&str] = &[
     "linux-perf",
     // OTLP tests: the independent receiver runs in a venv of Debian's Python.
     "python3-venv",
+    // Database protocol tests and `bench db`: real servers and their own clients and load
+    // generators (pgbench ships with the PostgreSQL server package).
+    "postgresql",
+    "redis-server",
+    "redis-tools",
+    "memcached",
+    "mariadb-server",
+    "mariadb-client",
 ];
 /// The venv of the independent OTLP receiver (tests/servers/otlp_receiver.py); the tests
 /// find its Python at the same path (tests/src/pyotlp.rs). Outside the build tree, so it
@@ -43,6 +51,11 @@ const TEST_PYTHON_PACKAGES: &[&str] = &[
     "grpcio==1.85.1",
     "protobuf==7.36.2",
     "opentelemetry-proto==1.45.2",
+    // Database tests: pure-Python clients. pg8000 (PostgreSQL, extended protocol) for the
+    // N+1 test's app; mysql-connector-python with `use_pure=True` for MariaDB's binary
+    // protocol (COM_STMT_PREPARE / COM_STMT_EXECUTE).
+    "pg8000==1.31.6",
+    "mysql-connector-python==26.10.0",
 ];
 /// bpf-linker version known to build against Debian's LLVM 22 (see ../shared/PLATFORM.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -168,7 +181,8 @@ fn ensure_test_venv() -> Result<()> {
         TEST_PYTHON_PACKAGES,
         "import grpc, google.protobuf.json_format, \
          opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc, \
-         opentelemetry.proto.collector.metrics.v1.metrics_service_pb2_grpc",
+         opentelemetry.proto.collector.metrics.v1.metrics_service_pb2_grpc, \
+         pg8000, mysql.connector",
     )
     .map(drop)
 }

@@ -10,18 +10,30 @@ use std::{
 
 use rustc_hash::FxHashMap;
 
-use crate::protocols::Parser;
+use crate::protocols::{Direction, Parser};
 
 /// Protocol state of a connection.
 #[derive(Debug)]
 pub enum ConnState {
-    /// No protocol recognised yet; `attempts` data segments tried.
+    /// No protocol recognised yet; `attempts` data segments tried; `prefix` holds the bytes
+    /// of an undecided segment, joined to the next one moving the same way.
     Detecting {
         attempts: u8,
+        prefix: Option<Box<Prefix>>,
     },
     Parsing(Parser),
     /// Not a protocol we follow (or given up): its traffic is ignored and muted in the kernel.
     Ignored,
+}
+
+/// First bytes of a connection that no parser could decide on alone.
+#[derive(Debug)]
+pub struct Prefix {
+    pub direction: Direction,
+    pub bytes: Vec<u8>,
+    /// When and by which thread the first of them moved.
+    pub ts_ns: u64,
+    pub tid: u32,
 }
 
 /// One tracked connection.
@@ -47,7 +59,10 @@ impl Connection {
             comm,
             endpoints: None,
             last_activity_ns: now,
-            state: ConnState::Detecting { attempts: 0 },
+            state: ConnState::Detecting {
+                attempts: 0,
+                prefix: None,
+            },
         }
     }
 }
@@ -87,7 +102,8 @@ impl Endpoints {
 pub fn peer_addr(family: u32, port: u32, addr: &[u8; 16]) -> Option<SocketAddr> {
     const AF_INET: u32 = 2;
     const AF_INET6: u32 = 10;
-    let port = u16::try_from(port).ok()?;
+    // Port 0 is no peer: the kernel did not read one (e.g. an adopted socket).
+    let port = u16::try_from(port).ok().filter(|p| *p != 0)?;
     let ip = match family {
         AF_INET => IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3])),
         AF_INET6 => IpAddr::V6(Ipv6Addr::from(*addr)),

@@ -43,6 +43,28 @@ impl Processes {
         }
     }
 
+    /// A process adopted a socket it inherited from `parent` (0: unknown). A process forked
+    /// without exec (an exec would have named it already) runs its parent's program with its
+    /// parent's environment, so it is named after its parent: its own /proc may be gone (a
+    /// child that served one connection and exited) or rewritten (PostgreSQL backends
+    /// overwrite their argv and environ with a status line).
+    pub fn adopted(&mut self, tgid: u32, comm: &str, parent: u32) {
+        if parent == 0 || parent == tgid || self.map.contains_key(&tgid) {
+            return;
+        }
+        let service = self.get_or_resolve(parent, comm).service.clone();
+        if self.map.len() < self.budget {
+            self.map.insert(
+                tgid,
+                ProcessEntry {
+                    service,
+                    service_id: None,
+                    resource: None,
+                },
+            );
+        }
+    }
+
     /// The entry for `tgid`, resolving its name on first sight. When the table is full the
     /// name is resolved but not kept (counted as an overflow).
     pub fn get_or_resolve(&mut self, tgid: u32, comm: &str) -> &mut ProcessEntry {

@@ -32,7 +32,18 @@ pub const OPTIONAL_TRACEPOINTS: &[&str] = &["sock_send_length", "sock_recv_lengt
 pub const TRACEPOINT_PROGRAMS: &[(&str, &str, &str)] = &[
     ("apm_proc_exec", "sched", "sched_process_exec"),
     ("apm_proc_exit", "sched", "sched_process_exit"),
+    ("apm_proc_fork", "sched", "sched_process_fork"),
 ];
+
+/// Does `sched_process_fork` carry `child_pid` where the kernel program reads it (offset 20,
+/// as on 6.x kernels where the comms are `__data_loc`; older kernels have it at 44)?
+fn fork_layout_known() -> bool {
+    let Some(root) = super::tracefs::find() else {
+        return false;
+    };
+    std::fs::read_to_string(root.join("events/sched/sched_process_fork/format"))
+        .is_ok_and(|f| f.contains("pid_t child_pid;\toffset:20;"))
+}
 
 /// Failures of the eBPF subsystem.
 #[derive(Debug, thiserror::Error)]
@@ -189,6 +200,13 @@ impl Probes {
             }
         }
         for &(name, category, tracepoint) in TRACEPOINT_PROGRAMS {
+            if tracepoint == "sched_process_fork" && !fork_layout_known() {
+                log::warn!(
+                    "sched_process_fork has an unknown record layout on this kernel: a forked \
+                     child serving an inherited socket is named after itself only"
+                );
+                continue;
+            }
             let err = |source| LoadError::Program {
                 name,
                 tracepoint,

@@ -7,7 +7,10 @@ use std::fmt::Write as _;
 
 use crate::{
     internal::Internal,
-    metrics::red::{BUCKETS_S, Red, SeriesKey},
+    metrics::{
+        db::{DB_BUCKETS_S, DbSeriesKey},
+        red::{BUCKETS_S, Red, SeriesKey},
+    },
     request::Side,
 };
 
@@ -15,20 +18,154 @@ use crate::{
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Renders everything.
-pub fn render(red: &Red, internal: &Internal) -> String {
+pub fn render(red: &Red, internal: &Internal, slow_queries_top: usize) -> String {
     let mut out = String::with_capacity(16 * 1024);
     render_red(red, &mut out);
+    render_db(red, &mut out);
+    render_slow_queries(red, slow_queries_top, &mut out);
     let o = red.overflows();
+    let d = red.db.overflows();
     internal.render(
         &[
             ("services", o.services),
             ("series", o.series),
             ("server_addresses", o.peers),
             ("route_windows", o.route_windows),
+            ("db_series", d.series),
+            ("db_names", d.names),
+            ("db_statements", d.statements),
+            ("n_plus_one", d.n_plus_one),
         ],
         &mut out,
     );
     out
+}
+
+/// `db.client.operation.duration` (and its server-side twin, an agent extension: the
+/// conventions define only the client metric) per interned series.
+fn render_db(red: &Red, out: &mut String) {
+    let db = &red.db;
+    let mut keys: Vec<&DbSeriesKey> = db.series().keys().collect();
+    keys.sort();
+    let mut labels = String::new();
+    for (side, name, help) in [
+        (
+            Side::Client,
+            "db_client_operation_duration_seconds",
+            "Duration of database client operations.",
+        ),
+        (
+            Side::Server,
+            "db_server_operation_duration_seconds",
+            "Duration of operations served by database servers (agent extension).",
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for key in keys.iter().filter(|k| k.side == side) {
+            let Some(series) = db.series().get(*key) else {
+                continue;
+            };
+            labels.clear();
+            label(&mut labels, "service_name", &red.service(key.service).name);
+            label(&mut labels, "db_system_name", key.system.as_str());
+            for (l, id) in [
+                ("db_operation_name", key.operation),
+                ("db_collection_name", key.collection),
+                ("db_namespace", key.namespace),
+            ] {
+                if let Some(v) = db.name(id) {
+                    label(&mut labels, l, v);
+                }
+            }
+            if let Some(code) = db.name(key.status) {
+                label(&mut labels, "db_response_status_code", code);
+                label(&mut labels, "error_type", code);
+            }
+            if side == Side::Client && key.peer != 0 {
+                let (host, port) = red.peer(key.peer);
+                label(&mut labels, "server_address", host);
+                let port = port.to_string();
+                label(&mut labels, "server_port", &port);
+            }
+            let mut cumulative = 0;
+            for (i, bound) in DB_BUCKETS_S.iter().enumerate() {
+                cumulative += series.buckets[i];
+                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+            }
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels},le=\"+Inf\"}} {}",
+                series.count
+            );
+            let _ = writeln!(out, "{name}_sum{{{labels}}} {}", series.sum_ns as f64 / 1e9);
+            let _ = writeln!(out, "{name}_count{{{labels}}} {}", series.count);
+        }
+    }
+    let name = "apm_db_n_plus_one_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Server requests that ran the same statement at least the N+1 threshold times.\n# TYPE {name} counter"
+    );
+    for (key, count) in db.n_plus_one() {
+        let service = red.service(key.service);
+        labels.clear();
+        label(&mut labels, "service_name", &service.name);
+        label(&mut labels, "http_route", service.routes.name(key.route));
+        label(
+            &mut labels,
+            "db_query_text",
+            db.statement(key.service, key.statement),
+        );
+        let _ = writeln!(out, "{name}{{{labels}}} {count}");
+    }
+}
+
+/// The slow-query ranking by total time, as gauges: only the top statements of each service
+/// are labelled, so cardinality stays at services x top.
+fn render_slow_queries(red: &Red, top: usize, out: &mut String) {
+    let mut labels = String::new();
+    let slow = red.db.slow_queries(top);
+    for (name, help, kind) in [
+        (
+            "apm_db_slow_query_duration_seconds_total",
+            "Total time of a service's slowest statements (top by total time).",
+            0,
+        ),
+        (
+            "apm_db_slow_query_calls_total",
+            "Executions of a service's slowest statements (top by total time).",
+            1,
+        ),
+        (
+            "apm_db_slow_query_errors_total",
+            "Failed executions of a service's slowest statements (top by total time).",
+            2,
+        ),
+        (
+            "apm_db_slow_query_p99_seconds",
+            "p99 duration of a service's slowest statements (top by total time).",
+            3,
+        ),
+    ] {
+        let kind_name = if kind == 3 { "gauge" } else { "counter" };
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind_name}");
+        for s in &slow {
+            for q in &s.by_total_time {
+                labels.clear();
+                label(&mut labels, "service_name", &red.service(s.service).name);
+                label(&mut labels, "db_system_name", q.db_system_name);
+                label(&mut labels, "db_operation_name", &q.db_operation_name);
+                label(&mut labels, "db_query_text", &q.db_query_text);
+                let v = match kind {
+                    0 => q.total_ms / 1e3,
+                    1 => q.calls as f64,
+                    2 => q.errors as f64,
+                    _ => q.p99_ms / 1e3,
+                };
+                let _ = writeln!(out, "{name}{{{labels}}} {v}");
+            }
+        }
+    }
 }
 
 fn render_red(red: &Red, out: &mut String) {
@@ -136,9 +273,10 @@ fn label(out: &mut String, name: &str, value: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::red::record_http;
     use crate::{
         metrics::red::RedConfig,
-        request::{HttpInfo, Method, Protocol, Request, Trust},
+        request::{Detail, HttpInfo, Method, Protocol, Request, Trust},
     };
 
     #[test]
@@ -150,6 +288,11 @@ mod tests {
             max_series: 10,
             max_peers: 10,
             max_route_windows: 10,
+            db: crate::metrics::db::DbConfig {
+                max_series: 100,
+                max_names: 100,
+                max_statements_per_service: 100,
+            },
         });
         let svc = red.service_id("web\"1");
         let mut req = Request {
@@ -160,7 +303,7 @@ mod tests {
             tid: 1,
             seq: 0,
             trust: Trust::default(),
-            http: HttpInfo {
+            detail: Detail::Http(HttpInfo {
                 method: Method::Get,
                 path: "/a\\b".to_owned(),
                 status: 404,
@@ -169,12 +312,12 @@ mod tests {
                 user_agent: None,
                 traceparent: None,
                 tracestate: None,
-            },
+            }),
         };
-        red.record(svc, None, &req);
+        record_http(&mut red, svc, None, &req);
         req.side = Side::Client;
-        red.record(svc, Some(("10.0.0.1", 8080)), &req);
-        let text = render(&red, &Internal::default());
+        record_http(&mut red, svc, Some(("10.0.0.1", 8080)), &req);
+        let text = render(&red, &Internal::default(), 10);
         let server = "http_server_request_duration_seconds_bucket{service_name=\"web\\\"1\",http_request_method=\"GET\",http_route=\"/a\\\\b\",http_response_status_code=\"404\",le=\"0.01\"} 1";
         assert!(text.contains(server), "{text}");
         assert!(text.contains("http_server_request_duration_seconds_bucket{service_name=\"web\\\"1\",http_request_method=\"GET\",http_route=\"/a\\\\b\",http_response_status_code=\"404\",le=\"0.005\"} 0"));

@@ -1,5 +1,5 @@
-//! The OTLP view of request durations: `http.server.request.duration` and
-//! `http.client.request.duration` per observed process (its OTLP resource) and per series of
+//! The OTLP view of request durations: `http.server.request.duration`,
+//! `http.client.request.duration` and `db.client.operation.duration` per observed process (its OTLP resource) and per series of
 //! the RED aggregator, as exponential (default) or explicit-bucket histograms, with delta or
 //! cumulative temporality.
 //!
@@ -11,6 +11,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 
 use super::{
+    db::{DB_BUCKETS_S, DbSeriesKey},
     exponential::ExpHistogram,
     red::{BUCKETS_S, SeriesKey},
 };
@@ -44,12 +45,41 @@ pub struct OtelConfig {
     pub stale_collections: u32,
 }
 
+/// Which aggregator series a point belongs to: its interned, budgeted identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SeriesId {
+    Http(SeriesKey),
+    Db(DbSeriesKey),
+}
+
+impl SeriesId {
+    /// Explicit bucket bounds advised for the metric (seconds).
+    pub fn bounds(&self) -> &'static [f64] {
+        match self {
+            Self::Http(_) => &BUCKETS_S,
+            Self::Db(_) => &DB_BUCKETS_S,
+        }
+    }
+}
+
+impl From<SeriesKey> for SeriesId {
+    fn from(k: SeriesKey) -> Self {
+        Self::Http(k)
+    }
+}
+
+impl From<DbSeriesKey> for SeriesId {
+    fn from(k: DbSeriesKey) -> Self {
+        Self::Db(k)
+    }
+}
+
 /// Identity of one OTLP data point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PointKey {
     /// Address of the resource (kept alive by [`OtelMetrics::resources`]).
     resource: usize,
-    pub series: SeriesKey,
+    pub series: SeriesId,
     /// Server side: the port served on (`server.port`), 0 when unknown.
     pub local_port: u16,
     /// HTTP minor version (`network.protocol.version` 1.0 / 1.1).
@@ -60,7 +90,7 @@ pub struct PointKey {
 #[derive(Debug, Clone)]
 pub enum Buckets {
     Exponential(ExpHistogram),
-    /// Per-bucket counts, one more than [`BUCKETS_S`] (the last is +Inf).
+    /// Per-bucket counts, one more than the series' bounds (the last is +Inf).
     Explicit(Vec<u64>),
 }
 
@@ -114,12 +144,14 @@ impl OtelMetrics {
     pub fn record(
         &mut self,
         resource: &Arc<Resource>,
-        series: SeriesKey,
+        series: impl Into<SeriesId>,
         local_port: u16,
         version_minor: u8,
         duration_ns: u64,
         now_unix_ns: u64,
     ) {
+        let series = series.into();
+        let bounds = series.bounds();
         let key = PointKey {
             resource: Arc::as_ptr(resource) as usize,
             series,
@@ -144,7 +176,7 @@ impl OtelMetrics {
                     max_s: 0.0,
                     buckets: match self.cfg.aggregation {
                         Aggregation::Exponential => Buckets::Exponential(ExpHistogram::default()),
-                        Aggregation::Explicit => Buckets::Explicit(vec![0; BUCKETS_S.len() + 1]),
+                        Aggregation::Explicit => Buckets::Explicit(vec![0; bounds.len() + 1]),
                     },
                     start_unix_ns: now_unix_ns,
                     idle: 0,
@@ -160,10 +192,7 @@ impl OtelMetrics {
         match &mut point.buckets {
             Buckets::Exponential(h) => h.record(s),
             Buckets::Explicit(counts) => {
-                let i = BUCKETS_S
-                    .iter()
-                    .position(|b| s <= *b)
-                    .unwrap_or(BUCKETS_S.len());
+                let i = bounds.iter().position(|b| s <= *b).unwrap_or(bounds.len());
                 if let Some(c) = counts.get_mut(i) {
                     *c += 1;
                 }
@@ -298,7 +327,7 @@ mod tests {
         assert_eq!(first.len(), 2);
         let ok = first
             .iter()
-            .find(|c| c.key.series.status == 200)
+            .find(|c| matches!(c.key.series, SeriesId::Http(k) if k.status == 200))
             .expect("200 point");
         match &ok.point.buckets {
             Buckets::Explicit(c) => {

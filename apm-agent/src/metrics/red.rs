@@ -10,8 +10,9 @@ use hdrhistogram::Histogram;
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
+use super::db::{DbConfig, DbStats};
 use crate::{
-    request::{Method, Request, Side},
+    request::{HttpInfo, Method, Request, Side},
     routes::{self, RouteTable},
 };
 
@@ -48,6 +49,8 @@ pub struct RedConfig {
     pub max_series: usize,
     pub max_peers: usize,
     pub max_route_windows: usize,
+    /// Budgets of the database operations table.
+    pub db: DbConfig,
 }
 
 /// What overflowed, for the agent's own metrics.
@@ -147,6 +150,8 @@ pub struct Red {
     last_window: Vec<RouteSummary>,
     overflows: Overflows,
     scratch: String,
+    /// Database and cache operations of the same services.
+    pub db: DbStats,
 }
 
 impl Red {
@@ -156,6 +161,7 @@ impl Red {
             routes: RouteTable::new(0),
         };
         Self {
+            db: DbStats::new(cfg.db.clone()),
             cfg,
             services: vec![overflow],
             service_ids: HashMap::new(),
@@ -187,7 +193,8 @@ impl Red {
         id
     }
 
-    fn peer_id(&mut self, host: &str, port: u16) -> u32 {
+    /// Id of the server address (host, port), while the budget lasts (1: the overflow).
+    pub fn peer_id(&mut self, host: &str, port: u16) -> u32 {
         let by_port = self.peer_ids.entry(port).or_default();
         if let Some(&id) = by_port.get(host) {
             return id;
@@ -205,25 +212,31 @@ impl Red {
     /// Records one request of service `service`. `peer` is the server (host, port) of a
     /// client-side request. Returns the series it was counted in (interned ids other views,
     /// such as the OTLP metrics, reuse so their cardinality obeys the same budgets).
-    pub fn record(&mut self, service: u32, peer: Option<(&str, u16)>, req: &Request) -> SeriesKey {
+    pub fn record(
+        &mut self,
+        service: u32,
+        peer: Option<(&str, u16)>,
+        req: &Request,
+        http: &HttpInfo,
+    ) -> SeriesKey {
         let service = if (service as usize) < self.services.len() {
             service
         } else {
             0
         };
         let mut scratch = std::mem::take(&mut self.scratch);
-        routes::template_into(&req.http.path, &mut scratch);
+        routes::template_into(&http.path, &mut scratch);
         let route = self.services[service as usize].routes.intern(&scratch);
         self.scratch = scratch;
         let peer = match (req.side, peer) {
             (Side::Client, Some((host, port))) => self.peer_id(host, port),
             _ => 0,
         };
-        let status = req.http.status;
+        let status = http.status;
         let mut key = SeriesKey {
             service,
             side: req.side,
-            method: req.http.method,
+            method: http.method,
             route,
             status,
             peer,
@@ -402,6 +415,20 @@ impl Red {
     }
 }
 
+/// Test shorthand: records an HTTP request.
+#[cfg(test)]
+pub fn record_http(
+    red: &mut Red,
+    service: u32,
+    peer: Option<(&str, u16)>,
+    req: &Request,
+) -> SeriesKey {
+    match req.http() {
+        Some(http) => red.record(service, peer, req, http),
+        None => panic!("not an HTTP request"),
+    }
+}
+
 /// `Histogram::new(2)` only fails for sigfig > 5; this is never reached.
 fn unreachable_hist() -> Histogram<u32> {
     Histogram::new_with_bounds(1, 2, 1).unwrap_or_else(|_| std::process::abort())
@@ -423,7 +450,7 @@ pub fn split_host(host: &str) -> (&str, Option<u16>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::{HttpInfo, Protocol, Trust};
+    use crate::request::{Detail, HttpInfo, Protocol, Trust};
 
     fn cfg() -> RedConfig {
         RedConfig {
@@ -433,6 +460,11 @@ mod tests {
             max_series: 1000,
             max_peers: 10,
             max_route_windows: 1000,
+            db: crate::metrics::db::DbConfig {
+                max_series: 100,
+                max_names: 100,
+                max_statements_per_service: 100,
+            },
         }
     }
 
@@ -445,7 +477,7 @@ mod tests {
             tid: 1,
             seq: 0,
             trust: Trust::default(),
-            http: HttpInfo {
+            detail: Detail::Http(HttpInfo {
                 method: Method::Get,
                 path: path.to_owned(),
                 status,
@@ -454,7 +486,7 @@ mod tests {
                 user_agent: None,
                 traceparent: None,
                 tracestate: None,
-            },
+            }),
         }
     }
 
@@ -462,9 +494,14 @@ mod tests {
     fn series_counts_buckets_and_templates() {
         let mut red = Red::new(cfg());
         let svc = red.service_id("shop");
-        red.record(svc, None, &req(Side::Server, "/users/1", 200, 3));
-        red.record(svc, None, &req(Side::Server, "/users/2", 200, 30));
-        red.record(svc, None, &req(Side::Server, "/users/3", 500, 3000));
+        record_http(&mut red, svc, None, &req(Side::Server, "/users/1", 200, 3));
+        record_http(&mut red, svc, None, &req(Side::Server, "/users/2", 200, 30));
+        record_http(
+            &mut red,
+            svc,
+            None,
+            &req(Side::Server, "/users/3", 500, 3000),
+        );
         let ok: Vec<_> = red
             .series()
             .iter()
@@ -509,7 +546,12 @@ mod tests {
         let mut red = Red::new(cfg);
         let svc = red.service_id("api");
         for i in 0..5 {
-            red.record(svc, None, &req(Side::Server, &format!("/r{i}"), 200, 1));
+            record_http(
+                &mut red,
+                svc,
+                None,
+                &req(Side::Server, &format!("/r{i}"), 200, 1),
+            );
         }
         assert_eq!(red.overflows().series, 3);
         let total: u64 = red.series().values().map(|s| s.count).sum();
@@ -522,8 +564,18 @@ mod tests {
         cfg.max_peers = 1;
         let mut red = Red::new(cfg);
         let svc = red.service_id("curl");
-        red.record(svc, Some(("a.local", 80)), &req(Side::Client, "/", 200, 1));
-        red.record(svc, Some(("b.local", 80)), &req(Side::Client, "/", 200, 1));
+        record_http(
+            &mut red,
+            svc,
+            Some(("a.local", 80)),
+            &req(Side::Client, "/", 200, 1),
+        );
+        record_http(
+            &mut red,
+            svc,
+            Some(("b.local", 80)),
+            &req(Side::Client, "/", 200, 1),
+        );
         let peers: Vec<_> = red
             .series()
             .keys()

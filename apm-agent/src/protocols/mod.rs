@@ -2,8 +2,13 @@
 //! an enum (no boxing, no vtables on the hot path). Parsers do no I/O and know nothing about
 //! eBPF or tokio: they see [`Segment`]s (what one syscall moved) and emit [`Request`]s.
 pub mod http1;
+pub mod memcached;
+pub mod mysql;
+pub mod postgres;
+pub mod redis;
+pub mod sql;
 
-use crate::request::{Request, Started};
+use crate::request::{Protocol, Request, Started};
 
 /// What parsers produce while they work: requests as their heads are parsed (so their spans
 /// exist before the calls they make are seen), and completed exchanges. The pipeline empties
@@ -92,41 +97,96 @@ pub enum Detection {
 #[derive(Debug)]
 pub enum Parser {
     Http1(http1::Http1Parser),
+    Redis(redis::RedisParser),
+    Memcached(memcached::MemcachedParser),
+    Mysql(mysql::MysqlParser),
+    Postgres(postgres::PostgresParser),
+}
+
+/// Forwards a call to whichever parser `self` holds.
+macro_rules! each {
+    ($self:expr, $p:ident => $call:expr) => {
+        match $self {
+            Parser::Http1($p) => $call,
+            Parser::Redis($p) => $call,
+            Parser::Memcached($p) => $call,
+            Parser::Mysql($p) => $call,
+            Parser::Postgres($p) => $call,
+        }
+    };
 }
 
 impl Parser {
-    /// Tries every protocol on the first segment of a connection.
+    /// Tries every protocol on the first segment of a connection: the first that recognises
+    /// it wins; if none does but one may with more bytes, the answer is undecided.
     pub fn detect(seg: &Segment<'_>) -> Detection {
+        let mut undecided = false;
         match http1::detect(seg) {
             http1::Detected::Side(side) => {
-                Detection::Match(Self::Http1(http1::Http1Parser::new(side)))
+                return Detection::Match(Self::Http1(http1::Http1Parser::new(side)));
             }
-            http1::Detected::Undecided => Detection::Undecided,
-            http1::Detected::No => Detection::NoMatch,
+            http1::Detected::Undecided => undecided = true,
+            http1::Detected::No => {}
+        }
+        match redis::detect(seg) {
+            redis::Detected::Side(side) => {
+                return Detection::Match(Self::Redis(redis::RedisParser::new(side)));
+            }
+            redis::Detected::Undecided => undecided = true,
+            redis::Detected::No => {}
+        }
+        match memcached::detect(seg) {
+            memcached::Detected::Side(side) => {
+                return Detection::Match(Self::Memcached(memcached::MemcachedParser::new(side)));
+            }
+            memcached::Detected::Undecided => undecided = true,
+            memcached::Detected::No => {}
+        }
+        match mysql::detect(seg) {
+            mysql::Detected::Side(side) => {
+                return Detection::Match(Self::Mysql(mysql::MysqlParser::new(side)));
+            }
+            mysql::Detected::Undecided => undecided = true,
+            mysql::Detected::No => {}
+        }
+        match postgres::detect(seg) {
+            postgres::Detected::Side(side) => {
+                return Detection::Match(Self::Postgres(postgres::PostgresParser::new(side)));
+            }
+            postgres::Detected::Undecided => undecided = true,
+            postgres::Detected::No => {}
+        }
+        if undecided {
+            Detection::Undecided
+        } else {
+            Detection::NoMatch
         }
     }
 
     pub fn on_segment(&mut self, seg: &Segment<'_>, out: &mut ParserOut, stats: &mut ParseStats) {
-        match self {
-            Self::Http1(p) => p.on_segment(seg, out, stats),
-        }
+        each!(self, p => p.on_segment(seg, out, stats))
     }
 
     pub fn on_close(&mut self, ts_ns: u64, out: &mut ParserOut, stats: &mut ParseStats) {
-        match self {
-            Self::Http1(p) => p.on_close(ts_ns, out, stats),
-        }
+        each!(self, p => p.on_close(ts_ns, out, stats))
     }
 
     pub fn on_idle(&mut self, out: &mut ParserOut) {
-        match self {
-            Self::Http1(p) => p.on_idle(out),
-        }
+        each!(self, p => p.on_idle(out))
     }
 
     pub fn gave_up(&self) -> bool {
+        each!(self, p => p.gave_up())
+    }
+
+    /// The protocol this parser follows.
+    pub fn protocol(&self) -> Protocol {
         match self {
-            Self::Http1(p) => p.gave_up(),
+            Self::Http1(_) => Protocol::Http1,
+            Self::Redis(_) => Protocol::Redis,
+            Self::Memcached(_) => Protocol::Memcached,
+            Self::Mysql(_) => Protocol::Mysql,
+            Self::Postgres(_) => Protocol::Postgres,
         }
     }
 }

@@ -1,6 +1,7 @@
-//! A completed request and its trace context -> a span with OpenTelemetry HTTP semantic
-//! convention attributes. Only allow-listed values leave: method, path without query, route
-//! template, status, user agent, addresses and ports. No other header, no body.
+//! A completed request and its trace context -> a span with OpenTelemetry HTTP or database
+//! semantic convention attributes. Only allow-listed values leave: method, path without query,
+//! route template, status, user agent, addresses and ports; for databases the normalized
+//! statement (literals replaced by `?`). No other header, no body, no literal.
 use std::{net::SocketAddr, sync::Arc};
 
 use super::{
@@ -9,7 +10,7 @@ use super::{
 };
 use crate::{
     metrics::red::split_host,
-    request::{Request, Side},
+    request::{DbInfo, Detail, HttpInfo, Request, Side},
 };
 
 /// Everything about the connection a span needs.
@@ -31,7 +32,91 @@ pub fn span(
     resource: Arc<Resource>,
     clock: Clock,
 ) -> Span {
-    let http = &req.http;
+    match &req.detail {
+        Detail::Http(http) => http_span(req, http, ctx, peer, resource, clock),
+        Detail::Db(db) => db_span(req, db, ctx, peer, resource, clock),
+    }
+}
+
+/// A database or cache operation -> a span with the database semantic-convention attributes.
+/// `db.query.text` is the parser's normalized text: literals are already `?`.
+fn db_span(
+    req: &Request,
+    db: &DbInfo,
+    ctx: &Ctx,
+    peer: &Peer<'_>,
+    resource: Arc<Resource>,
+    clock: Clock,
+) -> Span {
+    let mut attributes: Attributes = Vec::with_capacity(12);
+    let mut put = |k: &'static str, v: Value| attributes.push((k, v));
+    put("db.system.name", Value::Str(db.system.as_str().to_owned()));
+    put("db.operation.name", Value::Str(db.operation.clone()));
+    if let Some(c) = &db.collection {
+        put("db.collection.name", Value::Str(c.clone()));
+    }
+    if let Some(n) = &db.namespace {
+        put("db.namespace", Value::Str(n.clone()));
+    }
+    if !db.query.is_empty() {
+        put("db.query.text", Value::Str(db.query.clone()));
+    }
+    if let Some(code) = &db.status_code {
+        put("db.response.status_code", Value::Str(code.clone()));
+    }
+    if db.error {
+        put(
+            "error.type",
+            Value::Str(
+                db.status_code
+                    .clone()
+                    .unwrap_or_else(|| "_OTHER".to_owned()),
+            ),
+        );
+    }
+    if let Some(remote) = peer.remote {
+        put("network.peer.address", Value::Str(remote.ip().to_string()));
+        put("network.peer.port", Value::Int(i64::from(remote.port())));
+    }
+    let server = match req.side {
+        Side::Client => peer.remote,
+        Side::Server => peer.local,
+    };
+    if let Some(server) = server {
+        put("server.address", Value::Str(server.ip().to_string()));
+        put("server.port", Value::Int(i64::from(server.port())));
+    }
+    // `{operation} {target}` per the conventions, the target being the table or namespace.
+    let name = match (&db.collection, &db.namespace) {
+        (Some(c), _) => format!("{} {c}", db.operation),
+        (None, Some(n)) => format!("{} {n}", db.operation),
+        (None, None) => db.operation.clone(),
+    };
+    Span {
+        resource,
+        trace_id: ctx.trace_id,
+        span_id: ctx.span_id,
+        parent_span_id: ctx.parent,
+        trace_state: None,
+        name,
+        kind: Kind::from(req.side),
+        start_unix_ns: clock.to_unix(req.start_ns),
+        end_unix_ns: clock.to_unix(req.end_ns),
+        attributes,
+        error: db.error,
+        links: ctx.link.into_iter().collect(),
+    }
+}
+
+/// An HTTP exchange -> a span with the HTTP semantic-convention attributes.
+fn http_span(
+    req: &Request,
+    http: &HttpInfo,
+    ctx: &Ctx,
+    peer: &Peer<'_>,
+    resource: Arc<Resource>,
+    clock: Clock,
+) -> Span {
     let method = http.method.as_str();
     let mut attributes: Attributes = Vec::with_capacity(12);
     let mut put = |k: &'static str, v: Value| attributes.push((k, v));

@@ -7,7 +7,7 @@ use super::{
     build::{self, Peer},
     hold::{Hold, HoldStats},
     sampling::Sampler,
-    span::{Clock, Resource, Span},
+    span::{Attributes, Clock, Resource, Span},
 };
 use crate::request::{Request, Started};
 
@@ -63,7 +63,8 @@ impl Tracer {
         self.asm.on_start(conn, started);
     }
 
-    /// A request completed on `conn`: its span enters the hold buffer.
+    /// A request completed on `conn`: its span, with `extra` attributes (findings about the
+    /// request, such as an N+1), enters the hold buffer.
     pub fn on_done(
         &mut self,
         conn: &ConnRef,
@@ -71,12 +72,13 @@ impl Tracer {
         route: &str,
         peer: (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>),
         resource: &Arc<Resource>,
+        extra: Attributes,
     ) {
         let ctx = match self.asm.on_done(conn, req.side, req.seq, req.tid) {
             Some(ctx) => ctx,
             None => self.asm.root(),
         };
-        let span = build::span(
+        let mut span = build::span(
             req,
             &ctx,
             &Peer {
@@ -87,6 +89,7 @@ impl Tracer {
             resource.clone(),
             self.clock,
         );
+        span.attributes.extend(extra);
         let keep = span.error || req.duration_ns() >= self.slow_ns;
         self.hold.push(
             req.end_ns,

@@ -1,6 +1,7 @@
 //! `cargo xtask bench <name>`: side-by-side measurements printed as a table and one JSON line.
 //! Reports, not pass/fail: the machines are shared and noisy, so targets are printed next to
 //! the figures instead of being asserted.
+mod db;
 mod overhead;
 mod profiler;
 mod sdk_compare;
@@ -19,6 +20,9 @@ pub struct BenchArgs {
 enum Bench {
     /// nginx serving a small file under wrk at saturation, agent off/on in alternating rounds.
     Overhead(overhead::OverheadArgs),
+    /// pgbench -S and redis-benchmark against real servers, agent off/on in alternating
+    /// rounds: throughput ratio and agent CPU per database operation.
+    Db(db::DbArgs),
     /// A CPU-bound workload with no profiler, the agent's profiler, and perf record.
     Profiler(profiler::ProfilerArgs),
     /// A FastAPI app traced by the OpenTelemetry Python SDK and by the agent: span counts,
@@ -29,6 +33,7 @@ enum Bench {
 pub fn run(args: &BenchArgs) -> Result<()> {
     match &args.bench {
         Bench::Overhead(a) => overhead::run(a),
+        Bench::Db(a) => db::run(a),
         Bench::Profiler(a) => profiler::run(a),
         Bench::SdkCompare(a) => sdk_compare::run(a),
     }

@@ -179,7 +179,7 @@ pub fn run(args: &OverheadArgs) -> Result<()> {
 }
 
 /// Median of a non-empty list (0 for an empty one).
-fn median(v: &[f64]) -> f64 {
+pub(super) fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     match v.len() {

@@ -1,6 +1,7 @@
 //! Collected duration points -> an OTLP `ExportMetricsServiceRequest`: one `ResourceMetrics`
-//! per observed process, `http.server.request.duration` and `http.client.request.duration`
-//! (unit `s`) with the HTTP semantic-convention attributes.
+//! per observed process, `http.server.request.duration`, `http.client.request.duration` and
+//! `db.client.operation.duration` (unit `s`) with the HTTP and database semantic-convention
+//! attributes.
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
@@ -18,8 +19,9 @@ use opentelemetry_proto::tonic::{
 use super::encode_traces::{key_value, resource, scope};
 use crate::{
     metrics::{
-        otel::{Buckets, Collected, Temporality},
-        red::{BUCKETS_S, Red},
+        db::DbSeriesKey,
+        otel::{Buckets, Collected, SeriesId, Temporality},
+        red::{Red, SeriesKey},
     },
     request::{Method, Side},
     routes,
@@ -29,8 +31,36 @@ use crate::{
     },
 };
 
-const SERVER_METRIC: &str = "http.server.request.duration";
-const CLIENT_METRIC: &str = "http.client.request.duration";
+/// The metrics, in the order of a [`Group`]'s slots.
+const METRICS: [(&str, &str); SLOTS] = [
+    (
+        "http.server.request.duration",
+        "Duration of HTTP server requests.",
+    ),
+    (
+        "http.client.request.duration",
+        "Duration of HTTP client requests.",
+    ),
+    (
+        "db.client.operation.duration",
+        "Duration of database client operations.",
+    ),
+    // Not in the semantic conventions (they define the client side only): the same
+    // measurement taken at the database server process.
+    (
+        "db.server.operation.duration",
+        "Duration of operations served by database servers.",
+    ),
+];
+const SLOTS: usize = 4;
+
+/// The slot of a point's metric.
+fn slot(series: &SeriesId) -> usize {
+    match series {
+        SeriesId::Http(k) => usize::from(k.side == Side::Client),
+        SeriesId::Db(k) => 2 + usize::from(k.side == Side::Server),
+    }
+}
 
 /// Encodes `points` collected at `now_unix_ns`; names (routes, server addresses) come from
 /// the RED aggregator whose series ids the points carry. None when there is nothing to send.
@@ -57,13 +87,13 @@ pub fn request(
         let i = *index.entry(Arc::as_ptr(&c.resource)).or_insert_with(|| {
             groups.push(Group {
                 resource: c.resource.clone(),
-                exponential: [Vec::new(), Vec::new()],
-                explicit: [Vec::new(), Vec::new()],
+                exponential: Default::default(),
+                explicit: Default::default(),
             });
             groups.len() - 1
         });
         let group = &mut groups[i];
-        let side = usize::from(c.key.series.side == Side::Client);
+        let side = slot(&c.key.series);
         match &p.buckets {
             Buckets::Exponential(h) => {
                 group.exponential[side].push(ExponentialHistogramDataPoint {
@@ -93,7 +123,7 @@ pub fn request(
                 count: p.count,
                 sum,
                 bucket_counts: counts.clone(),
-                explicit_bounds: BUCKETS_S.to_vec(),
+                explicit_bounds: c.key.series.bounds().to_vec(),
                 exemplars: Vec::new(),
                 flags: 0,
                 min,
@@ -101,17 +131,13 @@ pub fn request(
             }),
         }
     }
-    let names = [
-        (SERVER_METRIC, "Duration of HTTP server requests."),
-        (CLIENT_METRIC, "Duration of HTTP client requests."),
-    ];
     Some(ExportMetricsServiceRequest {
         resource_metrics: groups
             .into_iter()
             .map(|g| {
                 let mut metrics = Vec::new();
                 let sides = g.exponential.into_iter().zip(g.explicit);
-                for ((name, description), (exp, hist)) in names.into_iter().zip(sides) {
+                for ((name, description), (exp, hist)) in METRICS.into_iter().zip(sides) {
                     let metric = |data| Metric {
                         name: name.to_owned(),
                         description: description.to_owned(),
@@ -146,16 +172,50 @@ pub fn request(
     })
 }
 
-/// The points of one process, per side (0 server, 1 client).
+/// The points of one process, per metric ([`METRICS`]).
 struct Group {
     resource: Arc<Resource>,
-    exponential: [Vec<ExponentialHistogramDataPoint>; 2],
-    explicit: [Vec<HistogramDataPoint>; 2],
+    exponential: [Vec<ExponentialHistogramDataPoint>; SLOTS],
+    explicit: [Vec<HistogramDataPoint>; SLOTS],
 }
 
 /// Semantic-convention attributes of one point.
 fn attributes(c: &Collected, red: &Red) -> Vec<KeyValue> {
-    let s = &c.key.series;
+    match &c.key.series {
+        SeriesId::Http(s) => http_attributes(c, s, red),
+        SeriesId::Db(s) => db_attributes(s, red),
+    }
+}
+
+/// Database attributes: names interned by the database aggregator.
+fn db_attributes(s: &DbSeriesKey, red: &Red) -> Vec<KeyValue> {
+    let db = &red.db;
+    let mut out = Vec::with_capacity(8);
+    let mut put = |k: &str, v: Value| out.push(key_value(k, &v));
+    put("db.system.name", Value::Str(s.system.as_str().to_owned()));
+    for (k, id) in [
+        ("db.operation.name", s.operation),
+        ("db.collection.name", s.collection),
+        ("db.namespace", s.namespace),
+    ] {
+        if let Some(v) = db.name(id) {
+            put(k, Value::Str(v.to_owned()));
+        }
+    }
+    if let Some(code) = db.name(s.status) {
+        put("db.response.status_code", Value::Str(code.to_owned()));
+        put("error.type", Value::Str(code.to_owned()));
+    }
+    if s.side == Side::Client && s.peer != 0 {
+        let (host, port) = red.peer(s.peer);
+        put("server.address", Value::Str(host.to_owned()));
+        put("server.port", Value::Int(i64::from(port)));
+    }
+    out
+}
+
+/// HTTP attributes.
+fn http_attributes(c: &Collected, s: &SeriesKey, red: &Red) -> Vec<KeyValue> {
     let mut out = Vec::with_capacity(8);
     let mut put = |k: &str, v: Value| out.push(key_value(k, &v));
     put(
@@ -206,12 +266,13 @@ fn attributes(c: &Collected, red: &Red) -> Vec<KeyValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::red::record_http;
     use crate::{
         metrics::{
             otel::{Aggregation, OtelConfig, OtelMetrics},
             red::RedConfig,
         },
-        request::{HttpInfo, Protocol, Request, Trust},
+        request::{Detail, HttpInfo, Protocol, Request, Trust},
     };
     use opentelemetry_proto::tonic::common::v1::any_value;
 
@@ -224,7 +285,7 @@ mod tests {
             tid: 1,
             seq: 0,
             trust: Trust::default(),
-            http: HttpInfo {
+            detail: Detail::Http(HttpInfo {
                 method: Method::Get,
                 path: path.to_owned(),
                 status,
@@ -233,7 +294,7 @@ mod tests {
                 user_agent: None,
                 traceparent: None,
                 tracestate: None,
-            },
+            }),
         }
     }
 
@@ -257,6 +318,11 @@ mod tests {
             max_series: 100,
             max_peers: 10,
             max_route_windows: 10,
+            db: crate::metrics::db::DbConfig {
+                max_series: 100,
+                max_names: 100,
+                max_statements_per_service: 100,
+            },
         });
         let mut m = OtelMetrics::new(OtelConfig {
             temporality: Temporality::Cumulative,
@@ -276,14 +342,14 @@ mod tests {
                 Some(("api.local", 8080)),
             ),
         ] {
-            let key = red.record(svc, peer, &r);
+            let key = record_http(&mut red, svc, peer, &r);
             m.record(&resource, key, 9000, 1, r.duration_ns(), 5);
         }
         let out = request(m.collect(10), &red, Temporality::Cumulative, 10).expect("points");
         assert_eq!(out.resource_metrics.len(), 1);
         let metrics = &out.resource_metrics[0].scope_metrics[0].metrics;
         let names: Vec<&str> = metrics.iter().map(|m| m.name.as_str()).collect();
-        assert_eq!(names, [SERVER_METRIC, CLIENT_METRIC]);
+        assert_eq!(names, [METRICS[0].0, METRICS[1].0]);
         let point = |i: usize| match &metrics[i].data {
             Some(Data::ExponentialHistogram(h)) => {
                 assert_eq!(
@@ -320,6 +386,76 @@ mod tests {
         assert!(
             !format!("{out:?}").contains("secret"),
             "no query value leaves"
+        );
+    }
+
+    #[test]
+    fn database_points_carry_db_attributes_and_db_buckets() {
+        use crate::request::{DbInfo, DbSystem};
+        let mut red = Red::new(RedConfig {
+            apdex_threshold_ns: 1,
+            max_services: 10,
+            max_routes_per_service: 10,
+            max_series: 100,
+            max_peers: 10,
+            max_route_windows: 10,
+            db: crate::metrics::db::DbConfig {
+                max_series: 100,
+                max_names: 100,
+                max_statements_per_service: 100,
+            },
+        });
+        let mut m = OtelMetrics::new(OtelConfig {
+            temporality: Temporality::Delta,
+            aggregation: Aggregation::Explicit,
+            max_series: 100,
+            stale_collections: 10,
+        });
+        let resource = Arc::new(Resource {
+            attributes: vec![("service.name", Value::Str("shop".to_owned()))],
+            extra: Vec::new(),
+        });
+        let svc = red.service_id("shop");
+        let peer = red.peer_id("10.0.0.5", 5432);
+        let info = DbInfo {
+            system: DbSystem::Postgresql,
+            operation: "SELECT".to_owned(),
+            query: "SELECT * FROM users WHERE id = ?".to_owned(),
+            collection: Some("users".to_owned()),
+            namespace: Some("shop".to_owned()),
+            status_code: Some("42P01".to_owned()),
+            error: true,
+        };
+        let (key, _) = red.db.record(svc, Side::Client, peer, &info, 2_000_000);
+        m.record(&resource, key, 0, 0, 2_000_000, 5);
+        let out = request(m.collect(10), &red, Temporality::Delta, 10).expect("points");
+        let metrics = &out.resource_metrics[0].scope_metrics[0].metrics;
+        assert_eq!(metrics.len(), 1);
+        assert_eq!(metrics[0].name, "db.client.operation.duration");
+        let Some(Data::Histogram(h)) = &metrics[0].data else {
+            panic!("explicit histogram expected");
+        };
+        let p = &h.data_points[0];
+        assert_eq!(p.explicit_bounds, crate::metrics::db::DB_BUCKETS_S.to_vec());
+        // 2 ms falls in (1 ms, 5 ms].
+        assert_eq!(p.bucket_counts[1], 1);
+        let a = &p.attributes;
+        for (k, v) in [
+            ("db.system.name", "postgresql"),
+            ("db.operation.name", "SELECT"),
+            ("db.collection.name", "users"),
+            ("db.namespace", "shop"),
+            ("db.response.status_code", "42P01"),
+            ("error.type", "42P01"),
+            ("server.address", "10.0.0.5"),
+            ("server.port", "5432"),
+        ] {
+            assert_eq!(attr(a, k).as_deref(), Some(v), "{k}");
+        }
+        assert_eq!(
+            attr(a, "db.query.text"),
+            None,
+            "statements stay off metrics"
         );
     }
 }

@@ -16,7 +16,9 @@ use framing::{Body, Chunk, Progress};
 use head::{Head, Kind, Parsed};
 
 use super::{Direction, ParseStats, ParserOut, ProtocolParser, Segment};
-use crate::request::{HttpInfo, Method, Protocol, Request, Side, Started, TraceParent, Trust};
+use crate::request::{
+    Detail, HttpInfo, Method, Protocol, Request, Side, Started, TraceParent, Trust,
+};
 
 /// Requests that may await their response at once (pipelining depth).
 const MAX_PENDING: usize = 64;
@@ -499,7 +501,7 @@ impl Http1Parser {
             tid: p.tid,
             seq: p.seq,
             trust,
-            http: HttpInfo {
+            detail: Detail::Http(HttpInfo {
                 method: p.method,
                 path: p.path,
                 status: open.status,
@@ -508,7 +510,7 @@ impl Http1Parser {
                 user_agent: p.user_agent,
                 traceparent: p.traceparent,
                 tracestate: p.tracestate,
-            },
+            }),
         });
     }
 }

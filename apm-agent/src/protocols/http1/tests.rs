@@ -58,7 +58,10 @@ impl Conn {
         self.out
             .done
             .iter()
-            .map(|r| (r.http.method.as_str(), r.http.path.clone(), r.http.status))
+            .map(|r| {
+                let h = r.http().expect("http");
+                (h.method.as_str(), h.path.clone(), h.status)
+            })
             .collect()
     }
 }
@@ -94,7 +97,10 @@ fn client_side_times_from_write_to_read_return() {
     c.seg(IN, OK_5);
     assert_eq!(c.summary(), vec![s("GET", "/users/7", 200)]);
     assert_eq!((c.out.done[0].start_ns, c.out.done[0].end_ns), (1005, 1105));
-    assert_eq!(c.out.done[0].http.host.as_deref(), Some("api.local:8080"));
+    assert_eq!(
+        c.out.done[0].http().expect("http").host.as_deref(),
+        Some("api.local:8080")
+    );
 }
 
 #[test]
@@ -234,7 +240,7 @@ fn http10_response_delimited_by_close() {
         c.out.done[0].end_ns, 1305,
         "ends with the last write, not the close"
     );
-    assert_eq!(c.out.done[0].http.version_minor, 0);
+    assert_eq!(c.out.done[0].http().expect("http").version_minor, 0);
     assert_eq!(c.out.done[0].trust, Trust::default());
     assert_eq!(c.stats.incomplete, 0);
 }
@@ -497,9 +503,18 @@ fn starts_are_reported_with_sequence_and_trace_context() {
     c.seg(OUT, OK_5);
     let first = &c.out.done[0];
     assert_eq!(first.seq, 0);
-    assert_eq!(first.http.user_agent.as_deref(), Some("curl/8"));
-    assert_eq!(first.http.tracestate.as_deref(), Some("vendor=x"));
-    assert_eq!(first.http.traceparent, c.out.started[0].traceparent);
+    assert_eq!(
+        first.http().expect("http").user_agent.as_deref(),
+        Some("curl/8")
+    );
+    assert_eq!(
+        first.http().expect("http").tracestate.as_deref(),
+        Some("vendor=x")
+    );
+    assert_eq!(
+        first.http().expect("http").traceparent,
+        c.out.started[0].traceparent
+    );
     assert_eq!(c.out.done[1].seq, 1);
 }
 
