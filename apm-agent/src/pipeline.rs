@@ -279,7 +279,11 @@ impl Pipeline {
             // its process now, after its parent if it is already gone.
             self.procs.adopted(c.tgid, comm_str(&c.comm), c.parent_tgid);
         }
-        let conn = Connection::new(c.id, peer_addr(c.family, c.port, &c.addr), c.comm, c.ts_ns);
+        let mut conn = Connection::new(c.id, peer_addr(c.family, c.port, &c.addr), c.comm, c.ts_ns);
+        // An adopted socket is taken to be seen from its start: inherited sockets are handed
+        // over before they carry data (pre-fork servers, PostgreSQL backends), so its
+        // exchanges can be numbered like the other end's.
+        conn.whole = conn.whole || c.role == role::UNKNOWN;
         match self.conns.open(c.tgid, c.fd, conn) {
             Ok(None) => {}
             // The fd was reused and its close was missed: finish the old connection first.
@@ -449,7 +453,7 @@ fn conn_ref(tgid: u32, fd: u32, conn: &Connection) -> ConnRef {
         tgid,
         fd,
         endpoints: conn.endpoints,
-        from_open: conn.id != 0,
+        from_open: conn.whole,
     }
 }
 

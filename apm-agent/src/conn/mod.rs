@@ -49,6 +49,9 @@ pub struct Connection {
     pub endpoints: Option<Endpoints>,
     pub last_activity_ns: u64,
     pub state: ConnState,
+    /// Its traffic is seen from its first byte (accepted or connected while the agent ran, or
+    /// adopted at its first data), so its exchanges are numbered from the first.
+    pub whole: bool,
 }
 
 impl Connection {
@@ -63,6 +66,7 @@ impl Connection {
                 attempts: 0,
                 prefix: None,
             },
+            whole: id != 0,
         }
     }
 }
