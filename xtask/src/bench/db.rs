@@ -206,18 +206,20 @@ fn redis_benchmark(redis: &Redis, args: &DbArgs) -> Result<Round> {
     })
 }
 
-/// Operations the agent observed for one workload: its client's and its server's.
+/// Operations the agent observed for one workload: its client's, and its server's (by
+/// system: a server started before the agent may have rewritten the environment that names
+/// it, as redis-server and PostgreSQL do).
 fn observed(m: &Metrics, w: usize) -> f64 {
-    let (client, server) = match w {
-        0 => (PGBENCH, "bench-postgres"),
-        _ => (REDIS_BENCH, "bench-redis"),
+    let (client, system) = match w {
+        0 => (PGBENCH, "postgresql"),
+        _ => (REDIS_BENCH, "redis"),
     };
     m.sum(
         "db_client_operation_duration_seconds_count",
         &[("service_name", client)],
     ) + m.sum(
         "db_server_operation_duration_seconds_count",
-        &[("service_name", server)],
+        &[("db_system_name", system)],
     )
 }
 
