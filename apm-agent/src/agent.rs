@@ -155,6 +155,7 @@ pub fn run(cfg: Config) -> Result<(), AgentError> {
         wakeup_bytes: cfg.wakeup_bytes,
         max_sockets: cfg.max_kernel_sockets,
         listen: Some(cfg.listen),
+        library_events: cfg.tls,
         profiler: cfg.profiling.then_some(ProfilerLoad {
             count_entries: cfg.profile_stack_entries.saturating_mul(2),
             stack_entries: cfg.profile_stack_entries,
@@ -199,6 +200,9 @@ pub fn run(cfg: Config) -> Result<(), AgentError> {
     }
 
     let stop = Arc::new(AtomicBool::new(false));
+    // The TLS thread takes the loaded object (hooking a library needs it) and hands it back
+    // at the end.
+    let holder = start_tls(&cfg, probes, &internal, &stop)?;
     let exports = start_export(&cfg, &runtime, &internal)?;
     let drain = Drain {
         maps,
@@ -217,6 +221,7 @@ pub fn run(cfg: Config) -> Result<(), AgentError> {
         poll_interval: Duration::from_millis(cfg.poll_interval_ms),
         spans: exports.spans,
         metrics: exports.metrics,
+        tls: holder.tls_requests(),
     };
     let events = std::thread::Builder::new()
         .name("apm-events".to_owned())
@@ -252,7 +257,7 @@ pub fn run(cfg: Config) -> Result<(), AgentError> {
     stop.store(true, Relaxed);
     let profiler_joined = profiler.map(std::thread::JoinHandle::join);
     let joined = events.join();
-    drop(probes);
+    holder.detach();
     // The event thread handed over what it still held; give the export tasks a moment.
     let flush = Duration::from_millis(cfg.otlp_timeout_ms).min(Duration::from_secs(5));
     runtime.block_on(async {
@@ -401,4 +406,53 @@ fn raise_memlock() {
             io::Error::last_os_error()
         );
     }
+}
+
+/// Who holds the loaded kernel object: this thread, or the TLS hooking thread (hooking a
+/// library needs the object), which hands it back when it stops.
+enum Holder {
+    Here(Probes),
+    Tls(crate::tls::TlsRequests, std::thread::JoinHandle<Probes>),
+}
+
+impl Holder {
+    fn tls_requests(&self) -> Option<crate::tls::TlsRequests> {
+        match self {
+            Self::Here(_) => None,
+            Self::Tls(requests, _) => Some(requests.clone()),
+        }
+    }
+
+    /// Detaches everything (dropping the object does).
+    fn detach(self) {
+        match self {
+            Self::Here(probes) => drop(probes),
+            Self::Tls(_, thread) => drop(thread.join()),
+        }
+    }
+}
+
+/// Starts TLS hooking unless it is off or its programs cannot be loaded here (the agent then
+/// runs on without TLS plaintext).
+fn start_tls(
+    cfg: &Config,
+    mut probes: Probes,
+    internal: &Arc<Internal>,
+    stop: &Arc<AtomicBool>,
+) -> Result<Holder, AgentError> {
+    if !cfg.tls {
+        return Ok(Holder::Here(probes));
+    }
+    if let Err(e) = probes.load_tls() {
+        log::warn!("TLS plaintext unavailable (OpenSSL uprobes did not load): {e}");
+        return Ok(Holder::Here(probes));
+    }
+    let (requests, thread) = crate::tls::start(
+        probes,
+        cfg.max_tls_libraries,
+        internal.clone(),
+        stop.clone(),
+    )
+    .map_err(AgentError::Runtime)?;
+    Ok(Holder::Tls(requests, thread))
 }

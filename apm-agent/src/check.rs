@@ -111,9 +111,19 @@ pub fn run_checks() -> Vec<Item> {
         attach.is_ok(),
         true,
         match &attach {
-            Ok(n) => format!("{n} programs loaded, verified and attached (then detached)"),
+            Ok((n, _)) => format!("{n} programs loaded, verified and attached (then detached)"),
             Err(e) => e.clone(),
         },
+    ));
+    let tls = attach
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|(_, tls)| tls.clone());
+    items.push(item(
+        "attach: OpenSSL uprobes (optional)",
+        tls.is_ok(),
+        false,
+        tls.unwrap_or_else(|e| format!("{e}: no TLS plaintext")),
     ));
     let sw = perf_event_open(1, 0);
     items.push(item(
@@ -132,22 +142,13 @@ pub fn run_checks() -> Vec<Item> {
             |()| "available".to_owned(),
         ),
     ));
-    for (pmu, required, why) in [
-        ("uprobe", false, "TLS plaintext via OpenSSL uprobes"),
-        (
-            "kprobe",
-            false,
-            "not used: tracepoints cover what the agent needs",
-        ),
-    ] {
-        let present = Path::new(&format!("/sys/bus/event_source/devices/{pmu}/type")).exists();
-        items.push(item(
-            format!("attach: {pmu} (optional)"),
-            present,
-            required,
-            why,
-        ));
-    }
+    let kprobe = Path::new("/sys/bus/event_source/devices/kprobe/type").exists();
+    items.push(item(
+        "attach: kprobe (optional)",
+        kprobe,
+        false,
+        "not used: tracepoints cover what the agent needs",
+    ));
     items
 }
 
@@ -185,7 +186,19 @@ fn raw_tracepoint_in_btf(btf: &Path, name: &str) -> bool {
     std::fs::read(btf).is_ok_and(|data| data.windows(needle.len()).any(|w| w == needle.as_bytes()))
 }
 
-fn load_and_attach() -> Result<usize, String> {
+/// Where distributions put OpenSSL's libssl.
+const SYSTEM_LIBSSL: [&str; 5] = [
+    "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+    "/usr/lib/x86_64-linux-gnu/libssl.so.1.1",
+    "/usr/lib64/libssl.so.3",
+    "/lib64/libssl.so.3",
+    "/usr/lib/libssl.so.3",
+];
+
+/// Attaches the tracepoint programs (their count), then loads the OpenSSL uprobes and hooks
+/// the system's libssl when there is one (what happened, or why not).
+#[allow(clippy::type_complexity)]
+fn load_and_attach() -> Result<(usize, Result<String, String>), String> {
     let opts = LoadOptions {
         agent_tgid: std::process::id(),
         capture_bytes: 64,
@@ -193,11 +206,29 @@ fn load_and_attach() -> Result<usize, String> {
         wakeup_bytes: 4096,
         max_sockets: 16,
         listen: None,
+        library_events: false,
         profiler: None,
     };
     let mut probes = Probes::load(&opts).map_err(|e| error_chain(&e))?;
     probes.attach_all().map_err(|e| error_chain(&e))?;
-    Ok(probes.attached().len())
+    let tls = probes
+        .load_tls()
+        .map_err(|e| error_chain(&e))
+        .and_then(
+            |()| match SYSTEM_LIBSSL.iter().map(Path::new).find(|p| p.exists()) {
+                None => Ok("6 programs verified; no system libssl to hook".to_owned()),
+                Some(lib) => probes
+                    .attach_tls(lib)
+                    .map(|n| {
+                        format!(
+                            "6 programs verified; {n} functions hooked in {} (then detached)",
+                            lib.display()
+                        )
+                    })
+                    .map_err(|e| error_chain(&e)),
+            },
+        );
+    Ok((probes.attached().len(), tls))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -133,6 +133,9 @@ pub struct RunArgs {
     /// Sockets tracked by the kernel at once [default: 65536].
     #[arg(long, env = "APM_MAX_KERNEL_SOCKETS")]
     pub max_kernel_sockets: Option<u32>,
+    /// Do not hook OpenSSL (no TLS plaintext).
+    #[arg(long, env = "APM_NO_TLS")]
+    pub no_tls: bool,
     /// Turn the continuous CPU profiler off.
     #[arg(long, env = "APM_NO_PROFILING")]
     pub no_profiling: bool,
@@ -243,6 +246,9 @@ impl RunArgs {
         }
         if self.no_profiling {
             cfg.profiling = false;
+        }
+        if self.no_tls {
+            cfg.tls = false;
         }
         if self.no_console {
             cfg.console = false;

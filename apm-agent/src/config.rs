@@ -85,6 +85,12 @@ pub struct Config {
     /// Longest wait before the ring buffer is drained, in milliseconds. Default 50.
     pub poll_interval_ms: u64,
 
+    /// TLS plaintext through uprobes on every OpenSSL library processes map. Default true.
+    pub tls: bool,
+    /// Distinct OpenSSL library files hooked (containers bring their own); more are counted
+    /// in `apm_map_overflows_total{map="tls_libraries"}`. Default 64.
+    pub max_tls_libraries: usize,
+
     /// Continuous CPU profiling of every process (flame graphs at `/profiles`). Default true.
     pub profiling: bool,
     /// Samples per second on each CPU. Default 99.
@@ -182,6 +188,8 @@ impl Default for Config {
             detect_attempts: 4,
             response_idle_timeout_secs: 30,
             poll_interval_ms: 50,
+            tls: true,
+            max_tls_libraries: 64,
             profiling: true,
             profile_frequency_hz: 99,
             profile_hardware_cycles: false,

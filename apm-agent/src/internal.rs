@@ -43,7 +43,7 @@ pub const METRICS: usize = 1;
 /// All of the agent's own counters. Shared between the event thread and the listener.
 #[derive(Debug, Default)]
 pub struct Internal {
-    pub events_read: [AtomicU64; 6],
+    pub events_read: [AtomicU64; KIND_NAMES.len()],
     pub decode_errors: AtomicU64,
     pub unknown_kinds: AtomicU64,
     pub bytes_captured: AtomicU64,
@@ -60,6 +60,12 @@ pub struct Internal {
     pub processes_tracked: AtomicU64,
     pub seeded_connections: AtomicU64,
     pub programs_attached: AtomicU64,
+    /// TLS: library files hooked, files that could not be, files beyond the budget, and
+    /// look-ups dropped because the hooking thread's queue was full.
+    pub tls_libraries_hooked: AtomicU64,
+    pub tls_hook_failures: AtomicU64,
+    pub tls_libraries_overflow: AtomicU64,
+    pub tls_scans_dropped: AtomicU64,
     pub ready: AtomicBool,
     /// Profiler: bytes the continuous store holds, and what it evicted and dropped.
     pub profile_store_bytes: AtomicU64,
@@ -201,6 +207,41 @@ impl Internal {
             "Sockets followed from their first data: inherited across fork, duplicated, or received over a unix socket.",
             &[("", k(stat::SOCK_ADOPTED))],
         );
+        family(
+            out,
+            "apm_tls_libraries_hooked",
+            "gauge",
+            "OpenSSL library files whose SSL_read/SSL_write functions carry the agent's uprobes.",
+            &[("", self.tls_libraries_hooked.load(Relaxed))],
+        );
+        family(
+            out,
+            "apm_tls_hook_failures_total",
+            "counter",
+            "TLS library files that could not be hooked (see the log).",
+            &[("", self.tls_hook_failures.load(Relaxed))],
+        );
+        family(
+            out,
+            "apm_tls_plaintext_records_total",
+            "counter",
+            "Plaintext records read from OpenSSL calls.",
+            &[("", k(stat::TLS_RECORDS))],
+        );
+        family(
+            out,
+            "apm_tls_plaintext_dropped_total",
+            "counter",
+            "OpenSSL plaintext not reported: its socket was unknown, the in-flight call table was full, or the library look-up queue was full.",
+            &[
+                ("reason=\"unknown_socket\"", k(stat::TLS_NO_SOCKET)),
+                ("reason=\"calls_table_full\"", k(stat::TLS_CALLS_FULL)),
+                (
+                    "reason=\"scan_queue_full\"",
+                    self.tls_scans_dropped.load(Relaxed),
+                ),
+            ],
+        );
         // Per protocol: the label, and a counter read off each protocol's counters.
         let per_protocol = |f: fn(&ProtocolCounters) -> &AtomicU64| -> Vec<(String, u64)> {
             Protocol::ALL
@@ -269,6 +310,10 @@ impl Internal {
                 self.processes_overflow.load(Relaxed),
             ),
             ("pipelined_requests".to_owned(), pipeline_overflow),
+            (
+                "tls_libraries".to_owned(),
+                self.tls_libraries_overflow.load(Relaxed),
+            ),
             (
                 "otlp_series".to_owned(),
                 self.otlp_series_overflow.load(Relaxed),

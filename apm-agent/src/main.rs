@@ -20,6 +20,7 @@ mod protocols;
 mod request;
 mod routes;
 mod server;
+mod tls;
 mod traces;
 mod ui;
 

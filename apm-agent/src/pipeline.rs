@@ -11,7 +11,7 @@ use apm_common::{ConnEvent, ProcEvent, SockKey, role};
 use crate::{
     conn::{ConnState, ConnTable, Connection, Endpoints, Prefix, peer_addr},
     discovery::processes::Processes,
-    ebpf::decode::{DataEvent, Event, comm_str, kind_index},
+    ebpf::decode::{DataEvent, Event, KIND_NAMES, comm_str, kind_index},
     internal::Internal,
     metrics::{
         db::NPlusOneKey,
@@ -69,7 +69,12 @@ pub struct KernelOps {
     pub mute: Vec<(SockKey, u64)>,
     /// Remove these sockets from the kernel table (their process is gone).
     pub forget: Vec<SockKey>,
+    /// Look for TLS libraries in these processes' maps (they loaded a library).
+    pub tls_scan: Vec<u32>,
 }
+
+/// Processes queued for a TLS library look-up per batch (a fork storm is not worth more).
+const MAX_TLS_SCANS: usize = 1024;
 
 /// The pipeline's state.
 pub struct Pipeline {
@@ -82,7 +87,7 @@ pub struct Pipeline {
     stats: [ParseStats; Protocol::ALL.len()],
     /// Events per kind and bytes captured since the last publish (counted locally: the hot
     /// path does no atomic operation per event).
-    events: [u64; 6],
+    events: [u64; KIND_NAMES.len()],
     bytes_captured: u64,
     ops: KernelOps,
     sinks: Sinks,
@@ -104,7 +109,7 @@ impl Pipeline {
             cfg,
             out: ParserOut::default(),
             stats: Default::default(),
-            events: [0; 6],
+            events: [0; KIND_NAMES.len()],
             bytes_captured: 0,
             ops: KernelOps::default(),
         }
@@ -124,6 +129,16 @@ impl Pipeline {
                 self.procs.get_or_resolve(p.tgid, comm_str(&p.comm));
             }
             Event::ProcExit(p) => self.on_exit(&p, red),
+            Event::ProcExecMap(p) => {
+                // A process start maps several libraries: one look per process and batch.
+                if !self.ops.tls_scan.contains(&p.tgid) {
+                    if self.ops.tls_scan.len() < MAX_TLS_SCANS {
+                        self.ops.tls_scan.push(p.tgid);
+                    } else {
+                        internal.tls_scans_dropped.fetch_add(1, Relaxed);
+                    }
+                }
+            }
             Event::ConnTuple(t) => {
                 // Sent just before the connection's first data: for a connection opened
                 // before the agent started, this creates its entry.

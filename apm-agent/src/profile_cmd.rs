@@ -60,6 +60,7 @@ pub fn run(args: &ProfileArgs) -> Result<(), ProfileError> {
         wakeup_bytes: 4096,
         max_sockets: 1,
         listen: None,
+        library_events: false,
         profiler: Some(ProfilerLoad {
             count_entries: 16_384,
             stack_entries: 8192,

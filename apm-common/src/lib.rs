@@ -34,6 +34,9 @@ pub mod kind {
     /// The local and remote endpoints of a tracked TCP connection ([`super::TupleEvent`]),
     /// sent once per connection with its first data.
     pub const CONN_TUPLE: u32 = 7;
+    /// A process mapped a file executable (it loaded a library: [`super::ProcEvent`]): the
+    /// agent looks for a TLS library it has not attached to yet.
+    pub const PROC_EXEC_MAP: u32 = 8;
 }
 
 /// Direction of a data event from the observed process's point of view.
@@ -67,6 +70,24 @@ pub mod syscall {
     pub const SENDMSG: u32 = 7;
     pub const ACCEPT: u32 = 8;
     pub const CONNECT: u32 = 9;
+    /// Plaintext returned by `SSL_read`/`SSL_read_ex` (OpenSSL uprobes), not a syscall.
+    pub const SSL_READ: u32 = 10;
+    /// Plaintext passed to `SSL_write`/`SSL_write_ex`.
+    pub const SSL_WRITE: u32 = 11;
+}
+
+/// Which OpenSSL function a uprobe entry saw (the [`SslCall::op`] field).
+pub mod ssl_op {
+    /// `int SSL_read(SSL *, void *buf, int num)`: returns the bytes read.
+    pub const READ: u32 = 0;
+    /// `int SSL_write(SSL *, const void *buf, int num)`: returns the bytes written.
+    pub const WRITE: u32 = 1;
+    /// `int SSL_read_ex(SSL *, void *buf, size_t num, size_t *readbytes)`: returns 1 on success.
+    pub const READ_EX: u32 = 2;
+    /// `int SSL_write_ex(SSL *, const void *buf, size_t num, size_t *written)`.
+    pub const WRITE_EX: u32 = 3;
+    /// `int SSL_do_handshake(SSL *)`: no plaintext, but its socket I/O is encrypted too.
+    pub const HANDSHAKE: u32 = 4;
 }
 
 /// Bits of [`SockInfo::flags`].
@@ -76,6 +97,9 @@ pub mod sock_flags {
     pub const MUTED: u32 = 1;
     /// The connection's endpoints were sent (or cannot be: not IPv4 TCP).
     pub const TUPLE_DONE: u32 = 2;
+    /// The socket carries TLS and the agent sees its plaintext through the OpenSSL uprobes:
+    /// the encrypted bytes of its syscalls are not copied (they would be parsed twice).
+    pub const TLS: u32 = 4;
 }
 
 /// Indices of the per-CPU kernel counters (`STATS` map). The agent sums them over CPUs and
@@ -106,6 +130,13 @@ pub mod stat {
     /// A socket the table did not know moved data and was adopted (inherited across fork,
     /// duplicated, or received over a unix socket).
     pub const SOCK_ADOPTED: u32 = 11;
+    /// TLS plaintext whose socket is not known (the `SSL *` was never seen doing I/O on a
+    /// tracked socket): dropped.
+    pub const TLS_NO_SOCKET: u32 = 12;
+    /// The table of in-flight OpenSSL calls was full: a call's plaintext is lost.
+    pub const TLS_CALLS_FULL: u32 = 13;
+    /// Plaintext records emitted from the OpenSSL uprobes.
+    pub const TLS_RECORDS: u32 = 14;
     /// Number of counters.
     pub const COUNT: u32 = 16;
 }
@@ -229,7 +260,35 @@ pub struct LastSock {
     pub sk: u64,
 }
 
-/// A [`kind::PROC_EXEC`] or [`kind::PROC_EXIT`] record.
+/// An OpenSSL call in progress on one thread, from its uprobe entry to its return.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SslCall {
+    /// `SSL *`.
+    pub ssl: u64,
+    /// The plaintext buffer.
+    pub buf: u64,
+    /// `size_t *` where the `_ex` variants store the byte count.
+    pub out: u64,
+    /// The socket the call did I/O on (seen by the syscall programs), or [`NO_FD`].
+    pub fd: u32,
+    /// One of [`ssl_op`].
+    pub op: u32,
+}
+
+/// [`SslCall::fd`] before the call touched a socket.
+pub const NO_FD: u32 = u32::MAX;
+
+/// Key of the `SSL *` -> socket table: `SSL` pointers are per process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SslKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub ssl: u64,
+}
+
+/// A [`kind::PROC_EXEC`], [`kind::PROC_EXIT`] or [`kind::PROC_EXEC_MAP`] record.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ProcEvent {
@@ -248,6 +307,8 @@ const _: () = assert!(core::mem::size_of::<ProcEvent>() == 32);
 const _: () = assert!(core::mem::size_of::<SampleKey>() == 16);
 const _: () = assert!(core::mem::size_of::<TupleEvent>() == 40);
 const _: () = assert!(core::mem::size_of::<LastSock>() == 16);
+const _: () = assert!(core::mem::size_of::<SslCall>() == 32);
+const _: () = assert!(core::mem::size_of::<SslKey>() == 16);
 const _: () = assert!(MAX_CAPTURE.is_power_of_two());
 
 #[cfg(feature = "user")]

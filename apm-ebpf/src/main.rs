@@ -11,6 +11,7 @@ mod maps;
 mod process;
 mod profiler;
 mod sockets;
+mod tls;
 
 /// GPL-compatible licence: `bpf_probe_read_user` is a GPL-only helper.
 #[unsafe(link_section = "license")]

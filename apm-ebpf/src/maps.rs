@@ -41,6 +41,11 @@ pub(crate) static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::
 #[unsafe(no_mangle)]
 pub(crate) static AGENT_TGID: Global<u32> = Global::new(0);
 
+/// Report executable file mappings (library loads) to the agent: only when it hooks TLS
+/// libraries (`tls` on).
+#[unsafe(no_mangle)]
+pub(crate) static LIBRARY_EVENTS: Global<u32> = Global::new(1);
+
 /// Bytes copied per socket syscall (clamped to `apm_common::MAX_CAPTURE`).
 #[unsafe(no_mangle)]
 pub(crate) static CAPTURE_BYTES: Global<u32> = Global::new(4096);

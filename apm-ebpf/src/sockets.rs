@@ -14,8 +14,8 @@
 //!
 //! x86-64 only for now: syscall numbers and the register layout are per architecture.
 use apm_common::{
-    ConnEvent, LastSock, SockInfo, SockKey, TupleEvent, direction, kind, role, sock_flags, stat,
-    syscall,
+    ConnEvent, LastSock, ProcEvent, SockInfo, SockKey, TupleEvent, direction, kind, role,
+    sock_flags, stat, syscall,
 };
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST, pt_regs},
@@ -30,8 +30,10 @@ use aya_ebpf::{
 use crate::{
     capture::{Buffer, Moved, emit_data},
     maps::{
-        AGENT_TGID, FORK_PARENT, LAST_SOCK, SKIP_PEER_ADDR4, SKIP_PEER_PORT, SOCKETS, bump, output,
+        AGENT_TGID, FORK_PARENT, LAST_SOCK, LIBRARY_EVENTS, SKIP_PEER_ADDR4, SKIP_PEER_PORT,
+        SOCKETS, bump, output,
     },
+    tls,
 };
 
 #[cfg(not(bpf_target_arch = "x86_64"))]
@@ -42,6 +44,7 @@ mod nr {
     pub(super) const READ: u64 = 0;
     pub(super) const WRITE: u64 = 1;
     pub(super) const CLOSE: u64 = 3;
+    pub(super) const MMAP: u64 = 9;
     pub(super) const READV: u64 = 19;
     pub(super) const WRITEV: u64 = 20;
     pub(super) const CONNECT: u64 = 42;
@@ -136,6 +139,7 @@ pub fn apm_sys_exit(ctx: BtfTracePointContext) -> i32 {
         nr::SENDMSG => on_data(regs, ret, syscall::SENDMSG, EGRESS, Layout::Msghdr),
         nr::ACCEPT | nr::ACCEPT4 => on_accept(regs, ret),
         nr::CONNECT => on_connect(regs, ret),
+        nr::MMAP => on_mmap(regs, ret),
         _ => {}
     }
     0
@@ -159,6 +163,9 @@ fn on_data(regs: *const pt_regs, ret: i64, sc: u32, dir: u32, layout: Layout) {
     }
     let Some((tgid, tid)) = caller() else { return };
     let a = args(regs);
+    if peeked(regs, sc, &a) {
+        return;
+    }
     let fd = a.a0 as u32;
     // SAFETY: the value is copied out immediately.
     let info = match unsafe { SOCKETS.get(SockKey { tgid, fd }) } {
@@ -171,8 +178,15 @@ fn on_data(regs: *const pt_regs, ret: i64, sc: u32, dir: u32, layout: Layout) {
     if info.flags & sock_flags::MUTED != 0 {
         return;
     }
-    if info.flags & sock_flags::TUPLE_DONE == 0 {
-        send_tuple(tgid, fd, info);
+    let key = SockKey { tgid, fd };
+    let info = if info.flags & sock_flags::TUPLE_DONE == 0 {
+        send_tuple(key, info)
+    } else {
+        info
+    };
+    // TLS records: the plaintext comes from the OpenSSL uprobes (see tls.rs).
+    if info.flags & sock_flags::TLS != 0 || tls::claim_socket(tgid, fd, key, info) {
+        return;
     }
     let buffer = match layout {
         Layout::Plain => Buffer::Plain(a.a1),
@@ -202,6 +216,25 @@ fn on_data(regs: *const pt_regs, ret: i64, sc: u32, dir: u32, layout: Layout) {
         total: ret as u64,
         buffer,
     });
+}
+
+const MSG_PEEK: u64 = 2;
+
+/// A `MSG_PEEK` receive leaves the bytes in the socket: the next receive returns them again,
+/// so they are not copied twice. (nginx peeks at the first byte of every connection on a TLS
+/// port, to answer plain HTTP with an error: outside any OpenSSL call, so it would otherwise
+/// reach the parsers as one stray byte before the plaintext.)
+#[inline(always)]
+fn peeked(regs: *const pt_regs, sc: u32, a: &Args) -> bool {
+    let flags = match sc {
+        // recvfrom(fd, buf, len, flags, ...): the fourth argument is in r10.
+        // SAFETY: the tracepoint's trusted pt_regs pointer.
+        syscall::RECVFROM => unsafe { (*regs).r10 },
+        // recvmsg(fd, msg, flags)
+        syscall::RECVMSG => a.a2,
+        _ => return false,
+    };
+    flags & MSG_PEEK != 0
 }
 
 /// A data syscall moved bytes on an fd the table does not know. If the socket layer saw this
@@ -470,14 +503,15 @@ const SKC_DPORT: u64 = 12;
 const SKC_NUM: u64 = 14;
 const SKC_FAMILY: u64 = 16;
 
-/// First data on a tracked socket: send its endpoints, once.
+/// First data on a tracked socket: send its endpoints, once. Returns the socket's entry as
+/// it is now in the table.
 #[inline(always)]
-fn send_tuple(tgid: u32, fd: u32, info: SockInfo) {
+fn send_tuple(key: SockKey, info: SockInfo) -> SockInfo {
     let Some(slot) = LAST_SOCK.get(0).copied() else {
-        return;
+        return info;
     };
     if slot.pid_tgid != bpf_get_current_pid_tgid() || slot.sk == 0 {
-        return;
+        return info;
     }
     let sk = slot.sk;
     // SAFETY: kernel reads through the checked helper; a stale pointer only yields garbage
@@ -489,11 +523,10 @@ fn send_tuple(tgid: u32, fd: u32, info: SockInfo) {
         flags: info.flags | sock_flags::TUPLE_DONE,
         ..info
     };
-    let key = SockKey { tgid, fd };
     if read_u16(SKC_FAMILY) != Some(AF_INET) {
         // Only IPv4 endpoints are read; do not try again for this socket.
         let _ = SOCKETS.insert(key, done, BPF_ANY as u64);
-        return;
+        return done;
     }
     let (Some(remote_addr), Some(local_addr), Some(dport), Some(num)) = (
         read_u32(SKC_DADDR),
@@ -501,18 +534,48 @@ fn send_tuple(tgid: u32, fd: u32, info: SockInfo) {
         read_u16(SKC_DPORT),
         read_u16(SKC_NUM),
     ) else {
-        return;
+        return info;
     };
     let _ = SOCKETS.insert(key, done, BPF_ANY as u64);
     output(&TupleEvent {
         kind: kind::CONN_TUPLE,
-        tgid,
-        fd,
+        tgid: key.tgid,
+        fd: key.fd,
         local_port: u32::from(num),
         remote_port: u32::from(u16::from_be(dport)),
         local_addr,
         remote_addr,
         _pad: 0,
         id: info.id,
+    });
+    done
+}
+
+// ---- library loads ------------------------------------------------------------------------
+
+const PROT_EXEC: u64 = 4;
+
+/// `mmap` mapped a file executable: a program or library was loaded (by the dynamic loader
+/// at start, or `dlopen` later, like Python importing `ssl`). The agent checks the process's
+/// maps for a TLS library it has not attached to. Anonymous and non-executable mappings (all
+/// of malloc's) return after two compares.
+#[inline(always)]
+fn on_mmap(regs: *const pt_regs, ret: i64) {
+    if ret < 0 || LIBRARY_EVENTS.load() == 0 {
+        return;
+    }
+    let a = args(regs);
+    // SAFETY: the tracepoint's trusted pt_regs pointer; r8 holds the fifth argument (fd).
+    let fd = unsafe { (*regs).r8 } as i64 as i32;
+    if a.a2 & PROT_EXEC == 0 || fd < 0 {
+        return;
+    }
+    let Some((tgid, _)) = caller() else { return };
+    output(&ProcEvent {
+        kind: kind::PROC_EXEC_MAP,
+        tgid,
+        // SAFETY: no preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
     });
 }

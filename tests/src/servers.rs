@@ -96,7 +96,29 @@ pub struct Nginx {
 impl Nginx {
     /// Starts nginx with `files` (name, content) in its document root.
     pub fn start(port: u16, files: &[(&str, &[u8])], workers: u32) -> Result<Self> {
+        Self::start_with(port, files, workers, None)
+    }
+
+    /// Like [`Nginx::start`], serving HTTPS with the certificate and key at `tls`.
+    pub fn start_https(port: u16, files: &[(&str, &[u8])], tls: &SelfSigned) -> Result<Self> {
+        Self::start_with(port, files, 1, Some(tls))
+    }
+
+    fn start_with(
+        port: u16,
+        files: &[(&str, &[u8])],
+        workers: u32,
+        tls: Option<&SelfSigned>,
+    ) -> Result<Self> {
         let dir = temp_dir("nginx")?;
+        let listen = match tls {
+            Some(t) => format!(
+                "listen 127.0.0.1:{port} ssl; ssl_certificate {}; ssl_certificate_key {};",
+                t.cert.display(),
+                t.key.display()
+            ),
+            None => format!("listen 127.0.0.1:{port};"),
+        };
         let www = dir.join("www");
         std::fs::create_dir_all(&www)?;
         for (name, content) in files {
@@ -110,7 +132,7 @@ impl Nginx {
                  events {{ worker_connections 4096; }}\n\
                  http {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_body_temp_path {d}/body;\n\
                    proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-                   server {{ listen 127.0.0.1:{port}; root {d}/www; }}\n}}\n",
+                   server {{ {listen} root {d}/www; }}\n}}\n",
                 d = dir.display()
             ),
         )?;
@@ -136,6 +158,36 @@ impl Nginx {
 impl Drop for Nginx {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A self-signed certificate for `localhost` and its key, made by the openssl command.
+pub struct SelfSigned {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl SelfSigned {
+    /// Generates one in `dir`.
+    pub fn generate(dir: &Path) -> Result<Self> {
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let out = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=localhost", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .context("running openssl (apt-get install openssl)")?;
+        if !out.status.success() {
+            bail!(
+                "openssl req failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(Self { cert, key })
     }
 }
 

@@ -18,9 +18,9 @@ use tests::{
 };
 
 const WAIT: Duration = Duration::from_secs(20);
-/// Kernel programs the agent attaches: seven for sockets and processes (exec, exit, fork),
-/// one for the profiler.
-const PROGRAMS: usize = 8;
+/// Kernel programs the agent loads: seven for sockets and processes (exec, exit, fork), one
+/// for the profiler, six OpenSSL uprobes (five entries, one shared return).
+const PROGRAMS: usize = 14;
 
 #[test]
 fn check_reports_every_feature_and_passes_here() -> Result<()> {

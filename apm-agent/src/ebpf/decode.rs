@@ -16,6 +16,8 @@ pub enum Event<'a> {
     ProcExec(ProcEvent),
     ProcExit(ProcEvent),
     ConnTuple(TupleEvent),
+    /// A process mapped a file executable (loaded a library).
+    ProcExecMap(ProcEvent),
 }
 
 /// Bytes that moved through a tracked socket.
@@ -133,18 +135,20 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
         kind::PROC_EXEC => Ok(Event::ProcExec(read(bytes, kind)?)),
         kind::PROC_EXIT => Ok(Event::ProcExit(read(bytes, kind)?)),
         kind::CONN_TUPLE => Ok(Event::ConnTuple(read(bytes, kind)?)),
+        kind::PROC_EXEC_MAP => Ok(Event::ProcExecMap(read(bytes, kind)?)),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
 
 /// Names of the event kinds, for the agent's own metrics, in the order of [`kind_index`].
-pub const KIND_NAMES: [&str; 6] = [
+pub const KIND_NAMES: [&str; 7] = [
     "data",
     "conn_open",
     "conn_close",
     "proc_exec",
     "proc_exit",
     "conn_tuple",
+    "proc_exec_map",
 ];
 
 /// Index of an event's kind in [`KIND_NAMES`].
@@ -156,6 +160,7 @@ pub fn kind_index(event: &Event<'_>) -> usize {
         Event::ProcExec(_) => 3,
         Event::ProcExit(_) => 4,
         Event::ConnTuple(_) => 5,
+        Event::ProcExecMap(_) => 6,
     }
 }
 

@@ -39,6 +39,8 @@ pub struct Drain {
     pub poll_interval: Duration,
     /// The span export queue, when traces are exported.
     pub spans: Option<tokio::sync::mpsc::Sender<crate::traces::span::Span>>,
+    /// Where processes that loaded a library go for a TLS library look-up (None: TLS off).
+    pub tls: Option<crate::tls::TlsRequests>,
     /// The metrics export queue and period, when metrics are exported.
     pub metrics: Option<(
         tokio::sync::mpsc::Sender<ExportMetricsServiceRequest>,
@@ -199,6 +201,11 @@ impl Drain {
         }
         for key in ops.forget.drain(..) {
             let _ = self.maps.sockets.remove(&key);
+        }
+        for tgid in ops.tls_scan.drain(..) {
+            if let Some(tls) = &self.tls {
+                tls.scan(tgid);
+            }
         }
     }
 

@@ -86,6 +86,8 @@ pub struct LoadOptions {
     pub max_sockets: u32,
     /// The agent's own listener: clients connecting to it are not tracked.
     pub listen: Option<SocketAddr>,
+    /// Report library loads (for hooking TLS libraries).
+    pub library_events: bool,
     /// Profiler map sizes and switches; `None`: the profiler is not used and its maps are
     /// created with one entry each.
     pub profiler: Option<ProfilerLoad>,
@@ -146,6 +148,7 @@ impl Probes {
         });
         let kernel_stacks = u32::from(profiler.kernel_stacks);
         let pid_filter = u32::from(profiler.pid_filter);
+        let library_events = u32::from(opts.library_events);
         let bpf = EbpfLoader::new()
             .override_global("AGENT_TGID", &opts.agent_tgid, true)
             .override_global("CAPTURE_BYTES", &capture, true)
@@ -154,6 +157,7 @@ impl Probes {
             .override_global("SKIP_PEER_ADDR4", &skip_addr4, true)
             .override_global("PROFILE_KERNEL_STACKS", &kernel_stacks, true)
             .override_global("PROFILE_PID_FILTER", &pid_filter, true)
+            .override_global("LIBRARY_EVENTS", &library_events, true)
             .map_max_entries("EVENTS", ring)
             .map_max_entries("SOCKETS", opts.max_sockets)
             .map_max_entries("PROFILE_COUNTS_0", profiler.count_entries)

@@ -6,6 +6,7 @@ pub mod load;
 pub mod profiler;
 pub mod seed;
 pub mod tracefs;
+pub mod uprobes;
 
 pub mod drain;
 

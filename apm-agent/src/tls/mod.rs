@@ -1,0 +1,147 @@
+//! TLS plaintext: finds the OpenSSL libraries processes map and hooks each file once.
+//!
+//! At start every process's maps are read once; afterwards the kernel reports executable
+//! file mappings (library loads, see `on_mmap` in apm-ebpf/src/sockets.rs) and only those
+//! processes are looked at again. The hooking runs on its own thread: parsing a library's
+//! symbols and attaching ten probes takes milliseconds the event thread must not spend.
+pub mod libraries;
+
+use std::{
+    collections::HashSet,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::Relaxed},
+        mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use crate::{ebpf::Probes, internal::Internal};
+use libraries::{MappedLibrary, tls_libraries};
+
+/// Processes waiting to be looked at; beyond this, requests are dropped (counted).
+const QUEUE: usize = 4096;
+
+/// Where the event thread sends the processes that loaded a library.
+#[derive(Debug, Clone)]
+pub struct TlsRequests {
+    tx: SyncSender<u32>,
+    internal: Arc<Internal>,
+}
+
+impl TlsRequests {
+    /// Asks for `tgid`'s maps to be checked; never blocks.
+    pub fn scan(&self, tgid: u32) {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(tgid) {
+            self.internal.tls_scans_dropped.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// The hooking thread's state.
+struct Attacher {
+    probes: Probes,
+    /// Library files already handled (hooked or failed), by identity.
+    seen: HashSet<(String, u64)>,
+    budget: usize,
+    internal: Arc<Internal>,
+}
+
+/// Starts the thread that hooks libraries; `probes` must have its TLS programs loaded
+/// ([`Probes::load_tls`]). The thread owns the loaded object (attaching needs it) and hands it
+/// back when `stop` is set, so the caller decides when everything is detached.
+pub fn start(
+    probes: Probes,
+    budget: usize,
+    internal: Arc<Internal>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<(TlsRequests, JoinHandle<Probes>)> {
+    let (tx, rx) = sync_channel(QUEUE);
+    let attacher = Attacher {
+        probes,
+        seen: HashSet::new(),
+        budget,
+        internal: internal.clone(),
+    };
+    let handle = std::thread::Builder::new()
+        .name("apm-tls".to_owned())
+        .spawn(move || attacher.run(&rx, &stop))?;
+    Ok((TlsRequests { tx, internal }, handle))
+}
+
+impl Attacher {
+    fn run(mut self, rx: &Receiver<u32>, stop: &AtomicBool) -> Probes {
+        self.scan_all();
+        let mut pending: HashSet<u32> = HashSet::new();
+        while !stop.load(Relaxed) {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(tgid) => {
+                    pending.insert(tgid);
+                    // A process start loads several libraries: one look per process.
+                    while let Ok(more) = rx.try_recv() {
+                        pending.insert(more);
+                    }
+                    for tgid in pending.drain() {
+                        self.scan(tgid);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        self.probes
+    }
+
+    fn scan_all(&mut self) {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        let pids: Vec<u32> = dir
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        for pid in pids {
+            self.scan(pid);
+        }
+    }
+
+    fn scan(&mut self, tgid: u32) {
+        if tgid == std::process::id() {
+            return;
+        }
+        let Ok(maps) = std::fs::read_to_string(format!("/proc/{tgid}/maps")) else {
+            return;
+        };
+        for lib in tls_libraries(&maps) {
+            if self.seen.contains(&lib.identity) {
+                continue;
+            }
+            if self.seen.len() >= self.budget {
+                self.internal.tls_libraries_overflow.fetch_add(1, Relaxed);
+                continue;
+            }
+            self.hook(tgid, &lib);
+            self.seen.insert(lib.identity);
+        }
+    }
+
+    fn hook(&mut self, tgid: u32, lib: &MappedLibrary) {
+        // The path as this process sees it, in its own mount namespace (containers).
+        let target = PathBuf::from(format!("/proc/{tgid}/root{}", lib.path));
+        match self.probes.attach_tls(&target) {
+            Ok(functions) => {
+                self.internal.tls_libraries_hooked.fetch_add(1, Relaxed);
+                log::info!(
+                    "TLS: hooked {functions} OpenSSL functions in {} (first seen in pid {tgid})",
+                    lib.path
+                );
+            }
+            Err(e) => {
+                self.internal.tls_hook_failures.fetch_add(1, Relaxed);
+                log::warn!("TLS: {} (pid {tgid}) not hooked: {e}", lib.path);
+            }
+        }
+    }
+}
