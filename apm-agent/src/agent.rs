@@ -33,6 +33,7 @@ use crate::{
     },
     internal::Internal,
     metrics::db::DbConfig,
+    metrics::process_runtime::Collector as ProcessRuntime,
     metrics::{
         otel::OtelConfig,
         red::{Red, RedConfig},
@@ -211,6 +212,14 @@ pub fn run(cfg: Config) -> Result<(), AgentError> {
             idle_timeout_ns: cfg.response_idle_timeout_secs.saturating_mul(1_000_000_000),
             max_connections: cfg.max_connections,
             max_processes: cfg.max_processes,
+            max_inventory_processes: cfg.max_inventory_processes,
+            exec_names_per_sec: cfg.exec_names_per_sec,
+            selectors: cfg
+                .selectors()
+                .map_err(|e| crate::config::ConfigError::Invalid {
+                    key: "include/exclude",
+                    reason: e.to_string(),
+                })?,
             tracing: exports.tracing,
             metrics: exports.metrics_config,
             n_plus_one_threshold: cfg.n_plus_one_threshold,
@@ -222,6 +231,12 @@ pub fn run(cfg: Config) -> Result<(), AgentError> {
         spans: exports.spans,
         metrics: exports.metrics,
         tls: holder.tls_requests(),
+        runtime: (cfg.process_metrics_interval_secs > 0).then(|| {
+            (
+                ProcessRuntime::new(cfg.max_process_metrics),
+                Duration::from_secs(cfg.process_metrics_interval_secs),
+            )
+        }),
     };
     let events = std::thread::Builder::new()
         .name("apm-events".to_owned())

@@ -190,6 +190,19 @@ pub struct RunArgs {
     /// service.name for processes that set none.
     #[arg(long, env = "OTEL_SERVICE_NAME")]
     pub default_service_name: Option<String>,
+    /// Observe only what this selector matches (repeatable; key=value: exe=GLOB, pid=N,
+    /// port=N, pidns=INODE, netns=INODE, service=GLOB, or a resource attribute key=GLOB).
+    #[arg(long = "include", env = "APM_INCLUDE", value_delimiter = ',')]
+    pub include: Vec<String>,
+    /// Never observe what this selector matches (repeatable; same syntax as --include).
+    #[arg(long = "exclude", env = "APM_EXCLUDE", value_delimiter = ',')]
+    pub exclude: Vec<String>,
+    /// Live processes in the inventory [default: 65536].
+    #[arg(long, env = "APM_MAX_INVENTORY_PROCESSES")]
+    pub max_inventory_processes: Option<usize>,
+    /// Period of observed processes' runtime metrics in seconds, 0 = off [default: 10].
+    #[arg(long, env = "APM_PROCESS_METRICS_INTERVAL_SECS")]
+    pub process_metrics_interval_secs: Option<u64>,
 }
 
 impl RunArgs {
@@ -217,8 +230,16 @@ impl RunArgs {
             profile_store_bytes,
             otlp_timeout_ms,
             metric_export_interval_ms,
-            traces_slow_ms
+            traces_slow_ms,
+            max_inventory_processes,
+            process_metrics_interval_secs
         );
+        if !self.include.is_empty() {
+            cfg.include = self.include;
+        }
+        if !self.exclude.is_empty() {
+            cfg.exclude = self.exclude;
+        }
         macro_rules! set_opt {
             ($($field:ident),*) => { $( if self.$field.is_some() { cfg.$field = self.$field; } )* };
         }

@@ -46,8 +46,34 @@ pub struct Config {
     pub max_kernel_sockets: u32,
     /// Connections the agent follows at once. Default 65536.
     pub max_connections: usize,
-    /// Processes the agent keeps names for. Default 16384.
+    /// Processes that showed traffic the agent keeps names (and RED ids, resources) for.
+    /// Default 16384.
     pub max_processes: usize,
+    /// Live processes in the inventory (every process on the host, kept from exec and exit
+    /// events after one /proc scan at start); more are counted in
+    /// `apm_map_overflows_total{map="process_inventory"}` and observed without a cached
+    /// selector verdict. Default 65536.
+    pub max_inventory_processes: usize,
+    /// Processes named at exec per second (three /proc reads each, while the process
+    /// surely runs, so short-lived clients get their declared names); past it, a process is
+    /// named at its first request. Bounds the agent's cost on fork-heavy hosts. Default 200;
+    /// 0 names every process at its first request.
+    pub exec_names_per_sec: u32,
+    /// Observe only what one of these selectors matches (empty: everything). `key=value`:
+    /// `exe=GLOB` (file name, or full path when it holds a `/`), `pid=N`, `port=N` (a
+    /// connection's local or remote port), `pidns=INODE`, `netns=INODE`, `service=GLOB`, or
+    /// any resource attribute `key=GLOB` (`k8s.namespace.name=shop`). Default: empty.
+    pub include: Vec<String>,
+    /// Never observe what these selectors match (same syntax as `include`; exclusion wins).
+    /// Excluded connections are muted in the kernel. Default: empty.
+    pub exclude: Vec<String>,
+    /// Period of the runtime metrics of observed processes (`process.cpu.time`,
+    /// `process.memory.usage`, ...), read from /proc, in seconds; 0 turns them off.
+    /// Default 10.
+    pub process_metrics_interval_secs: u64,
+    /// Observed processes whose runtime metrics are read at most; more are counted in
+    /// `apm_map_overflows_total{map="process_metrics"}`. Default 1000.
+    pub max_process_metrics: usize,
     /// Distinct services. Default 1000.
     pub max_services: usize,
     /// Distinct route templates per service; more go to `/{overflow}`. Default 500.
@@ -172,6 +198,12 @@ impl Default for Config {
             max_kernel_sockets: 65_536,
             max_connections: 65_536,
             max_processes: 16_384,
+            max_inventory_processes: 65_536,
+            exec_names_per_sec: 200,
+            include: Vec::new(),
+            exclude: Vec::new(),
+            process_metrics_interval_secs: 10,
+            max_process_metrics: 1000,
             max_services: 1000,
             max_routes_per_service: 500,
             max_series: 20_000,
@@ -223,6 +255,14 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The include/exclude selectors, parsed.
+    pub fn selectors(
+        &self,
+    ) -> Result<crate::discovery::selectors::Selectors, crate::discovery::selectors::SelectorError>
+    {
+        crate::discovery::selectors::Selectors::parse(&self.include, &self.exclude)
+    }
+
     /// Reads a TOML file (missing keys keep their defaults, unknown keys are errors).
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -252,7 +292,14 @@ impl Config {
                 "must be a power of two of at least 4096",
             );
         }
-        if self.max_kernel_sockets == 0 || self.max_connections == 0 || self.max_processes == 0 {
+        if let Err(e) = self.selectors() {
+            return invalid("include/exclude", &e.to_string());
+        }
+        if self.max_kernel_sockets == 0
+            || self.max_connections == 0
+            || self.max_processes == 0
+            || self.max_inventory_processes == 0
+        {
             return invalid("max_*", "budgets must be at least 1");
         }
         if self.window_secs == 0 {
@@ -304,5 +351,16 @@ mod tests {
             ..Config::default()
         };
         assert!(bad.validate().is_err());
+        let bad = Config {
+            exclude: vec!["nginx".to_owned()],
+            ..Config::default()
+        };
+        assert!(bad.validate().is_err());
+        let good: Config = toml::from_str(
+            "include = [\"exe=nginx\", \"port=8080\"]\nexclude = [\"k8s.namespace.name=kube-*\"]\n",
+        )
+        .unwrap_or_default();
+        assert_eq!(good.include.len(), 2);
+        assert!(good.validate().is_ok());
     }
 }

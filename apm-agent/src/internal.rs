@@ -94,6 +94,16 @@ pub struct Internal {
     pub spans_paired: AtomicU64,
     /// Server requests not followed by the N+1 detector (its table was full).
     pub n_plus_one_untracked: AtomicU64,
+    /// Live processes in the inventory, and those refused by its budget.
+    pub inventory_processes: AtomicU64,
+    pub inventory_overflow: AtomicU64,
+    /// Execs not named at once (naming budget spent): named at their first request.
+    pub process_names_deferred: AtomicU64,
+    /// Processes and connections left out by the include/exclude selectors.
+    pub processes_excluded: AtomicU64,
+    pub connections_excluded: AtomicU64,
+    /// Observed processes whose runtime metrics were not read (budget spent).
+    pub process_metrics_overflow: AtomicU64,
 }
 
 impl Internal {
@@ -309,6 +319,14 @@ impl Internal {
                 "processes".to_owned(),
                 self.processes_overflow.load(Relaxed),
             ),
+            (
+                "process_inventory".to_owned(),
+                self.inventory_overflow.load(Relaxed),
+            ),
+            (
+                "process_metrics".to_owned(),
+                self.process_metrics_overflow.load(Relaxed),
+            ),
             ("pipelined_requests".to_owned(), pipeline_overflow),
             (
                 "tls_libraries".to_owned(),
@@ -480,6 +498,34 @@ impl Internal {
             "gauge",
             "Processes in the agent's table.",
             &[("", self.processes_tracked.load(Relaxed))],
+        );
+        family(
+            out,
+            "apm_process_inventory_entries",
+            "gauge",
+            "Live processes in the agent's inventory (one /proc scan at start, then exec and exit events).",
+            &[("", self.inventory_processes.load(Relaxed))],
+        );
+        family(
+            out,
+            "apm_process_names_deferred_total",
+            "counter",
+            "Execs not named at once (per-second naming budget spent): named at their first request.",
+            &[("", self.process_names_deferred.load(Relaxed))],
+        );
+        family(
+            out,
+            "apm_processes_excluded_total",
+            "counter",
+            "Processes left out by the include/exclude selectors.",
+            &[("", self.processes_excluded.load(Relaxed))],
+        );
+        family(
+            out,
+            "apm_connections_excluded_total",
+            "counter",
+            "Connections muted in the kernel because a selector left them (or their process) out.",
+            &[("", self.connections_excluded.load(Relaxed))],
         );
         family(
             out,

@@ -10,7 +10,10 @@ use apm_common::{ConnEvent, ProcEvent, SockKey, role};
 
 use crate::{
     conn::{ConnState, ConnTable, Connection, Endpoints, Prefix, peer_addr},
-    discovery::processes::Processes,
+    discovery::{
+        inventory::Inventory, processes::Processes, selection::Selection, selectors::Selectors,
+        service_name,
+    },
     ebpf::decode::{DataEvent, Event, KIND_NAMES, comm_str, kind_index},
     internal::Internal,
     metrics::{
@@ -43,6 +46,12 @@ pub struct PipelineConfig {
     pub idle_timeout_ns: u64,
     pub max_connections: usize,
     pub max_processes: usize,
+    /// Live processes kept in the inventory.
+    pub max_inventory_processes: usize,
+    /// Processes named at exec per second; beyond, named at their first request.
+    pub exec_names_per_sec: u32,
+    /// Which processes and connections are observed.
+    pub selectors: Selectors,
     /// Trace assembly, when spans are exported.
     pub tracing: Option<TracerConfig>,
     /// OTLP duration histograms, when metrics are exported.
@@ -81,6 +90,7 @@ pub struct Pipeline {
     cfg: PipelineConfig,
     conns: ConnTable,
     procs: Processes,
+    selection: Selection,
     /// Parser output, reused.
     out: ParserOut,
     /// Parser counters per protocol ([`Protocol::index`]).
@@ -105,7 +115,14 @@ impl Pipeline {
                 flagged: Vec::new(),
             },
             conns: ConnTable::new(cfg.max_connections),
-            procs: Processes::new(cfg.max_processes),
+            procs: Processes::new(cfg.max_processes, {
+                // One /proc scan at start; exec and exit events keep it current after.
+                let mut inventory =
+                    Inventory::new(cfg.max_inventory_processes, cfg.exec_names_per_sec);
+                inventory.scan();
+                inventory
+            }),
+            selection: Selection::new(cfg.selectors.clone()),
             cfg,
             out: ParserOut::default(),
             stats: Default::default(),
@@ -122,11 +139,20 @@ impl Pipeline {
             Event::Data(d) => self.on_data(&d, red, internal),
             Event::ConnOpen(c) => self.on_open(&c, red, internal),
             Event::ConnClose(c) => self.on_close(&c, red),
-            // The pid now runs another program: name it again, now, while /proc still has it
-            // (a short-lived client may be gone by the time its first request is parsed).
+            // The pid now runs another program: forget its old name and verdict; name it
+            // now, while /proc surely has it (a short-lived client may be gone by the time
+            // its first request is parsed), as long as the per-second naming budget lasts
+            // (a fork-heavy host would otherwise pay three /proc reads per exec). Past it,
+            // the name is read at the process's first request.
             Event::ProcExec(p) => {
                 self.procs.remove(p.tgid);
-                self.procs.get_or_resolve(p.tgid, comm_str(&p.comm));
+                if self.procs.inventory.exec(p.tgid, p.comm, p.ts_ns) {
+                    let name = service_name::resolve(p.tgid, comm_str(&p.comm));
+                    self.procs.inventory.set_name(p.tgid, name.into_boxed_str());
+                    // With selectors, decide it too while its executable is there to see.
+                    self.selection
+                        .decide_at_exec(&mut self.procs, p.tgid, &p.comm);
+                }
             }
             Event::ProcExit(p) => self.on_exit(&p, red),
             Event::ProcExecMap(p) => {
@@ -175,6 +201,22 @@ impl Pipeline {
             }
         };
         conn.last_activity_ns = now;
+        if matches!(conn.state, ConnState::Detecting { attempts: 0, .. }) {
+            // A connection's first data: its endpoints are known now (the tuple event came
+            // just before), so the selectors can decide it.
+            let ports = match conn.endpoints {
+                Some(e) => [e.local.port(), e.remote.port()],
+                None => [0, conn.peer.map_or(0, |p| p.port())],
+            };
+            if !self
+                .selection
+                .connection_observed(&mut self.procs, h.tgid, &conn.comm, ports)
+            {
+                conn.state = ConnState::Ignored;
+                self.ops.mute.push((key(h.tgid, h.fd), conn.id));
+                return;
+            }
+        }
         let seg = Segment {
             direction: d.direction,
             data: d.payload,
@@ -289,6 +331,21 @@ impl Pipeline {
     }
 
     fn on_open(&mut self, c: &ConnEvent, red: &mut Red, internal: &Internal) {
+        let excluded = self
+            .selection
+            .process_excluded(&mut self.procs, c.tgid, &c.comm);
+        if excluded {
+            // Muted before its first data where the batch allows; kept as ignored so the
+            // bytes already on their way are dropped without another decision.
+            let mut conn = Connection::new(c.id, None, c.comm, c.ts_ns);
+            conn.state = ConnState::Ignored;
+            if let Ok(Some(old)) = self.conns.open(c.tgid, c.fd, conn) {
+                self.finish(c.tgid, c.fd, old, c.ts_ns, red);
+            }
+            self.selection.excluded_connections += 1;
+            self.ops.mute.push((key(c.tgid, c.fd), c.id));
+            return;
+        }
         if c.role == role::UNKNOWN {
             // A socket adopted at its first data (inherited across fork, duplicated): name
             // its process now, after its parent if it is already gone.
@@ -324,6 +381,7 @@ impl Pipeline {
         }
         self.sinks.n_plus_one.forget_process(p.tgid);
         self.procs.remove(p.tgid);
+        self.procs.inventory.exit(p.tgid);
     }
 
     /// A connection ended: flush its parser.
@@ -384,6 +442,7 @@ impl Pipeline {
             .collect();
         dead.sort_unstable();
         dead.dedup();
+        self.procs.inventory.sweep();
         for &tgid in &dead {
             self.on_exit(
                 &ProcEvent {
@@ -434,6 +493,27 @@ impl Pipeline {
         internal
             .processes_overflow
             .store(self.procs.overflowed(), Relaxed);
+        let inv = &self.procs.inventory;
+        internal
+            .inventory_processes
+            .store(inv.len() as u64, Relaxed);
+        internal.inventory_overflow.store(inv.overflowed(), Relaxed);
+        internal
+            .process_names_deferred
+            .store(inv.names_deferred(), Relaxed);
+        internal
+            .processes_excluded
+            .store(self.selection.excluded_processes, Relaxed);
+        internal
+            .connections_excluded
+            .store(self.selection.excluded_connections, Relaxed);
+    }
+
+    /// The observed processes whose runtime metrics are read, with their resources when
+    /// metrics are exported over OTLP.
+    pub fn runtime_targets(&mut self) -> Vec<crate::metrics::process_runtime::Target> {
+        let with_resource = self.sinks.otel.is_some();
+        self.procs.runtime_targets(with_resource)
     }
 
     /// Spans whose hold time is up (sampled), for the exporter; None when not tracing.

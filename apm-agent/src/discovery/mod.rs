@@ -1,4 +1,7 @@
 //! Who is behind a pid: service names and the bounded table of processes seen.
+pub mod inventory;
 pub mod processes;
 pub mod resource;
+pub mod selection;
+pub mod selectors;
 pub mod service_name;

@@ -4,8 +4,8 @@ use std::{collections::hash_map::Entry, sync::Arc};
 
 use rustc_hash::FxHashMap;
 
-use super::{resource, service_name};
-use crate::traces::span::Resource;
+use super::{inventory::Inventory, resource, service_name};
+use crate::{metrics::process_runtime::Target, traces::span::Resource};
 
 /// One process.
 #[derive(Debug)]
@@ -26,11 +26,14 @@ pub struct Processes {
     /// Entry used for processes that arrive when the table is full.
     spill: ProcessEntry,
     host_name: String,
+    /// Every live process (exec/exit events): names read at exec, selector verdicts.
+    pub inventory: Inventory,
 }
 
 impl Processes {
-    pub fn new(budget: usize) -> Self {
+    pub fn new(budget: usize, inventory: Inventory) -> Self {
         Self {
+            inventory,
             map: FxHashMap::default(),
             budget,
             overflowed: 0,
@@ -72,8 +75,14 @@ impl Processes {
         match self.map.entry(tgid) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(v) => {
+                // The name read at exec, when the naming budget allowed: the process may be
+                // gone by now.
+                let service = self
+                    .inventory
+                    .take_name(tgid)
+                    .unwrap_or_else(|| service_name::resolve(tgid, comm).into_boxed_str());
                 let entry = ProcessEntry {
-                    service: service_name::resolve(tgid, comm).into_boxed_str(),
+                    service,
                     service_id: None,
                     resource: None,
                 };
@@ -116,5 +125,28 @@ impl Processes {
 
     pub fn tgids(&self) -> impl Iterator<Item = u32> + '_ {
         self.map.keys().copied()
+    }
+
+    pub fn host_name(&self) -> &str {
+        &self.host_name
+    }
+
+    /// The processes to read runtime metrics of: every process in the table, with its
+    /// resource when `with_resource` (metrics are exported over OTLP).
+    pub fn runtime_targets(&mut self, with_resource: bool) -> Vec<Target> {
+        let host = &self.host_name;
+        self.map
+            .iter_mut()
+            .map(|(&tgid, entry)| {
+                let resource = with_resource.then(|| {
+                    let service = &entry.service;
+                    entry
+                        .resource
+                        .get_or_insert_with(|| resource::resolve(tgid, service, host))
+                        .clone()
+                });
+                (tgid, entry.service.clone(), resource)
+            })
+            .collect()
     }
 }

@@ -19,7 +19,7 @@ use super::{
 use crate::{
     export::otlp::{encode_metrics, metrics_task},
     internal::{Internal, METRICS, TRACES},
-    metrics::red::Red,
+    metrics::{process_runtime::Collector as ProcessRuntime, red::Red},
     pipeline::Pipeline,
 };
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -46,6 +46,8 @@ pub struct Drain {
         tokio::sync::mpsc::Sender<ExportMetricsServiceRequest>,
         Duration,
     )>,
+    /// Runtime metrics of the observed processes and their period, when on.
+    pub runtime: Option<(ProcessRuntime, Duration)>,
 }
 
 /// Locks a mutex, recovering the data if a panicking holder poisoned it.
@@ -83,6 +85,7 @@ impl Drain {
         let mut last_housekeeping = Instant::now();
         let mut last_sweep = Instant::now();
         let mut last_collect = Instant::now();
+        let mut last_runtime = Instant::now();
         while !self.stop.load(Relaxed) {
             wait_readable(fd, self.poll_interval.min(Duration::from_secs(1)));
             self.drain_batch();
@@ -93,6 +96,12 @@ impl Drain {
             {
                 last_collect = Instant::now();
                 self.export_metrics();
+            }
+            if let Some((_, every)) = &self.runtime
+                && last_runtime.elapsed() >= *every
+            {
+                last_runtime = Instant::now();
+                self.refresh_runtime();
             }
             if last_housekeeping.elapsed() >= Duration::from_secs(1) {
                 last_housekeeping = Instant::now();
@@ -162,6 +171,10 @@ impl Drain {
     /// Collects this interval's duration points and hands them to the export queue; a full
     /// queue (the endpoint is down and retries are pending) drops them, counted.
     fn export_metrics(&mut self) {
+        // Fresh runtime readings go out with this interval's durations.
+        if self.metrics.is_some() {
+            self.refresh_runtime();
+        }
         let Some((tx, _)) = &self.metrics else {
             return;
         };
@@ -178,6 +191,19 @@ impl Drain {
                 self.internal.export_dropped[METRICS].fetch_add(n, Relaxed);
             }
         }
+    }
+
+    /// Reads the runtime metrics of the observed processes (/proc, outside the RED lock) and
+    /// publishes them for /metrics and the next OTLP export.
+    fn refresh_runtime(&mut self) {
+        let Some((collector, _)) = &mut self.runtime else {
+            return;
+        };
+        let readings = collector.collect(self.pipeline.runtime_targets());
+        self.internal
+            .process_metrics_overflow
+            .store(collector.overflowed(), Relaxed);
+        lock(&self.red).runtime = readings;
     }
 
     fn apply_kernel_ops(&mut self) {

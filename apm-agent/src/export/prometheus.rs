@@ -9,6 +9,7 @@ use crate::{
     internal::Internal,
     metrics::{
         db::{DB_BUCKETS_S, DbSeriesKey},
+        process_runtime::Sample,
         red::{BUCKETS_S, Red, SeriesKey},
     },
     request::Side,
@@ -23,6 +24,7 @@ pub fn render(red: &Red, internal: &Internal, slow_queries_top: usize) -> String
     render_red(red, &mut out);
     render_db(red, &mut out);
     render_slow_queries(red, slow_queries_top, &mut out);
+    render_runtime(red, &mut out);
     let o = red.overflows();
     let d = red.db.overflows();
     internal.render(
@@ -252,6 +254,80 @@ fn render_red(red: &Red, out: &mut String) {
     }
 }
 
+/// Runtime metrics of the observed processes (OTel `process.*`), per process: labelled
+/// `service_name` and `process_pid`, bounded by the runtime-metrics budget.
+fn render_runtime(red: &Red, out: &mut String) {
+    type Values = fn(&Sample) -> Vec<(Option<&'static str>, f64)>;
+    let families: [(&str, &str, &str, Option<&str>, Values); 6] = [
+        (
+            "process_cpu_time_seconds_total",
+            "counter",
+            "Total CPU seconds of the process, by mode.",
+            Some("cpu_mode"),
+            |s| vec![(Some("user"), s.user_s), (Some("system"), s.system_s)],
+        ),
+        (
+            "process_memory_usage_bytes",
+            "gauge",
+            "Resident memory of the process (RSS).",
+            None,
+            |s| vec![(None, s.rss_bytes as f64)],
+        ),
+        (
+            "process_memory_virtual_bytes",
+            "gauge",
+            "Virtual memory of the process.",
+            None,
+            |s| vec![(None, s.virtual_bytes as f64)],
+        ),
+        (
+            "process_thread_count",
+            "gauge",
+            "Threads of the process.",
+            None,
+            |s| vec![(None, s.threads as f64)],
+        ),
+        (
+            "process_unix_file_descriptor_count",
+            "gauge",
+            "Open file descriptors of the process.",
+            None,
+            |s| vec![(None, s.fds as f64)],
+        ),
+        (
+            "process_context_switches_total",
+            "counter",
+            "Context switches of the process, by type.",
+            Some("process_context_switch_type"),
+            |s| {
+                vec![
+                    (Some("voluntary"), s.voluntary_switches as f64),
+                    (Some("involuntary"), s.involuntary_switches as f64),
+                ]
+            },
+        ),
+    ];
+    let mut labels = String::new();
+    for (name, kind, help, attribute, values) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for r in &red.runtime {
+            labels.clear();
+            label(&mut labels, "service_name", &r.service);
+            label(&mut labels, "process_pid", &r.pid.to_string());
+            for (value_label, v) in values(&r.sample) {
+                match (attribute, value_label) {
+                    (Some(a), Some(l)) => {
+                        let _ = writeln!(out, "{name}{{{labels},{a}=\"{l}\"}} {v}");
+                    }
+                    _ => {
+                        let _ = writeln!(out, "{name}{{{labels}}} {v}");
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Appends `name="value"` (escaped) to a label list.
 fn label(out: &mut String, name: &str, value: &str) {
     if !out.is_empty() {
@@ -325,5 +401,52 @@ mod tests {
         assert!(text.contains("http_server_request_duration_seconds_sum{service_name=\"web\\\"1\",http_request_method=\"GET\",http_route=\"/a\\\\b\",http_response_status_code=\"404\"} 0.007"));
         assert!(text.contains("apm_events_lost_total 0"));
         assert!(text.contains("apdex_zone=\"satisfied\"} 1"));
+    }
+
+    #[test]
+    fn runtime_metrics_per_process() {
+        let mut red = Red::new(RedConfig {
+            apdex_threshold_ns: 1,
+            max_services: 10,
+            max_routes_per_service: 10,
+            max_series: 10,
+            max_peers: 10,
+            max_route_windows: 10,
+            db: crate::metrics::db::DbConfig {
+                max_series: 10,
+                max_names: 10,
+                max_statements_per_service: 10,
+            },
+        });
+        red.runtime.push(crate::metrics::process_runtime::Reading {
+            pid: 42,
+            service: "shop".into(),
+            resource: None,
+            sample: Sample {
+                user_s: 1.5,
+                system_s: 0.25,
+                rss_bytes: 20 << 20,
+                virtual_bytes: 100 << 20,
+                threads: 3,
+                fds: 7,
+                voluntary_switches: 10,
+                involuntary_switches: 2,
+                start_ticks: 0,
+            },
+            start_unix_ns: 0,
+        });
+        let text = render(&red, &Internal::default(), 10);
+        for line in [
+            "# TYPE process_cpu_time_seconds_total counter",
+            "process_cpu_time_seconds_total{service_name=\"shop\",process_pid=\"42\",cpu_mode=\"user\"} 1.5",
+            "process_cpu_time_seconds_total{service_name=\"shop\",process_pid=\"42\",cpu_mode=\"system\"} 0.25",
+            "process_memory_usage_bytes{service_name=\"shop\",process_pid=\"42\"} 20971520",
+            "process_memory_virtual_bytes{service_name=\"shop\",process_pid=\"42\"} 104857600",
+            "process_thread_count{service_name=\"shop\",process_pid=\"42\"} 3",
+            "process_unix_file_descriptor_count{service_name=\"shop\",process_pid=\"42\"} 7",
+            "process_context_switches_total{service_name=\"shop\",process_pid=\"42\",process_context_switch_type=\"involuntary\"} 2",
+        ] {
+            assert!(text.contains(line), "{line}\n{text}");
+        }
     }
 }

@@ -3,4 +3,5 @@ pub mod db;
 pub mod exponential;
 pub mod n_plus_one;
 pub mod otel;
+pub mod process_runtime;
 pub mod red;

@@ -152,6 +152,9 @@ pub struct Red {
     scratch: String,
     /// Database and cache operations of the same services.
     pub db: DbStats,
+    /// Latest runtime readings of the observed processes (refreshed on a timer by the
+    /// event thread; rendered on /metrics and exported over OTLP).
+    pub runtime: Vec<super::process_runtime::Reading>,
 }
 
 impl Red {
@@ -162,6 +165,7 @@ impl Red {
         };
         Self {
             db: DbStats::new(cfg.db.clone()),
+            runtime: Vec::new(),
             cfg,
             services: vec![overflow],
             service_ids: HashMap::new(),

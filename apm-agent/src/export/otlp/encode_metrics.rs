@@ -1,7 +1,8 @@
 //! Collected duration points -> an OTLP `ExportMetricsServiceRequest`: one `ResourceMetrics`
 //! per observed process, `http.server.request.duration`, `http.client.request.duration` and
 //! `db.client.operation.duration` (unit `s`) with the HTTP and database semantic-convention
-//! attributes.
+//! attributes, and the process's runtime metrics ([`super::encode_runtime`]) under the same
+//! resource.
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
@@ -70,7 +71,8 @@ pub fn request(
     temporality: Temporality,
     now_unix_ns: u64,
 ) -> Option<ExportMetricsServiceRequest> {
-    if points.is_empty() {
+    let runtime = red.runtime.iter().filter(|r| r.resource.is_some());
+    if points.is_empty() && runtime.clone().next().is_none() {
         return None;
     }
     let temporality = match temporality {
@@ -89,6 +91,7 @@ pub fn request(
                 resource: c.resource.clone(),
                 exponential: Default::default(),
                 explicit: Default::default(),
+                runtime: Vec::new(),
             });
             groups.len() - 1
         });
@@ -131,6 +134,21 @@ pub fn request(
             }),
         }
     }
+    for r in runtime {
+        let Some(resource) = &r.resource else {
+            continue;
+        };
+        let i = *index.entry(Arc::as_ptr(resource)).or_insert_with(|| {
+            groups.push(Group {
+                resource: resource.clone(),
+                exponential: Default::default(),
+                explicit: Default::default(),
+                runtime: Vec::new(),
+            });
+            groups.len() - 1
+        });
+        groups[i].runtime = super::encode_runtime::metrics(r, now_unix_ns);
+    }
     Some(ExportMetricsServiceRequest {
         resource_metrics: groups
             .into_iter()
@@ -158,6 +176,7 @@ pub fn request(
                         })));
                     }
                 }
+                metrics.extend(g.runtime);
                 ResourceMetrics {
                     resource: Some(resource(&g.resource)),
                     scope_metrics: vec![ScopeMetrics {
@@ -177,6 +196,8 @@ struct Group {
     resource: Arc<Resource>,
     exponential: [Vec<ExponentialHistogramDataPoint>; SLOTS],
     explicit: [Vec<HistogramDataPoint>; SLOTS],
+    /// The process's runtime metrics, when read.
+    runtime: Vec<Metric>,
 }
 
 /// Semantic-convention attributes of one point.
@@ -457,5 +478,85 @@ mod tests {
             None,
             "statements stay off metrics"
         );
+    }
+
+    #[test]
+    fn runtime_metrics_follow_process_semconv() {
+        use crate::metrics::process_runtime::{Reading, Sample};
+        use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value as N;
+        let mut red = Red::new(RedConfig {
+            apdex_threshold_ns: 1,
+            max_services: 10,
+            max_routes_per_service: 10,
+            max_series: 100,
+            max_peers: 10,
+            max_route_windows: 10,
+            db: crate::metrics::db::DbConfig {
+                max_series: 100,
+                max_names: 100,
+                max_statements_per_service: 100,
+            },
+        });
+        assert!(request(Vec::new(), &red, Temporality::Delta, 10).is_none());
+        let resource = Arc::new(Resource {
+            attributes: vec![("service.name", Value::Str("shop".to_owned()))],
+            extra: Vec::new(),
+        });
+        red.runtime.push(Reading {
+            pid: 42,
+            service: "shop".into(),
+            resource: Some(resource),
+            sample: Sample {
+                user_s: 1.5,
+                system_s: 0.5,
+                rss_bytes: 1 << 20,
+                virtual_bytes: 4 << 20,
+                threads: 2,
+                fds: 5,
+                voluntary_switches: 9,
+                involuntary_switches: 1,
+                start_ticks: 0,
+            },
+            start_unix_ns: 3,
+        });
+        let out = request(Vec::new(), &red, Temporality::Delta, 10).expect("runtime points");
+        assert_eq!(out.resource_metrics.len(), 1);
+        let metrics = &out.resource_metrics[0].scope_metrics[0].metrics;
+        let names: Vec<&str> = metrics.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "process.cpu.time",
+                "process.memory.usage",
+                "process.memory.virtual",
+                "process.thread.count",
+                "process.unix.file_descriptor.count",
+                "process.context_switches"
+            ]
+        );
+        let Some(Data::Sum(cpu)) = &metrics[0].data else {
+            panic!("sum expected");
+        };
+        assert!(cpu.is_monotonic);
+        assert_eq!(
+            cpu.aggregation_temporality,
+            AggregationTemporality::Cumulative as i32
+        );
+        assert_eq!(
+            attr(&cpu.data_points[1].attributes, "cpu.mode").as_deref(),
+            Some("system")
+        );
+        assert_eq!(cpu.data_points[1].value, Some(N::AsDouble(0.5)));
+        assert_eq!(cpu.data_points[0].start_time_unix_nano, 3);
+        let Some(Data::Sum(fds)) = &metrics[4].data else {
+            panic!("sum expected");
+        };
+        assert!(!fds.is_monotonic);
+        assert_eq!(fds.data_points[0].value, Some(N::AsInt(5)));
+        assert_eq!(metrics_task_points(&out), 8);
+    }
+
+    fn metrics_task_points(r: &ExportMetricsServiceRequest) -> u64 {
+        crate::export::otlp::metrics_task::points(r)
     }
 }

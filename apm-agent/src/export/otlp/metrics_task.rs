@@ -27,6 +27,7 @@ pub fn points(req: &ExportMetricsServiceRequest) -> u64 {
         .map(|m| match &m.data {
             Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
             Some(Data::Histogram(h)) => h.data_points.len(),
+            Some(Data::Sum(s)) => s.data_points.len(),
             _ => 0,
         } as u64)
         .sum()

@@ -1,5 +1,6 @@
 //! OTLP export: encoding, transports, retries and the export tasks.
 pub mod encode_metrics;
+pub mod encode_runtime;
 pub mod encode_traces;
 pub mod metrics_task;
 pub mod retry;
