@@ -187,6 +187,12 @@ pub struct RunArgs {
     /// service.name for processes that set none.
     #[arg(long, env = "OTEL_SERVICE_NAME")]
     pub default_service_name: Option<String>,
+    /// Kubernetes pod metadata: auto (when running in a pod), on or off [default: auto].
+    #[arg(long, env = "APM_KUBERNETES", value_enum)]
+    pub kubernetes: Option<crate::discovery::kubernetes::Mode>,
+    /// Pods kept in the Kubernetes metadata cache [default: 1024].
+    #[arg(long, env = "APM_KUBERNETES_MAX_PODS")]
+    pub kubernetes_max_pods: Option<usize>,
 }
 
 impl RunArgs {
@@ -214,7 +220,9 @@ impl RunArgs {
             profile_store_bytes,
             otlp_timeout_ms,
             metric_export_interval_ms,
-            traces_slow_ms
+            traces_slow_ms,
+            kubernetes,
+            kubernetes_max_pods
         );
         macro_rules! set_opt {
             ($($field:ident),*) => { $( if self.$field.is_some() { cfg.$field = self.$field; } )* };

@@ -1,4 +1,6 @@
 //! Who is behind a pid: service names and the bounded table of processes seen.
+pub mod cgroup;
+pub mod kubernetes;
 pub mod processes;
 pub mod resource;
 pub mod service_name;
