@@ -18,6 +18,7 @@ use crate::{
     config::Config,
     console,
     discovery::{
+        kubernetes,
         resource::{self, parse_resource_attributes},
         service_name,
     },
@@ -124,6 +125,15 @@ pub fn run(cfg: Config) -> Result<(), AgentError> {
         .enable_all()
         .build()
         .map_err(AgentError::Runtime)?;
+    // Started early: the first list of the node's pods runs while the programs load.
+    let mut kube = kubernetes::start(
+        &kubernetes::Settings {
+            mode: cfg.kubernetes,
+            max_pods: cfg.kubernetes_max_pods,
+        },
+        &runtime,
+        &internal,
+    );
     let store = cfg.profiling.then(|| {
         Arc::new(Mutex::new(Store::new(
             cfg.profile_bucket_secs,
@@ -200,6 +210,13 @@ pub fn run(cfg: Config) -> Result<(), AgentError> {
         );
     }
 
+    if let Some(kube) = kube.as_mut()
+        && runtime.block_on(kube.wait_synced(KUBE_SYNC_WAIT)) == kubernetes::Sync::Pending
+    {
+        log::warn!(
+            "Kubernetes: the node's pods are not listed yet; processes named before they are get no pod metadata"
+        );
+    }
     let stop = Arc::new(AtomicBool::new(false));
     // The TLS thread takes the loaded object (hooking a library needs it) and hands it back
     // at the end.
@@ -372,6 +389,10 @@ fn apply_naming_defaults(cfg: &Config) {
         service_name::set_default(&name);
     }
 }
+
+/// Longest wait for the first list of the node's pods before events are read: processes are
+/// named (and their resource built) once, at their first request.
+const KUBE_SYNC_WAIT: Duration = Duration::from_secs(3);
 
 /// Finished spans wait this long for a late same-host pairing before export.
 const SPAN_HOLD_NS: u64 = 1_000_000_000;

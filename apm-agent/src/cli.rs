@@ -203,6 +203,12 @@ pub struct RunArgs {
     /// Period of observed processes' runtime metrics in seconds, 0 = off [default: 10].
     #[arg(long, env = "APM_PROCESS_METRICS_INTERVAL_SECS")]
     pub process_metrics_interval_secs: Option<u64>,
+    /// Kubernetes pod metadata: auto (when running in a pod), on or off [default: auto].
+    #[arg(long, env = "APM_KUBERNETES", value_enum)]
+    pub kubernetes: Option<crate::discovery::kubernetes::Mode>,
+    /// Pods kept in the Kubernetes metadata cache [default: 1024].
+    #[arg(long, env = "APM_KUBERNETES_MAX_PODS")]
+    pub kubernetes_max_pods: Option<usize>,
 }
 
 impl RunArgs {
@@ -232,7 +238,9 @@ impl RunArgs {
             metric_export_interval_ms,
             traces_slow_ms,
             max_inventory_processes,
-            process_metrics_interval_secs
+            process_metrics_interval_secs,
+            kubernetes,
+            kubernetes_max_pods
         );
         if !self.include.is_empty() {
             cfg.include = self.include;

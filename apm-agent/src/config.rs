@@ -186,6 +186,14 @@ pub struct Config {
     /// `service.name` for processes that set none (`OTEL_SERVICE_NAME` of the agent); unset:
     /// named from their command line.
     pub default_service_name: Option<String>,
+    /// Kubernetes metadata (`k8s.*` resource attributes, workload names as service names):
+    /// `auto` (the default: when the agent runs in a pod, i.e. `KUBERNETES_SERVICE_HOST` is
+    /// set), `on`, or `off`. Needs get/list/watch on pods and get on replicasets.
+    pub kubernetes: crate::discovery::kubernetes::Mode,
+    /// Pods of this node kept in the Kubernetes metadata cache; more are counted in
+    /// `apm_k8s_pods_overflow_total` and their processes get no `k8s.*` attributes. Default
+    /// 1024 (kubelet's default limit is 110 pods per node).
+    pub kubernetes_max_pods: usize,
 }
 
 impl Default for Config {
@@ -250,6 +258,8 @@ impl Default for Config {
             export_queue_spans: 8192,
             resource_attributes: None,
             default_service_name: None,
+            kubernetes: crate::discovery::kubernetes::Mode::Auto,
+            kubernetes_max_pods: 1024,
         }
     }
 }
@@ -299,6 +309,7 @@ impl Config {
             || self.max_connections == 0
             || self.max_processes == 0
             || self.max_inventory_processes == 0
+            || self.kubernetes_max_pods == 0
         {
             return invalid("max_*", "budgets must be at least 1");
         }
@@ -336,6 +347,11 @@ mod tests {
         assert_eq!(cfg.capture_bytes, 256);
         assert_eq!(cfg.window_secs, 10);
         assert!(toml::from_str::<Config>("no_such_key = 1").is_err());
+        let cfg: Config =
+            toml::from_str("kubernetes = \"off\"\nkubernetes_max_pods = 64\n").unwrap_or_default();
+        assert_eq!(cfg.kubernetes, crate::discovery::kubernetes::Mode::Off);
+        assert_eq!(cfg.kubernetes_max_pods, 64);
+        assert!(toml::from_str::<Config>("kubernetes = \"maybe\"").is_err());
     }
 
     #[test]

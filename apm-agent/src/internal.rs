@@ -40,6 +40,12 @@ pub const TRACES: usize = 0;
 /// Index of the metrics counters (data points).
 pub const METRICS: usize = 1;
 
+const K8S_CALL_LABELS: [&str; 2] = ["call=\"watch_pods\"", "call=\"get_replicaset\""];
+/// Index of the Kubernetes pod watch's errors.
+pub const K8S_WATCH: usize = 0;
+/// Index of the Kubernetes ReplicaSet reads' errors.
+pub const K8S_GET_REPLICASET: usize = 1;
+
 /// All of the agent's own counters. Shared between the event thread and the listener.
 #[derive(Debug, Default)]
 pub struct Internal {
@@ -104,6 +110,14 @@ pub struct Internal {
     pub connections_excluded: AtomicU64,
     /// Observed processes whose runtime metrics were not read (budget spent).
     pub process_metrics_overflow: AtomicU64,
+    /// Kubernetes metadata: pods not cached (`max_pods` reached), containers beyond the
+    /// per-pod bound, times the ReplicaSet cache was full and emptied, failed API calls
+    /// ([`K8S_WATCH`], [`K8S_GET_REPLICASET`]), and pods cached now.
+    pub k8s_pods_overflow: AtomicU64,
+    pub k8s_containers_overflow: AtomicU64,
+    pub k8s_replicasets_overflow: AtomicU64,
+    pub k8s_api_errors: [AtomicU64; 2],
+    pub k8s_pods_cached: AtomicU64,
 }
 
 impl Internal {
@@ -336,6 +350,14 @@ impl Internal {
                 "otlp_series".to_owned(),
                 self.otlp_series_overflow.load(Relaxed),
             ),
+            (
+                "k8s_containers".to_owned(),
+                self.k8s_containers_overflow.load(Relaxed),
+            ),
+            (
+                "k8s_replicasets".to_owned(),
+                self.k8s_replicasets_overflow.load(Relaxed),
+            ),
         ];
         maps.extend(red_overflows.iter().map(|(m, v)| ((*m).to_owned(), *v)));
         let maps: Vec<(String, u64)> = maps
@@ -484,6 +506,32 @@ impl Internal {
             "counter",
             "Server spans made children of a client span observed on the same host.",
             &[("", self.spans_paired.load(Relaxed))],
+        );
+        family(
+            out,
+            "apm_k8s_pods_overflow_total",
+            "counter",
+            "Pods of this node not cached for Kubernetes metadata because max_pods was reached.",
+            &[("", self.k8s_pods_overflow.load(Relaxed))],
+        );
+        let k8s_errors: Vec<(&str, u64)> = K8S_CALL_LABELS
+            .iter()
+            .zip(&self.k8s_api_errors)
+            .map(|(l, c)| (*l, c.load(Relaxed)))
+            .collect();
+        family(
+            out,
+            "apm_k8s_api_errors_total",
+            "counter",
+            "Failed Kubernetes API calls (the watch is retried with backoff).",
+            &k8s_errors,
+        );
+        family(
+            out,
+            "apm_k8s_pods_cached",
+            "gauge",
+            "Pods of this node in the Kubernetes metadata cache.",
+            &[("", self.k8s_pods_cached.load(Relaxed))],
         );
         family(
             out,

@@ -30,7 +30,12 @@ use clap::Parser as _;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // kube's client logs every failed request as an error; the pod watcher counts them and
+    // logs one warning per outage instead.
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("info,kube_client::client::builder=off"),
+    )
+    .init();
     match cli.command {
         cli::Command::Run(args) => {
             let result = args

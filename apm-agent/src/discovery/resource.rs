@@ -3,7 +3,8 @@
 //! `service.name` (resolved by [`super::service_name`]), `service.instance.id` (host, pid and
 //! process start time: unique across pid reuse and restarts), `host.name`, `process.pid`,
 //! `process.executable.name`, `container.id` (from the cgroup path, when the process runs in
-//! a container), and the process's own `OTEL_RESOURCE_ATTRIBUTES`, bounded.
+//! a container), in Kubernetes the `k8s.*` attributes of its pod, container and workload
+//! (see [`super::kubernetes`]), and the process's own `OTEL_RESOURCE_ATTRIBUTES`, bounded.
 use std::sync::{Arc, OnceLock};
 
 /// Attributes for every observed process (the agent's own `OTEL_RESOURCE_ATTRIBUTES`), below
@@ -32,9 +33,9 @@ pub fn resolve(pid: u32, service: &str, host_name: &str) -> Arc<Resource> {
     let start = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|stat| start_time(&stat));
-    let container = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .ok()
-        .and_then(|c| container_id(&c));
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let container = super::cgroup::container_id(&cgroup);
+    let kubernetes = super::kubernetes::lookup_cgroup(&cgroup);
     let mut extra = std::fs::read(format!("/proc/{pid}/environ"))
         .ok()
         .and_then(|env| env_var(&env, "OTEL_RESOURCE_ATTRIBUTES").map(parse_resource_attributes))
@@ -57,6 +58,13 @@ pub fn resolve(pid: u32, service: &str, host_name: &str) -> Arc<Resource> {
     }
     if let Some(id) = container {
         attributes.push(("container.id", Value::Str(id)));
+    }
+    if let Some(meta) = kubernetes {
+        attributes.extend(
+            meta.attributes()
+                .into_iter()
+                .map(|(k, v)| (k, Value::Str(v))),
+        );
     }
     // The agent's own keys win over what the process declares.
     let extra = extra
@@ -92,19 +100,6 @@ pub fn host_name() -> String {
 pub fn start_time(stat: &str) -> Option<u64> {
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// A 64-hex-digit container id in a cgroup path (`/docker/<id>`, `docker-<id>.scope`,
-/// `cri-containerd-<id>.scope`, `crio-<id>.scope`, `.../pod.../<id>`).
-pub fn container_id(cgroup: &str) -> Option<String> {
-    cgroup.lines().find_map(|line| {
-        let path = line.rsplit(':').next()?;
-        path.rsplit('/').find_map(|segment| {
-            let segment = segment.strip_suffix(".scope").unwrap_or(segment);
-            let id = segment.rsplit('-').next()?;
-            (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
-        })
-    })
 }
 
 /// The value of `key` in a NUL-separated environment block.
@@ -181,25 +176,6 @@ mod tests {
         );
         let many: Vec<String> = (0..100).map(|i| format!("k{i}=v")).collect();
         assert_eq!(parse_resource_attributes(&many.join(",")).len(), MAX_EXTRA);
-    }
-
-    #[test]
-    fn container_ids_from_cgroup_paths() {
-        let id = "3f4e2c1b0a9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f";
-        for cg in [
-            format!("0::/system.slice/docker-{id}.scope"),
-            format!("12:cpu:/docker/{id}"),
-            format!(
-                "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-containerd-{id}.scope"
-            ),
-            format!("0::/kubepods/besteffort/pod1234/{id}"),
-        ] {
-            assert_eq!(container_id(&cg).as_deref(), Some(id), "{cg}");
-        }
-        assert_eq!(
-            container_id("0::/user.slice/user-0.slice/session-1.scope"),
-            None
-        );
     }
 
     #[test]

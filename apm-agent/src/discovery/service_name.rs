@@ -1,8 +1,11 @@
 //! Service names for processes, without configuration.
 //!
 //! Precedence: `OTEL_SERVICE_NAME` in the process environment, then `service.name` in its
-//! `OTEL_RESOURCE_ATTRIBUTES`, then a readable name from the executable and command line
-//! (the script for interpreters: `python3 app.py` -> `app`), then the kernel `comm`.
+//! `OTEL_RESOURCE_ATTRIBUTES`, then in Kubernetes the name of the process's workload
+//! (Deployment, StatefulSet, DaemonSet, CronJob, Job; else its pod, else its container: see
+//! [`super::kubernetes`]), then the agent's own `OTEL_SERVICE_NAME`, then a readable name
+//! from the executable and command line (the script for interpreters: `python3 app.py` ->
+//! `app`), then the kernel `comm`.
 use std::{path::Path, sync::OnceLock};
 
 /// The name of processes that declare none (the agent's own `OTEL_SERVICE_NAME`).
@@ -23,9 +26,10 @@ const MAX_NAME: usize = 128;
 
 /// Resolves the service name of `pid`; `comm` is the fallback for processes already gone.
 pub fn resolve(pid: u32, comm: &str) -> String {
-    if let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ"))
-        && let Some(name) = from_environ(&environ)
-    {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    if let Some(name) = declared_or_kubernetes(&environ, || {
+        super::kubernetes::lookup_pid(pid).and_then(|m| m.service_name().map(str::to_owned))
+    }) {
         return name;
     }
     if let Some(name) = DEFAULT_NAME.get() {
@@ -51,6 +55,19 @@ pub fn resolve(pid: u32, comm: &str) -> String {
     } else {
         sanitize(comm)
     }
+}
+
+/// The name the process declares ([`from_environ`]), else the one Kubernetes gives it
+/// (`kubernetes` is asked only when the process declares none).
+fn declared_or_kubernetes(
+    environ: &[u8],
+    kubernetes: impl FnOnce() -> Option<String>,
+) -> Option<String> {
+    from_environ(environ).or_else(|| {
+        kubernetes()
+            .map(|n| sanitize(n.trim()))
+            .filter(|n| !n.is_empty())
+    })
 }
 
 /// `OTEL_SERVICE_NAME`, else `service.name` from `OTEL_RESOURCE_ATTRIBUTES`.
@@ -189,6 +206,21 @@ mod tests {
         assert_eq!(from_environ(env).as_deref(), Some("cart"));
         assert_eq!(from_environ(b"OTEL_SERVICE_NAME=\0HOME=/root\0"), None);
         assert_eq!(from_environ(b"XOTEL_SERVICE_NAME=no\0"), None);
+    }
+
+    #[test]
+    fn declared_names_win_over_kubernetes() {
+        let k8s = || Some("checkout".to_owned());
+        let env = b"OTEL_SERVICE_NAME=own\0";
+        assert_eq!(declared_or_kubernetes(env, k8s).as_deref(), Some("own"));
+        let env = b"OTEL_RESOURCE_ATTRIBUTES=service.name=attr\0";
+        assert_eq!(declared_or_kubernetes(env, k8s).as_deref(), Some("attr"));
+        assert_eq!(
+            declared_or_kubernetes(b"HOME=/\0", k8s).as_deref(),
+            Some("checkout")
+        );
+        assert_eq!(declared_or_kubernetes(b"", || None), None);
+        assert_eq!(declared_or_kubernetes(b"", || Some(" ".to_owned())), None);
     }
 
     #[test]
