@@ -86,6 +86,15 @@ pub fn run(cfg: Config) -> Result<(), AgentError> {
             .collect();
         return Err(AgentError::Privileges(names.join(", ")));
     }
+    if cfg.profiling && cfg.profile_kernel_stacks && !privileges::kernel_symbols_visible() {
+        let n = privileges::KERNEL_SYMBOLS;
+        log::warn!(
+            "/proc/kallsyms hides kernel addresses: kernel frames in profiles stay unnamed \
+             (grant {} to {})",
+            n.name,
+            n.why
+        );
+    }
     raise_memlock();
     apply_naming_defaults(&cfg);
     let (root, state) = tracefs::ensure().map_err(AgentError::Tracefs)?;

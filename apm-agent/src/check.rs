@@ -132,6 +132,20 @@ pub fn run_checks() -> Vec<Item> {
         true,
         sw.map_or_else(|e| e.to_string(), |()| "opened on CPU 0".to_owned()),
     ));
+    let symbols = privileges::kernel_symbols_visible();
+    items.push(item(
+        "kernel symbol names (optional)",
+        symbols,
+        false,
+        if symbols {
+            "/proc/kallsyms shows addresses".to_owned()
+        } else {
+            format!(
+                "/proc/kallsyms hides addresses: kernel frames stay unnamed without {}",
+                privileges::KERNEL_SYMBOLS.name
+            )
+        },
+    ));
     let hw = perf_event_open(0, 0);
     items.push(item(
         "perf events: hardware cycles (optional)",

@@ -18,17 +18,17 @@ pub const REQUIRED: [Needed; 4] = [
     Needed {
         bit: 38,
         name: "CAP_PERFMON",
-        why: "attach tracepoints; let the programs read user memory",
+        why: "load tracing programs, let them read user memory; open perf events",
     },
     Needed {
         bit: 19,
         name: "CAP_SYS_PTRACE",
-        why: "read other processes' /proc/<pid>/environ and exe (service names)",
+        why: "follow other processes' /proc/<pid>/exe, root and fd links",
     },
     Needed {
         bit: 2,
         name: "CAP_DAC_READ_SEARCH",
-        why: "list other users' /proc/<pid>/fd (connections open before start)",
+        why: "open other users' /proc/<pid>/environ and list their /proc/<pid>/fd",
     },
 ];
 
@@ -38,6 +38,37 @@ pub const MOUNT: Needed = Needed {
     name: "CAP_SYS_ADMIN",
     why: "mount tracefs when it is missing",
 };
+
+/// Not required: without it (and unless `kernel.kptr_restrict` is 0 and
+/// `kernel.perf_event_paranoid` at most 1) `/proc/kallsyms` shows every address as zero, so
+/// the profiler's kernel frames stay unnamed (`[unknown] [kernel]+0x...`).
+pub const KERNEL_SYMBOLS: Needed = Needed {
+    bit: 34,
+    name: "CAP_SYSLOG",
+    why: "read kernel symbol addresses in /proc/kallsyms (names of kernel frames in profiles)",
+};
+
+/// Whether `/proc/kallsyms` shows real addresses to this process (CAP_SYSLOG, or a
+/// permissive `kptr_restrict`/`perf_event_paranoid`): kernel frames can be named.
+pub fn kernel_symbols_visible() -> bool {
+    use std::io::BufRead as _;
+    let Ok(file) = std::fs::File::open("/proc/kallsyms") else {
+        return false;
+    };
+    std::io::BufReader::new(file)
+        .lines()
+        .take(16)
+        .map_while(Result::ok)
+        .any(|line| kallsyms_line_has_address(&line))
+}
+
+/// A `/proc/kallsyms` line with a non-zero address (hidden ones read `0000000000000000`).
+fn kallsyms_line_has_address(line: &str) -> bool {
+    line.split_whitespace()
+        .next()
+        .and_then(|a| u64::from_str_radix(a, 16).ok())
+        .is_some_and(|a| a != 0)
+}
 
 /// The effective capability set of this process (`CapEff` in /proc/self/status).
 pub fn effective() -> u64 {
@@ -76,5 +107,12 @@ mod tests {
             .collect();
         assert_eq!(names, vec!["CAP_BPF"]);
         assert_eq!(missing(0, &REQUIRED).len(), 4);
+    }
+
+    #[test]
+    fn hidden_kallsyms_addresses_are_told_apart() {
+        assert!(kallsyms_line_has_address("ffffffff81000000 T _stext"));
+        assert!(!kallsyms_line_has_address("0000000000000000 T _stext"));
+        assert!(!kallsyms_line_has_address(""));
     }
 }

@@ -34,11 +34,28 @@ impl Agent {
 
     /// [`Agent::start`] with a given binary (the benchmarks use the release build).
     pub fn start_binary(bin: &std::path::Path, extra: &[&str]) -> Result<Self> {
+        Self::start_command(Command::new(bin), extra)
+    }
+
+    /// [`Agent::start`] with a command line that executes the agent binary in the end, so
+    /// that the agent keeps its pid: `["setpriv", "--bounding-set=...", "--", "/path/apm-agent"]`
+    /// (the binary is not added: name it, e.g. with [`binary`]).
+    pub fn start_with_command(command: &[&str], extra: &[&str]) -> Result<Self> {
+        let (program, args) = command.split_first().context("empty command")?;
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        Self::start_command(cmd, extra)
+    }
+
+    /// Starts `cmd` (the binary, or a wrapper given the binary as its last argument) with
+    /// `run --listen 127.0.0.1:<free port> --no-console extra...`.
+    fn start_command(mut cmd: Command, extra: &[&str]) -> Result<Self> {
         let port = net::free_port();
         let log = std::env::temp_dir().join(crate::unique("apm-agent-log"));
         let out = File::create(&log)?;
         let err = out.try_clone()?;
-        let child = Command::new(bin)
+        let shown = format!("{cmd:?}");
+        let child = cmd
             .args([
                 "run",
                 "--listen",
@@ -50,7 +67,7 @@ impl Agent {
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
             .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+            .with_context(|| format!("starting {shown}"))?;
         let mut agent = Self {
             child: Some(child),
             port,

@@ -3,6 +3,7 @@
 //! the servers are the real ones.
 pub mod agent;
 pub mod dbservers;
+pub mod deploy;
 pub mod net;
 pub mod otlp;
 pub mod profile;

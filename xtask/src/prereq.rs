@@ -56,6 +56,9 @@ const TEST_PYTHON_PACKAGES: &[&str] = &[
     // protocol (COM_STMT_PREPARE / COM_STMT_EXECUTE).
     "pg8000==1.31.6",
     "mysql-connector-python==26.10.0",
+    // deploy/ manifests: validated offline against the Kubernetes schemas this package ships
+    // (tests/tests/deploy_manifests.rs); its PyYAML also reads them for the test's own checks.
+    "kubernetes-validate==1.37.0",
 ];
 /// bpf-linker version known to build against Debian's LLVM 22 (see ../shared/PLATFORM.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -174,7 +177,8 @@ fn ensure_bpf_linker() -> Result<()> {
         .args(["--no-default-features", "--features", "llvm-22"]))
 }
 
-/// The OTLP test receiver's venv (`tests/servers/otlp_receiver.py`).
+/// The tests' venv: the OTLP receiver (`tests/servers/otlp_receiver.py`), the database
+/// clients, `kubernetes-validate`.
 fn ensure_test_venv() -> Result<()> {
     crate::venv::ensure(
         std::path::Path::new(TEST_VENV),
@@ -182,7 +186,7 @@ fn ensure_test_venv() -> Result<()> {
         "import grpc, google.protobuf.json_format, \
          opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc, \
          opentelemetry.proto.collector.metrics.v1.metrics_service_pb2_grpc, \
-         pg8000, mysql.connector",
+         pg8000, mysql.connector, kubernetes_validate, yaml",
     )
     .map(drop)
 }
