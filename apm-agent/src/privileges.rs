@@ -39,6 +39,20 @@ pub const MOUNT: Needed = Needed {
     why: "mount tracefs when it is missing",
 };
 
+/// Not required: attaching uprobes (the OpenSSL hooks, TLS plaintext) needs it on kernels
+/// with the 2025 change that took uprobe perf events back from `CAP_PERFMON` (Linux 6.16, and
+/// stable kernels that took the fix); without it the agent runs without TLS plaintext.
+pub const UPROBES: Needed = Needed {
+    bit: 21,
+    name: "CAP_SYS_ADMIN",
+    why: "attach the OpenSSL uprobes (TLS plaintext): recent kernels allow uprobes only with it",
+};
+
+/// Whether this process holds `need` in its effective set.
+pub fn holds(need: Needed) -> bool {
+    missing(effective(), &[need]).is_empty()
+}
+
 /// Not required: without it (and unless `kernel.kptr_restrict` is 0 and
 /// `kernel.perf_event_paranoid` at most 1) `/proc/kallsyms` shows every address as zero, so
 /// the profiler's kernel frames stay unnamed (`[unknown] [kernel]+0x...`).

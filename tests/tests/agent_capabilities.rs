@@ -18,7 +18,7 @@ use tests::{
     deploy::{DocumentedCap, Need, load_yaml, manifests, readme_capabilities},
     net::{free_port, wait_port},
     require_root,
-    servers::{Proc, curl, temp_dir},
+    servers::{Nginx, Proc, SelfSigned, curl, temp_dir},
     servers_dir, unique,
 };
 
@@ -244,9 +244,64 @@ fn the_documented_capabilities_are_enough_for_uid_0() -> Result<()> {
     if sysctl("kptr_restrict") != 0 || sysctl("perf_event_paranoid") > 1 {
         assert!(agent.log().contains("CAP_SYSLOG"), "{}", agent.log());
     }
+
+    // HTTPS: the OpenSSL uprobes need CAP_SYS_ADMIN on this kernel kind (recommended, not
+    // required): without it the agent runs on and names the capability.
+    match https_through_nginx(&agent)? {
+        Tls::Counted => {}
+        Tls::NotHooked => assert!(
+            agent.log().contains("grant CAP_SYS_ADMIN"),
+            "TLS not hooked and the reason not given:\n{}",
+            agent.log()
+        ),
+    }
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// What became of HTTPS requests to nginx.
+enum Tls {
+    /// Hooked, and the requests counted exactly.
+    Counted,
+    /// The agent could not hook libssl (and counted that).
+    NotHooked,
+}
+
+/// Starts nginx over HTTPS, waits until the agent hooked libssl or failed to, and sends four
+/// requests with curl.
+fn https_through_nginx(agent: &Agent) -> Result<Tls> {
+    let tls_dir = temp_dir("caps-tls")?;
+    let cert = SelfSigned::generate(&tls_dir)?;
+    let port = free_port();
+    let page = format!("{}.html", unique("caps-page"));
+    let _nginx = Nginx::start_https(port, &[(&page, b"hi\n")], &cert)?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let m = agent.metrics()?;
+        if m.value("apm_tls_hook_failures_total") >= 1.0 {
+            let _ = std::fs::remove_dir_all(&tls_dir);
+            return Ok(Tls::NotHooked);
+        }
+        if m.value("apm_tls_libraries_hooked") >= 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no libssl hooked\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let url = format!("https://127.0.0.1:{port}/{page}");
+    for _ in 0..4 {
+        curl(&["-k", "-o", "/dev/null", &url])?;
+    }
+    let route = format!("/{page}");
+    let n = agent.settle(4.0, WAIT, |m| m.server_count("nginx", "GET", &route, "200"))?;
+    assert_eq!(n, 4.0, "HTTPS requests\n{}", agent.log());
+    let _ = std::fs::remove_dir_all(&tls_dir);
+    Ok(Tls::Counted)
 }
 
 /// Bit of a capability (short name) in CapEff.
@@ -332,6 +387,12 @@ fn the_daemonsets_set_also_names_kernel_frames() -> Result<()> {
         "unnamed kernel frames with {caps:?}:\n{folded}"
     );
     assert!(!agent.log().contains("CAP_SYSLOG"), "{}", agent.log());
+    // And HTTPS in plaintext: the set includes what the OpenSSL uprobes need.
+    assert!(
+        matches!(https_through_nginx(&agent)?, Tls::Counted),
+        "TLS not hooked with the DaemonSet's set:\n{}",
+        agent.log()
+    );
     Ok(())
 }
 

@@ -18,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{ebpf::Probes, internal::Internal};
+use crate::{ebpf::Probes, internal::Internal, privileges};
 use libraries::{MappedLibrary, tls_libraries};
 
 /// Processes waiting to be looked at; beyond this, requests are dropped (counted).
@@ -140,7 +140,16 @@ impl Attacher {
             }
             Err(e) => {
                 self.internal.tls_hook_failures.fetch_add(1, Relaxed);
-                log::warn!("TLS: {} (pid {tgid}) not hooked: {e}", lib.path);
+                let hint = if privileges::holds(privileges::UPROBES) {
+                    String::new()
+                } else {
+                    format!(
+                        " (grant {} to {})",
+                        privileges::UPROBES.name,
+                        privileges::UPROBES.why
+                    )
+                };
+                log::warn!("TLS: {} (pid {tgid}) not hooked: {e}{hint}", lib.path);
             }
         }
     }
