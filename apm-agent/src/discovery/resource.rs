@@ -59,12 +59,17 @@ pub fn resolve(pid: u32, service: &str, host_name: &str) -> Arc<Resource> {
     if let Some(id) = container {
         attributes.push(("container.id", Value::Str(id)));
     }
-    if let Some(meta) = kubernetes {
+    if let Some(meta) = &kubernetes {
         attributes.extend(
             meta.attributes()
                 .into_iter()
                 .map(|(k, v)| (k, Value::Str(v))),
         );
+        // Pod labels win over what the process declares, like the other `k8s.*` keys.
+        let labels = meta.label_attributes();
+        extra.retain(|(k, _)| !labels.iter().any(|(l, _)| l == k));
+        let room = MAX_EXTRA.saturating_sub(extra.len());
+        extra.extend(labels.into_iter().take(room));
     }
     // The agent's own keys win over what the process declares.
     let extra = extra

@@ -180,6 +180,7 @@ mod tests {
                 namespace: "ns".into(),
                 node: "node-a".into(),
                 owners: Vec::new(),
+                labels: Vec::new(),
             },
             containers: containers
                 .iter()

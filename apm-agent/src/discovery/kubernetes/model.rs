@@ -61,7 +61,14 @@ pub struct PodInfo {
     /// Its controller and that controller's owner, resolved: at most two (ReplicaSet and
     /// Deployment, Job and CronJob).
     pub owners: Vec<(OwnerKind, Box<str>)>,
+    /// Its labels (at most [`MAX_LABELS`]), for `k8s.pod.label.<key>` attributes: what
+    /// selectors such as `k8s.pod.label.app=checkout` match.
+    pub labels: Vec<(Box<str>, Box<str>)>,
 }
+
+/// Labels kept per pod; more are left out (labels are metadata, not secrets, but a pod can
+/// carry many).
+pub const MAX_LABELS: usize = 16;
 
 impl PodInfo {
     /// The name of the workload the pod belongs to, if it has an owner.
@@ -97,6 +104,16 @@ impl ContainerMeta {
             .or(self.container.as_deref())
     }
 
+    /// `k8s.pod.label.<key>` attributes (keys are dynamic: they go with the resource's
+    /// other dynamic attributes).
+    pub fn label_attributes(&self) -> Vec<(String, String)> {
+        self.pod
+            .labels
+            .iter()
+            .map(|(k, v)| (format!("k8s.pod.label.{k}"), v.to_string()))
+            .collect()
+    }
+
     /// The `k8s.*` resource attributes.
     pub fn attributes(&self) -> Vec<(&'static str, String)> {
         let pod = &self.pod;
@@ -129,6 +146,7 @@ mod tests {
             namespace: "shop".into(),
             node: "node-a".into(),
             owners: owners.iter().map(|(k, n)| (*k, (*n).into())).collect(),
+            labels: vec![("app".into(), "checkout".into())],
         }
     }
 
@@ -189,5 +207,9 @@ mod tests {
             assert!(attrs.contains(&(k, v.to_owned())), "{k} in {attrs:?}");
         }
         assert_eq!(attrs.len(), 7);
+        assert_eq!(
+            m.label_attributes(),
+            vec![("k8s.pod.label.app".to_owned(), "checkout".to_owned())]
+        );
     }
 }

@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::Pod;
 
 use super::{
     cache::PodEntry,
-    model::{OwnerKind, PodInfo},
+    model::{MAX_LABELS, OwnerKind, PodInfo},
 };
 
 /// Longest name kept (Kubernetes names are at most 253 bytes).
@@ -42,6 +42,14 @@ pub fn entry(pod: &Pod, owners: Vec<(OwnerKind, Box<str>)>, node: &str) -> Optio
         node: bounded(pod.spec.as_ref().and_then(|s| s.node_name.as_deref()))
             .unwrap_or_else(|| node.into()),
         owners,
+        labels: meta
+            .labels
+            .iter()
+            .flatten()
+            .filter(|(_, v)| v.len() <= MAX_NAME)
+            .filter_map(|(k, v)| Some((bounded(Some(k))?, Box::<str>::from(v.as_str()))))
+            .take(MAX_LABELS)
+            .collect(),
     };
     let status = pod.status.as_ref();
     let containers = [

@@ -339,6 +339,12 @@ async fn pods_of_the_node_with_their_workloads() {
     ] {
         assert!(attributes.contains(&(k, v.to_owned())), "{k}={v}");
     }
+    // Labels, for `k8s.pod.label.<key>=...` selectors.
+    let labels = app.label_attributes();
+    assert!(
+        labels.contains(&("k8s.pod.label.app".to_owned(), "checkout".to_owned())),
+        "{labels:?}"
+    );
     let logs = container(&cache, CHECKOUT_LOGS);
     assert_eq!(logs.container.as_deref(), Some("log-shipper"));
     assert_eq!(
