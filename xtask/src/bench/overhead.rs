@@ -29,6 +29,9 @@ pub struct OverheadArgs {
     /// Size of the static file served.
     #[arg(long, default_value_t = 1024)]
     file_bytes: usize,
+    /// Serve HTTPS (self-signed certificate; wrk speaks TLS): measures the OpenSSL uprobes.
+    #[arg(long)]
+    tls: bool,
     /// Do not pin nginx to CPU 0 and wrk to CPU 1 (pinning makes rounds comparable: unpinned,
     /// the two sometimes share a core).
     #[arg(long)]
@@ -49,12 +52,19 @@ pub fn run(args: &OverheadArgs) -> Result<()> {
     let agent_bin = util::build_release_agent()?;
     let port = free_port();
     let body = vec![b'x'; args.file_bytes];
-    let nginx = Nginx::start(port, &[("bench.html", &body)], args.workers)?;
+    let cert_dir = tests::servers::temp_dir("bench-tls")?;
+    let nginx = if args.tls {
+        let cert = tests::servers::SelfSigned::generate(&cert_dir)?;
+        Nginx::start_https(port, &[("bench.html", &body)], &cert)?
+    } else {
+        Nginx::start(port, &[("bench.html", &body)], args.workers)?
+    };
     if !args.no_pin {
         pin_tree(nginx.proc.pid(), 0);
     }
     let wrk_cpu = (!args.no_pin).then_some(1);
-    let url = format!("http://127.0.0.1:{port}/bench.html");
+    let scheme = if args.tls { "https" } else { "http" };
+    let url = format!("{scheme}://127.0.0.1:{port}/bench.html");
     eprintln!("warm-up");
     wrk::run(&url, args.threads, args.connections, 2, wrk_cpu)?;
 
@@ -106,7 +116,8 @@ pub fn run(args: &OverheadArgs) -> Result<()> {
     let agent_cpu_pct = cpu_ns as f64 / 1e9 / (f64::from(args.seconds) * on.len() as f64) * 100.0;
 
     println!(
-        "\noverhead: nginx ({} worker, {} B file) under wrk -t{} -c{}, {} x {} s rounds per side; medians of rounds{}",
+        "\noverhead: nginx{} ({} worker, {} B file) under wrk -t{} -c{}, {} x {} s rounds per side; medians of rounds{}",
+        if args.tls { " over HTTPS" } else { "" },
         args.workers,
         args.file_bytes,
         args.threads,
@@ -160,6 +171,7 @@ pub fn run(args: &OverheadArgs) -> Result<()> {
         "{}",
         serde_json::json!({
             "bench": "overhead",
+            "tls": args.tls,
             "throughput_ratio": rps_on / rps_off,
             "p50_ratio": p50_on / p50_off,
             "p99_ratio": p99_on / p99_off,
