@@ -122,12 +122,17 @@ impl Attacher {
                 self.internal.tls_libraries_overflow.fetch_add(1, Relaxed);
                 continue;
             }
-            self.hook(tgid, &lib);
-            self.seen.insert(lib.identity);
+            if self.hook(tgid, &lib) {
+                self.seen.insert(lib.identity);
+            }
         }
     }
 
-    fn hook(&mut self, tgid: u32, lib: &MappedLibrary) {
+    /// Hooks `lib` as process `tgid` maps it. False when it should be tried again at its next
+    /// sighting: the process exited meanwhile (its `/proc/<pid>/root` went with it), which
+    /// says nothing about the library, and short-lived processes (curl, openssl) are often
+    /// the first to show a library.
+    fn hook(&mut self, tgid: u32, lib: &MappedLibrary) -> bool {
         // The path as this process sees it, in its own mount namespace (containers).
         let target = PathBuf::from(format!("/proc/{tgid}/root{}", lib.path));
         match self.probes.attach_tls(&target) {
@@ -137,6 +142,11 @@ impl Attacher {
                     "TLS: hooked {functions} OpenSSL functions in {} (first seen in pid {tgid})",
                     lib.path
                 );
+                true
+            }
+            Err(e) if !PathBuf::from(format!("/proc/{tgid}")).exists() => {
+                log::debug!("TLS: {} (pid {tgid}, exited) not hooked: {e}", lib.path);
+                false
             }
             Err(e) => {
                 self.internal.tls_hook_failures.fetch_add(1, Relaxed);
@@ -150,6 +160,7 @@ impl Attacher {
                     )
                 };
                 log::warn!("TLS: {} (pid {tgid}) not hooked: {e}{hint}", lib.path);
+                true
             }
         }
     }
