@@ -205,7 +205,6 @@ pub fn run(cfg: Config) -> Result<(), AgentError> {
     internal
         .seeded_connections
         .store(u64::from(seeded.seeded), Relaxed);
-    internal.ready.store(true, Relaxed);
     log::info!(
         "attached {} kernel programs; {} existing connections seeded; metrics on http://{}/metrics",
         probes.attached().len(),
@@ -230,6 +229,8 @@ pub fn run(cfg: Config) -> Result<(), AgentError> {
     // The TLS thread takes the loaded object (hooking a library needs it) and hands it back
     // at the end.
     let holder = start_tls(&cfg, probes, &internal, &stop)?;
+    // Ready once every program is loaded, the TLS ones included.
+    internal.ready.store(true, Relaxed);
     let exports = start_export(&cfg, &runtime, &internal)?;
     let drain = Drain {
         maps,

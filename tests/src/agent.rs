@@ -96,6 +96,29 @@ impl Agent {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// Is the agent still running (not exited, not crashed)?
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Alive, `/healthz` answers 200 and the log shows no panic; the reason otherwise.
+    pub fn check_healthy(&mut self) -> Result<()> {
+        if !self.alive() {
+            bail!("the agent exited:\n{}", self.log());
+        }
+        match net::http_get(self.port, "/healthz") {
+            Ok((200, _)) => {}
+            other => bail!("/healthz: {other:?}\n{}", self.log()),
+        }
+        let log = self.log();
+        if log.contains("panicked") {
+            bail!("the agent panicked:\n{log}");
+        }
+        Ok(())
+    }
+
     /// Scrapes and parses `/metrics`.
     pub fn metrics(&self) -> Result<Metrics> {
         let (status, body) = net::http_get(self.port, "/metrics")?;

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod dbservers;
 pub mod deploy;
+pub mod faulty;
 pub mod net;
 pub mod otlp;
 pub mod profile;

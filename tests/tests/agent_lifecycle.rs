@@ -1,6 +1,7 @@
 //! The agent as a process: its preflight, refusing to run without privileges, not counting its
-//! own scrapes, detaching cleanly on SIGTERM and leaving nothing attached after SIGKILL, and
-//! surviving traffic that is not HTTP or turns into garbage.
+//! own scrapes, detaching cleanly on SIGTERM and leaving nothing attached after SIGKILL (no
+//! program, no BPF link, no perf event, no uprobe, with OpenSSL hooked), and surviving traffic
+//! that is not HTTP or turns into garbage.
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::TcpStream,
@@ -13,7 +14,7 @@ use tests::{
     agent::{Agent, binary},
     net::{free_port, http_get},
     require_root,
-    servers::{Proc, app_server, curl, python},
+    servers::{Nginx, Proc, SelfSigned, app_server, curl, python, temp_dir},
     servers_dir, unique,
 };
 
@@ -207,6 +208,174 @@ fn sigterm_detaches_and_sigkill_leaves_nothing_attached() -> Result<()> {
     let agent = Agent::start(&[])?;
     assert_eq!(programs_of(agent.pid())?.len(), PROGRAMS);
     drop(agent);
+    Ok(())
+}
+
+/// `bpftool -j <args>` as JSON (an array).
+fn bpftool(args: &[&str]) -> Result<Vec<serde_json::Value>> {
+    let out = Command::new("bpftool")
+        .arg("-j")
+        .args(args)
+        .output()
+        .context("bpftool")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "bpftool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("bpftool {args:?}: {}", String::from_utf8_lossy(&out.stdout)))?;
+    Ok(v.as_array().cloned().unwrap_or_default())
+}
+
+fn field(v: &serde_json::Value, key: &str) -> Option<u64> {
+    v.get(key)?.as_u64()
+}
+
+/// BPF links (`bpftool link list`) running one of `progs`.
+fn links_of(progs: &[u64]) -> Result<Vec<serde_json::Value>> {
+    Ok(bpftool(&["link", "list"])?
+        .into_iter()
+        .filter(|l| field(l, "prog_id").is_some_and(|p| progs.contains(&p)))
+        .collect())
+}
+
+/// Perf events and tracepoint attachments with a program (`bpftool perf list`: the kernel's
+/// answer for each such descriptor of each process) held by `pid` or running one of `progs`.
+fn perf_of(pid: u32, progs: &[u64]) -> Result<Vec<serde_json::Value>> {
+    Ok(bpftool(&["perf", "list"])?
+        .into_iter()
+        .filter(|e| {
+            field(e, "pid") == Some(u64::from(pid))
+                || field(e, "prog_id").is_some_and(|p| progs.contains(&p))
+        })
+        .collect())
+}
+
+/// Uprobes defined through tracefs (`uprobe_events`); perf-event uprobes do not show here,
+/// but anything created this way would outlive its creator unless removed.
+fn uprobe_events() -> Vec<String> {
+    [
+        "/sys/kernel/tracing/uprobe_events",
+        "/sys/kernel/debug/tracing/uprobe_events",
+    ]
+    .iter()
+    .find_map(|p| std::fs::read_to_string(p).ok())
+    .unwrap_or_default()
+    .lines()
+    .map(str::to_owned)
+    .collect()
+}
+
+#[test]
+fn sigkill_with_openssl_hooked_leaves_no_link_perf_event_or_uprobe() -> Result<()> {
+    if !require_root("sigkill_with_openssl_hooked_leaves_no_link_perf_event_or_uprobe") {
+        return Ok(());
+    }
+    let events_before = uprobe_events();
+    let dir = temp_dir("kill-tls")?;
+    let cert = SelfSigned::generate(&dir)?;
+    let port = free_port();
+    let page = format!("{}.html", unique("kill-tls"));
+    let _nginx = Nginx::start_https(port, &[(&page, b"hello over tls\n")], &cert)?;
+    let url = format!("https://127.0.0.1:{port}/{page}");
+
+    let mut agent = Agent::start(&[])?;
+    let pid = agent.pid();
+    // OpenSSL is hooked and its plaintext seen before the kill: nginx's HTTPS requests are
+    // counted by route (they are encrypted on the socket).
+    let route = format!("/{page}");
+    let deadline = Instant::now() + WAIT;
+    while agent.metrics()?.value("apm_tls_libraries_hooked") < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no libssl hooked\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for _ in 0..3 {
+        curl(&["-k", "-o", "/dev/null", &url])?;
+    }
+    let seen = agent.settle(3.0, WAIT, |m| m.server_count("nginx", "GET", &route, "200"))?;
+    assert!(seen >= 3.0, "HTTPS not seen in plaintext\n{}", agent.log());
+
+    let progs = programs_of(pid)?;
+    assert_eq!(progs.len(), PROGRAMS, "programs held: {progs:?}");
+    // Uprobe programs are of the kprobe type; each hooked function holds a BPF link of type
+    // perf_event (a perf-event uprobe) for its entry and one for its return.
+    let uprobe_progs: Vec<u64> = bpftool(&["prog", "show"])?
+        .into_iter()
+        .filter(|p| p.get("type").and_then(|t| t.as_str()) == Some("kprobe"))
+        .filter_map(|p| field(&p, "id"))
+        .filter(|id| progs.contains(id))
+        .collect();
+    assert_eq!(
+        uprobe_progs.len(),
+        6,
+        "OpenSSL uprobe programs: {uprobe_progs:?}"
+    );
+    let links = links_of(&progs)?;
+    let uprobe_links = links
+        .iter()
+        .filter(|l| field(l, "prog_id").is_some_and(|p| uprobe_progs.contains(&p)))
+        .filter(|l| l.get("type").and_then(|t| t.as_str()) == Some("perf_event"))
+        .count();
+    let hooked_functions = agent.metrics()?.value("apm_tls_libraries_hooked");
+    let perf = perf_of(pid, &progs)?;
+    eprintln!(
+        "before the kill: {} programs ({} uprobe), {} links ({uprobe_links} uprobe), {} perf \
+         attachments, {hooked_functions} libssl hooked",
+        progs.len(),
+        uprobe_progs.len(),
+        links.len(),
+        perf.len()
+    );
+    // SSL_read, SSL_write, their _ex forms and SSL_do_handshake in at least one libssl: an
+    // entry and a return probe each.
+    assert!(
+        uprobe_links >= 10,
+        "the agent's OpenSSL uprobes are not attached: {links:#?}"
+    );
+    assert!(
+        links
+            .iter()
+            .any(|l| l.get("type").and_then(|t| t.as_str()) == Some("raw_tracepoint")),
+        "no raw tracepoint link: {links:#?}"
+    );
+    assert!(
+        !perf.is_empty(),
+        "bpftool perf list shows nothing of the agent"
+    );
+    let link_ids: Vec<u64> = links.iter().filter_map(|l| field(l, "id")).collect();
+
+    agent.signal_and_wait(libc::SIGKILL, Duration::from_secs(15))?;
+    assert_eq!(
+        wait_gone(&progs)?,
+        Vec::<u64>::new(),
+        "programs left after SIGKILL"
+    );
+    let left_links: Vec<_> = bpftool(&["link", "list"])?
+        .into_iter()
+        .filter(|l| {
+            field(l, "id").is_some_and(|id| link_ids.contains(&id))
+                || field(l, "prog_id").is_some_and(|p| progs.contains(&p))
+        })
+        .collect();
+    assert!(left_links.is_empty(), "links left: {left_links:#?}");
+    let left_perf = perf_of(pid, &progs)?;
+    assert!(left_perf.is_empty(), "perf events left: {left_perf:#?}");
+    let events_after = uprobe_events();
+    let new_events: Vec<&String> = events_after
+        .iter()
+        .filter(|e| !events_before.contains(e) && e.contains("ssl"))
+        .collect();
+    assert!(
+        new_events.is_empty(),
+        "tracefs uprobes left behind: {new_events:?}"
+    );
+    // nginx, whose libssl was patched with breakpoints, still serves.
+    curl(&["-k", "-o", "/dev/null", &url])?;
     Ok(())
 }
 

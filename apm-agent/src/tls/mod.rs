@@ -8,6 +8,7 @@ pub mod libraries;
 
 use std::{
     collections::HashSet,
+    os::fd::AsRawFd,
     path::PathBuf,
     sync::{
         Arc,
@@ -122,14 +123,25 @@ impl Attacher {
                 self.internal.tls_libraries_overflow.fetch_add(1, Relaxed);
                 continue;
             }
-            self.hook(tgid, &lib);
-            self.seen.insert(lib.identity);
+            if self.hook(tgid, &lib) {
+                self.seen.insert(lib.identity);
+            }
         }
     }
 
-    fn hook(&mut self, tgid: u32, lib: &MappedLibrary) {
-        // The path as this process sees it, in its own mount namespace (containers).
-        let target = PathBuf::from(format!("/proc/{tgid}/root{}", lib.path));
+    /// Hooks `lib` as process `tgid` maps it. False when it should be tried again at its next
+    /// sighting: the file could not be opened because the process exited meanwhile (its
+    /// `/proc/<pid>/root` went with it), which says nothing about the library, and
+    /// short-lived processes (curl, openssl) are often the first to show a library.
+    fn hook(&mut self, tgid: u32, lib: &MappedLibrary) -> bool {
+        // The path as this process sees it, in its own mount namespace (containers), opened
+        // once: every attach below goes through this descriptor, so a process that exits
+        // meanwhile cannot leave the library half hooked.
+        let Ok(file) = std::fs::File::open(format!("/proc/{tgid}/root{}", lib.path)) else {
+            log::debug!("TLS: {} (pid {tgid}) could not be opened", lib.path);
+            return false;
+        };
+        let target = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
         match self.probes.attach_tls(&target) {
             Ok(functions) => {
                 self.internal.tls_libraries_hooked.fetch_add(1, Relaxed);
@@ -137,6 +149,7 @@ impl Attacher {
                     "TLS: hooked {functions} OpenSSL functions in {} (first seen in pid {tgid})",
                     lib.path
                 );
+                true
             }
             Err(e) => {
                 self.internal.tls_hook_failures.fetch_add(1, Relaxed);
@@ -150,6 +163,7 @@ impl Attacher {
                     )
                 };
                 log::warn!("TLS: {} (pid {tgid}) not hooked: {e}{hint}", lib.path);
+                true
             }
         }
     }

@@ -1,7 +1,10 @@
 //! Sending encoded OTLP requests: gRPC (tonic) or HTTP/protobuf (hyper), plain or TLS
 //! (rustls; the system's roots plus an optional CA file), with the configured headers and
 //! timeout. Failures say whether a retry may help.
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -61,7 +64,11 @@ pub struct Transport {
 
 #[derive(Debug, Clone)]
 enum Kind {
-    Grpc(tonic::transport::Channel),
+    Grpc {
+        endpoint: Box<tonic::transport::Endpoint>,
+        /// Replaced by a fresh one when an attempt times out (see [`grpc_done`]).
+        channel: Arc<Mutex<tonic::transport::Channel>>,
+    },
     Http {
         client: Box<HttpClient>,
         url: hyper::Uri,
@@ -94,7 +101,10 @@ impl Transport {
                     }
                     endpoint = endpoint.tls_config(config).map_err(|e| bad(&e))?;
                 }
-                Kind::Grpc(endpoint.connect_lazy())
+                Kind::Grpc {
+                    channel: Arc::new(Mutex::new(endpoint.connect_lazy())),
+                    endpoint: Box::new(endpoint),
+                }
             }
             Protocol::HttpProtobuf => {
                 let mut http = HttpConnector::new();
@@ -121,13 +131,10 @@ impl Transport {
 
     pub async fn send_traces(&self, req: ExportTraceServiceRequest) -> Result<(), SendError> {
         match &self.kind {
-            Kind::Grpc(channel) => {
-                let mut client = TraceServiceClient::new(channel.clone());
-                client
-                    .export(self.grpc_request(req))
-                    .await
-                    .map(drop)
-                    .map_err(grpc_error)
+            Kind::Grpc { endpoint, channel } => {
+                let mut client = TraceServiceClient::new(current(channel));
+                let result = client.export(self.grpc_request(req)).await.map(drop);
+                grpc_done(endpoint, channel, result)
             }
             Kind::Http { client, url } => self.post(client, url, req.encode_to_vec()).await,
         }
@@ -135,13 +142,10 @@ impl Transport {
 
     pub async fn send_metrics(&self, req: ExportMetricsServiceRequest) -> Result<(), SendError> {
         match &self.kind {
-            Kind::Grpc(channel) => {
-                let mut client = MetricsServiceClient::new(channel.clone());
-                client
-                    .export(self.grpc_request(req))
-                    .await
-                    .map(drop)
-                    .map_err(grpc_error)
+            Kind::Grpc { endpoint, channel } => {
+                let mut client = MetricsServiceClient::new(current(channel));
+                let result = client.export(self.grpc_request(req)).await.map(drop);
+                grpc_done(endpoint, channel, result)
             }
             Kind::Http { client, url } => self.post(client, url, req.encode_to_vec()).await,
         }
@@ -191,6 +195,30 @@ impl Transport {
             retryable: matches!(status.as_u16(), 429 | 502 | 503 | 504),
         })
     }
+}
+
+fn current(channel: &Mutex<tonic::transport::Channel>) -> tonic::transport::Channel {
+    channel.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// The outcome of a gRPC attempt. One that timed out gives its connection up, as the HTTP
+/// client does: a channel reuses its connection for as long as the peer keeps it open, so
+/// an endpoint that accepts but stopped answering (hung, or a dead peer behind a proxy) would
+/// time every later attempt out, even once a fresh connection would be answered.
+fn grpc_done(
+    endpoint: &tonic::transport::Endpoint,
+    channel: &Mutex<tonic::transport::Channel>,
+    result: Result<(), tonic::Status>,
+) -> Result<(), SendError> {
+    if let Err(status) = &result
+        && matches!(
+            status.code(),
+            tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+        )
+    {
+        *channel.lock().unwrap_or_else(|e| e.into_inner()) = endpoint.connect_lazy();
+    }
+    result.map_err(grpc_error)
 }
 
 /// An error with its causes (hyper's own message hides them: "client error (Connect)").

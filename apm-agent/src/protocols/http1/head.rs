@@ -139,6 +139,14 @@ pub(crate) fn could_start(data: &[u8]) -> bool {
             .any(|s| data.len() < s.len() && s.starts_with(data))
 }
 
+/// Does `data` start with a registered method and stop inside the request line, before its
+/// target ended (`GET `, `GET /users/`)? A client writing its head in pieces sends that
+/// first; the next bytes tell.
+pub(crate) fn partial_request_line(data: &[u8]) -> bool {
+    METHODS.iter().any(|m| data.starts_with(m))
+        && matches!(parse(Kind::Request, data, false), Parsed::Partial)
+}
+
 /// Does `data` start like a message of `kind`? Used to find the next message after the
 /// framing was lost, and for protocol detection.
 pub(crate) fn looks_like_start(kind: Kind, data: &[u8]) -> bool {

@@ -57,6 +57,9 @@ pub fn detect(seg: &Segment<'_>) -> Detected {
             Detected::Side(Side::Client)
         }
         _ if head::could_start(seg.data) => Detected::Undecided,
+        // A request line cut before its target ended, all of it captured: wait for the rest
+        // (the pipeline joins the next bytes to these, a few segments at most).
+        _ if !seg.is_truncated() && head::partial_request_line(seg.data) => Detected::Undecided,
         _ => Detected::No,
     }
 }

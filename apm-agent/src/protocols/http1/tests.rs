@@ -541,6 +541,18 @@ fn detection() {
     // Too short to tell: wait for the next segment.
     assert_eq!(detect(&seg(IN, b"GE")), Detected::Undecided);
     assert_eq!(detect(&seg(IN, b"HTTP/")), Detected::Undecided);
+    // A request line written in pieces, cut before its target ended.
+    assert_eq!(detect(&seg(IN, b"GET ")), Detected::Undecided);
+    assert_eq!(detect(&seg(OUT, b"GET /users/")), Detected::Undecided);
+    assert_eq!(detect(&seg(IN, b"DELETE /a/b")), Detected::Undecided);
+    assert_eq!(detect(&seg(IN, b"GET /\x00")), Detected::No);
+    assert_eq!(detect(&seg(IN, b"GET /a\r\n")), Detected::No);
+    // ... unless bytes after it were not captured: it can never be completed.
+    let cut = Segment {
+        total_len: 10_000,
+        ..seg(IN, b"GET /users/")
+    };
+    assert_eq!(detect(&cut), Detected::No);
 }
 
 #[test]
