@@ -3,6 +3,12 @@
 use anyhow::{Context as _, anyhow};
 
 fn main() -> anyhow::Result<()> {
+    // Only the agent embeds the kernel object. The fuzz crate builds this package without the
+    // `agent` feature, under cargo-fuzz's sanitizer RUSTFLAGS, which the nested cargo that
+    // aya-build spawns for the BPF target would inherit and fail on.
+    if std::env::var_os("CARGO_FEATURE_AGENT").is_none() {
+        return Ok(());
+    }
     let metadata = cargo_metadata::MetadataCommand::new()
         .no_deps()
         .exec()

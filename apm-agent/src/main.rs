@@ -1,30 +1,11 @@
 //! apm-agent: a zero-instrumentation APM agent. eBPF programs copy the first bytes of socket
 //! traffic; the agent turns them into per-route RED metrics. See README.md.
-mod agent;
-mod check;
-mod cli;
-mod config;
-mod conn;
-mod console;
-mod discovery;
-mod ebpf;
-mod export;
-mod internal;
-mod metrics;
-mod pipeline;
-mod privileges;
-mod profile_cmd;
-mod profiles;
-mod profiling;
-mod protocols;
-mod request;
-mod routes;
-mod server;
-mod tls;
-mod traces;
-mod ui;
-
+//!
+//! The modules live in the library (src/lib.rs), which the fuzz targets link too; this file
+//! is the command line only.
 use std::process::ExitCode;
+
+use apm_agent::{agent, check, cli, profile_cmd};
 
 use clap::Parser as _;
 

@@ -1,8 +1,9 @@
 //! `cargo xtask <task>`: the project's set-up, build, run, test and benchmark tasks.
 //!
-//! `run` and `test` first install whatever is missing (toolchain pieces, bpf-linker, Debian
-//! packages), so that a fresh machine needs nothing else.
+//! `run`, `test` and `fuzz` first install whatever is missing (toolchain pieces, bpf-linker,
+//! cargo-fuzz, Debian packages), so that a fresh machine needs nothing else.
 mod bench;
+mod fuzz;
 mod prereq;
 mod run;
 mod test;
@@ -28,8 +29,10 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Everything CI runs: fmt, clippy (host and eBPF), unit tests, integration tests.
+    /// Everything CI runs: fmt, clippy (host and eBPF), unit tests, fuzzing, integration tests.
     Test(test::TestArgs),
+    /// Fuzz the protocol parsers, the SQL normalizer and the record decoder (cargo-fuzz).
+    Fuzz(fuzz::FuzzArgs),
     /// Benchmarks (reports, not pass/fail).
     Bench(bench::BenchArgs),
 }
@@ -41,6 +44,7 @@ fn main() -> Result<()> {
         Task::Setup => prereq::ensure(prereq::Scope::Test),
         Task::Run { args } => run::run(&args),
         Task::Test(args) => test::run(&args),
+        Task::Fuzz(args) => fuzz::run(&args),
         Task::Bench(args) => bench::run(&args),
     }
 }

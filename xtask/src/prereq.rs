@@ -42,6 +42,8 @@ const TEST_PACKAGES: &[&str] = &[
     "mariadb-server",
     "mariadb-client",
 ];
+/// Debian packages the fuzz targets need: libfuzzer-sys compiles libFuzzer's C++ sources.
+const FUZZ_PACKAGES: &[&str] = &["g++"];
 /// The venv of the independent OTLP receiver (tests/servers/otlp_receiver.py); the tests
 /// find its Python at the same path (tests/src/pyotlp.rs). Outside the build tree, so it
 /// survives `cargo clean` and is shared by every checkout.
@@ -76,13 +78,31 @@ pub fn ensure(scope: Scope) -> Result<()> {
     let mut packages: Vec<&str> = BUILD_PACKAGES.to_vec();
     if matches!(scope, Scope::Test) {
         packages.extend_from_slice(TEST_PACKAGES);
+        // `cargo xtask test` runs the fuzz targets too.
+        packages.extend_from_slice(FUZZ_PACKAGES);
     }
     ensure_debian(&packages)?;
     ensure_bpf_linker()?;
     if matches!(scope, Scope::Test) {
         ensure_test_venv()?;
+        ensure_cargo_fuzz()?;
     }
     Ok(())
+}
+
+/// What `cargo xtask fuzz` needs: the nightly toolchain, a C++ compiler and cargo-fuzz (not
+/// the eBPF build's LLVM and bpf-linker: the fuzz build leaves the kernel object out).
+pub fn ensure_fuzz() -> Result<()> {
+    ensure_rust()?;
+    ensure_debian(FUZZ_PACKAGES)?;
+    ensure_cargo_fuzz()
+}
+
+fn ensure_cargo_fuzz() -> Result<()> {
+    if output(Command::new("cargo").args(["fuzz", "--version"])).is_some() {
+        return Ok(());
+    }
+    run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))
 }
 
 /// The nightly toolchain with rust-src (eBPF build) and clippy (eBPF lint); rustfmt and clippy

@@ -1,12 +1,13 @@
 //! `cargo xtask test`: everything CI runs, in order: formatting, clippy on the host crates and
-//! on the eBPF crate for its own target, unit tests, then the integration tests (the real agent
-//! against real servers; they need root and are required, not skipped, when run as root).
+//! on the eBPF crate for its own target, unit tests, each fuzz target for a few seconds, then
+//! the integration tests (the real agent against real servers; they need root and are
+//! required, not skipped, when run as root).
 use std::process::Command;
 
 use anyhow::Result;
 use clap::Args;
 
-use crate::{prereq, util};
+use crate::{fuzz, prereq, util};
 
 #[derive(Debug, Args)]
 pub struct TestArgs {
@@ -56,6 +57,9 @@ pub fn run(args: &TestArgs) -> Result<()> {
         "--exclude",
         "tests",
     ]))?;
+    // Short runs: a parser change that panics on input close to the corpus fails here; the
+    // long searches are `cargo xtask fuzz --seconds N`.
+    fuzz::run_targets(fuzz::TARGETS, fuzz::CI_SECONDS)?;
     // The integration tests run the release build: the binary users run (`cargo xtask run`),
     // at the speed they get (a debug build cannot drain a saturated host's events).
     let agent = util::build_release_agent()?;

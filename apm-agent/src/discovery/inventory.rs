@@ -160,6 +160,10 @@ impl Inventory {
         self.map.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
     pub fn overflowed(&self) -> u64 {
         self.overflowed
     }

@@ -119,6 +119,10 @@ impl Processes {
         self.map.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
     pub fn overflowed(&self) -> u64 {
         self.overflowed
     }

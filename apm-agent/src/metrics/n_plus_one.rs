@@ -129,6 +129,11 @@ impl NPlusOne {
         self.open.len()
     }
 
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+
     /// Server requests not tracked because the table was full.
     pub fn overflows(&self) -> u64 {
         self.overflows

@@ -256,6 +256,11 @@ impl OtelMetrics {
     pub fn len(&self) -> usize {
         self.points.len()
     }
+
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
 }
 
 #[cfg(test)]

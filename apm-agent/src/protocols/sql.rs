@@ -168,7 +168,9 @@ pub fn obfuscate(sql: &[u8], dialect: Dialect) -> String {
             }
         }
     }
-    if i < n && out.len() >= MAX_QUERY_BYTES {
+    // Cut when input is left over, and when the last token (an identifier or a quoted one,
+    // copied whole) ran past the limit itself.
+    if out.len() > MAX_QUERY_BYTES || (i < n && out.len() == MAX_QUERY_BYTES) {
         out.truncate(MAX_QUERY_BYTES);
         out.extend_from_slice(b"...");
     }
@@ -419,10 +421,12 @@ mod tests {
     use super::*;
 
     fn pg(s: &str) -> String {
+        crate::fuzzing::seeds::input("sql", &[b"\x00", s.as_bytes()].concat());
         obfuscate(s.as_bytes(), Dialect::Postgres)
     }
 
     fn my(s: &str) -> String {
+        crate::fuzzing::seeds::input("sql", &[b"\x01", s.as_bytes()].concat());
         obfuscate(s.as_bytes(), Dialect::Mysql)
     }
 
@@ -521,5 +525,13 @@ mod tests {
         assert!(out.len() <= MAX_QUERY_BYTES + 3);
         assert!(out.ends_with("..."));
         assert_eq!(pg("SELECT 'secret"), "SELECT ?");
+        // One token copied whole that crosses the limit at the very end (found by fuzzing).
+        for last in ["a".repeat(3000), format!("\"{}\"", "b".repeat(3000))] {
+            let out = pg(&format!("SELECT {last}"));
+            assert_eq!(out.len(), MAX_QUERY_BYTES + 3, "{out}");
+            assert!(out.ends_with("..."));
+        }
+        let exact = "SELECT ".to_owned() + &"c".repeat(MAX_QUERY_BYTES - 7);
+        assert_eq!(pg(&exact), exact);
     }
 }

@@ -36,6 +36,7 @@ impl Conn {
     }
 
     fn seg_total(&mut self, direction: Direction, data: &[u8], total: u64) {
+        crate::fuzzing::seeds::record("mysql", direction, data, total);
         let seg = Segment {
             direction,
             data,

@@ -33,6 +33,7 @@ impl Conn {
     }
 
     fn seg_total(&mut self, direction: Direction, data: &[u8], total: u64) {
+        crate::fuzzing::seeds::record("redis", direction, data, total);
         let seg = Segment {
             direction,
             data,

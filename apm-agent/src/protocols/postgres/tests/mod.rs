@@ -29,6 +29,7 @@ impl Conn {
     }
 
     fn seg_total(&mut self, direction: Direction, data: &[u8], total: u64) {
+        crate::fuzzing::seeds::record("postgres", direction, data, total);
         let seg = Segment {
             direction,
             data,

@@ -1,0 +1,9 @@
+//! The memcached text-protocol parser: see `apm-agent/src/fuzzing.rs` for the input format and the
+//! invariants.
+#![no_main]
+use apm_agent::{fuzzing::protocol, request::Protocol};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    protocol(Protocol::Memcached, data);
+});

@@ -1,0 +1,7 @@
+//! The SQL normalizer (both dialects): see `apm-agent/src/fuzzing.rs` for the input format and the
+//! invariants.
+#![no_main]
+use apm_agent::fuzzing::sql;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| sql(data));
