@@ -161,18 +161,12 @@ impl Agent {
 
     /// Peak resident memory (VmHWM) in bytes.
     pub fn peak_rss_bytes(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmHWM:"))
-                    .and_then(|v| {
-                        v.split_whitespace()
-                            .next()
-                            .and_then(|kb| kb.parse::<u64>().ok())
-                    })
-            })
-            .map_or(0, |kb| kb * 1024)
+        self.memory().vm_hwm
+    }
+
+    /// The agent's memory now, from `/proc/<pid>/status` (zeros once it is gone).
+    pub fn memory(&self) -> Memory {
+        Memory::of(self.pid())
     }
 
     /// The agent's output so far.
@@ -208,5 +202,57 @@ impl Drop for Agent {
             let _ = child.wait();
         }
         let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Memory figures of a process from `/proc/<pid>/status`, in bytes. `VmRSS` counts the
+/// file-backed pages mapped (the binary, shared libraries, files the profiler maps), which the
+/// kernel can drop and share; `RssAnon` is the process's own heap and stacks.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Memory {
+    pub vm_rss: u64,
+    /// Peak of `VmRSS` since the process started.
+    pub vm_hwm: u64,
+    pub rss_anon: u64,
+    pub rss_file: u64,
+}
+
+impl Memory {
+    pub fn of(pid: u32) -> Self {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        Self::parse(&status)
+    }
+
+    fn parse(status: &str) -> Self {
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|kb| kb.parse::<u64>().ok())
+                .map_or(0, |kb| kb * 1024)
+        };
+        Self {
+            vm_rss: field("VmRSS:"),
+            vm_hwm: field("VmHWM:"),
+            rss_anon: field("RssAnon:"),
+            rss_file: field("RssFile:"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Memory;
+
+    #[test]
+    fn parses_proc_status_memory() {
+        let m = Memory::parse(
+            "Name:\tapm-agent\nVmHWM:\t   30000 kB\nVmRSS:\t   25000 kB\nRssAnon:\t   9000 kB\nRssFile:\t  16000 kB\n",
+        );
+        assert_eq!(m.vm_hwm, 30000 * 1024);
+        assert_eq!(m.vm_rss, 25000 * 1024);
+        assert_eq!(m.rss_anon, 9000 * 1024);
+        assert_eq!(m.rss_file, 16000 * 1024);
     }
 }

@@ -2,6 +2,7 @@
 //! and clients, and a parser for what `/metrics` returns. No mocks: the kernel, the agent and
 //! the servers are the real ones.
 pub mod agent;
+pub mod bpfmaps;
 pub mod dbservers;
 pub mod deploy;
 pub mod faulty;

@@ -93,21 +93,53 @@ pub struct Nginx {
     pub dir: PathBuf,
 }
 
+/// Settings of [`Nginx::start_tuned`] beyond the defaults of [`Nginx::start`].
+#[derive(Debug, Clone)]
+pub struct NginxTuning {
+    pub workers: u32,
+    /// `worker_connections` (every connection, client or upstream, of one worker).
+    pub worker_connections: u32,
+    /// `worker_rlimit_nofile`, when set (the soft fd limit of the workers).
+    pub rlimit_nofile: Option<u64>,
+    /// Directives added inside the `server` block, e.g. `location / { try_files ... }`.
+    pub server_extra: String,
+}
+
+impl Default for NginxTuning {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            worker_connections: 4096,
+            rlimit_nofile: None,
+            server_extra: String::new(),
+        }
+    }
+}
+
 impl Nginx {
     /// Starts nginx with `files` (name, content) in its document root.
     pub fn start(port: u16, files: &[(&str, &[u8])], workers: u32) -> Result<Self> {
-        Self::start_with(port, files, workers, None)
+        let tuning = NginxTuning {
+            workers,
+            ..NginxTuning::default()
+        };
+        Self::start_with(port, files, &tuning, None)
+    }
+
+    /// Like [`Nginx::start`], with more connections, a higher fd limit or extra directives.
+    pub fn start_tuned(port: u16, files: &[(&str, &[u8])], tuning: &NginxTuning) -> Result<Self> {
+        Self::start_with(port, files, tuning, None)
     }
 
     /// Like [`Nginx::start`], serving HTTPS with the certificate and key at `tls`.
     pub fn start_https(port: u16, files: &[(&str, &[u8])], tls: &SelfSigned) -> Result<Self> {
-        Self::start_with(port, files, 1, Some(tls))
+        Self::start_with(port, files, &NginxTuning::default(), Some(tls))
     }
 
     fn start_with(
         port: u16,
         files: &[(&str, &[u8])],
-        workers: u32,
+        tuning: &NginxTuning,
         tls: Option<&SelfSigned>,
     ) -> Result<Self> {
         let dir = temp_dir("nginx")?;
@@ -125,14 +157,22 @@ impl Nginx {
             std::fs::write(www.join(name), content)?;
         }
         let conf = dir.join("nginx.conf");
+        let NginxTuning {
+            workers,
+            worker_connections,
+            rlimit_nofile,
+            server_extra,
+        } = tuning;
+        let rlimit =
+            rlimit_nofile.map_or(String::new(), |n| format!("worker_rlimit_nofile {n};\n"));
         std::fs::write(
             &conf,
             format!(
-                "worker_processes {workers};\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
-                 events {{ worker_connections 4096; }}\n\
+                "worker_processes {workers};\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n{rlimit}\
+                 events {{ worker_connections {worker_connections}; }}\n\
                  http {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_body_temp_path {d}/body;\n\
                    proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-                   server {{ {listen} root {d}/www; }}\n}}\n",
+                   server {{ {listen} root {d}/www; {server_extra} }}\n}}\n",
                 d = dir.display()
             ),
         )?;

@@ -8,9 +8,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use tests::{
-    agent::Agent, net::free_port, prom::Metrics, require_root, servers::app_server, unique,
+    agent::Agent, bpfmaps::kernel_sockets, net::free_port, prom::Metrics, require_root,
+    servers::app_server, unique,
 };
 
 /// Exec'd processes in all; every `CURL_EVERY`-th one is a curl making one request.
@@ -21,46 +22,6 @@ const FORKED: usize = 200;
 /// Room for what the rest of the host does meanwhile (other tests, builds).
 const SLACK: f64 = 64.0;
 const SETTLE: Duration = Duration::from_secs(90);
-
-/// Ids of the BPF maps the process `pid` holds (its fds' `map_id` in fdinfo): bpftool only
-/// names a map's owners when built with pid iteration, so the agent's own SOCKETS map (other
-/// agents may run on the host) is found this way.
-fn map_ids(pid: u32) -> Vec<u64> {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-        .filter_map(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("map_id:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .collect()
-}
-
-/// Entries of the SOCKETS map owned by the agent `pid`, via bpftool.
-fn kernel_sockets(pid: u32) -> Result<usize> {
-    let out = Command::new("bpftool")
-        .args(["-j", "map", "show"])
-        .output()
-        .context("running bpftool (apt-get install bpftool)")?;
-    let maps: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let owned = map_ids(pid);
-    let id = maps
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|m| m["name"] == "SOCKETS")
-        .filter_map(|m| m["id"].as_u64())
-        .find(|id| owned.contains(id))
-        .context("no SOCKETS map held by the agent in `bpftool map show`")?;
-    let out = Command::new("bpftool")
-        .args(["-j", "map", "dump", "id", &id.to_string()])
-        .output()?;
-    let entries: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    Ok(entries.as_array().map_or(0, Vec::len))
-}
 
 /// Live processes on the host.
 fn live_processes() -> f64 {

@@ -55,7 +55,16 @@ pub fn build_release_agent() -> Result<std::path::PathBuf> {
     run(Command::new("cargo")
         .current_dir(&root)
         .args(["build", "--release", "-p", "apm-agent"]))?;
-    Ok(root.join("target/release/apm-agent"))
+    Ok(target_dir().join("release/apm-agent"))
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR` (relative to the workspace root) when set,
+/// else `target/` in the workspace.
+pub fn target_dir() -> std::path::PathBuf {
+    let root = workspace_root();
+    std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| root.join("target"), |d| root.join(d))
 }
 
 /// The workspace root (the parent of xtask/).

@@ -1,7 +1,9 @@
 //! `cargo xtask bench <name>`: side-by-side measurements printed as a table and one JSON line.
 //! Reports, not pass/fail: the machines are shared and noisy, so targets are printed next to
 //! the figures instead of being asserted.
+mod accuracy;
 mod db;
+mod memory;
 mod overhead;
 mod profiler;
 mod sdk_compare;
@@ -23,6 +25,13 @@ enum Bench {
     /// pgbench -S and redis-benchmark against real servers, agent off/on in alternating
     /// rounds: throughput ratio and agent CPU per database operation.
     Db(db::DbArgs),
+    /// The agent's memory (RssAnon, VmHWM) under 10^5 distinct URL paths, 10^4 connections
+    /// held open, and heavy process churn, with its budgets and overflow counters.
+    Memory(memory::MemoryArgs),
+    /// Counts against the load generator's at 50% and 100% of saturation, the loss counter
+    /// against the shortfall with a tiny ring buffer, and server durations against the app's
+    /// own measurement.
+    Accuracy(accuracy::AccuracyArgs),
     /// A CPU-bound workload with no profiler, the agent's profiler, and perf record.
     Profiler(profiler::ProfilerArgs),
     /// A FastAPI app traced by the OpenTelemetry Python SDK and by the agent: span counts,
@@ -34,6 +43,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     match &args.bench {
         Bench::Overhead(a) => overhead::run(a),
         Bench::Db(a) => db::run(a),
+        Bench::Memory(a) => memory::run(a),
+        Bench::Accuracy(a) => accuracy::run(a),
         Bench::Profiler(a) => profiler::run(a),
         Bench::SdkCompare(a) => sdk_compare::run(a),
     }

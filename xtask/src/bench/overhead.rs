@@ -202,7 +202,7 @@ pub(super) fn median(v: &[f64]) -> f64 {
 }
 
 /// Pins a process and its children (nginx master and workers) to `cpu`.
-fn pin_tree(pid: u32, cpu: u32) {
+pub(super) fn pin_tree(pid: u32, cpu: u32) {
     let _ = Command::new("taskset")
         .args(["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()])
         .output();

@@ -324,7 +324,7 @@ fn send_requests(port: u16, n: usize) -> Result<Vec<Sent>> {
 }
 
 /// Reads one response (Content-Length or chunked body) and returns its status.
-fn read_response(r: &mut impl BufRead) -> Result<u16> {
+pub(super) fn read_response(r: &mut impl BufRead) -> Result<u16> {
     let mut line = String::new();
     if r.read_line(&mut line)? == 0 {
         bail!("connection closed by the server");
@@ -376,7 +376,7 @@ fn read_response(r: &mut impl BufRead) -> Result<u16> {
 }
 
 /// Nearest-rank percentile (`p` in 0..=1) of an unsorted list; 0 for an empty one.
-fn pct(v: &[f64], p: f64) -> f64 {
+pub(super) fn pct(v: &[f64], p: f64) -> f64 {
     if v.is_empty() {
         return 0.0;
     }
