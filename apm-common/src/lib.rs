@@ -133,7 +133,8 @@ pub mod stat {
     /// TLS plaintext whose socket is not known (the `SSL *` was never seen doing I/O on a
     /// tracked socket): dropped.
     pub const TLS_NO_SOCKET: u32 = 12;
-    /// The table of in-flight OpenSSL calls was full: a call's plaintext is lost.
+    /// An in-flight OpenSSL call could not be recorded (map update failed): its plaintext is
+    /// lost.
     pub const TLS_CALLS_FULL: u32 = 13;
     /// Plaintext records emitted from the OpenSSL uprobes.
     pub const TLS_RECORDS: u32 = 14;

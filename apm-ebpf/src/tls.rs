@@ -17,7 +17,7 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::{map, uprobe, uretprobe},
-    maps::{HashMap, LruHashMap},
+    maps::LruHashMap,
     programs::{ProbeContext, RetProbeContext},
 };
 
@@ -26,9 +26,11 @@ use crate::{
     maps::{AGENT_TGID, SOCKETS, bump},
 };
 
-/// OpenSSL calls in progress, by thread (`pid_tgid`): one at a time per thread.
+/// OpenSSL calls in progress, by thread (`pid_tgid`): one at a time per thread. Least
+/// recently used entries go first: a call whose return probe never ran (its thread died inside
+/// OpenSSL) would otherwise hold its slot for good.
 #[map]
-pub(crate) static SSL_CALLS: HashMap<u64, SslCall> = HashMap::with_max_entries(16_384, 0);
+pub(crate) static SSL_CALLS: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(16_384, 0);
 
 /// The socket of each `SSL *` seen doing I/O: for calls served from OpenSSL's buffer. Least
 /// recently used entries go first (a closed connection's `SSL *` is never removed otherwise).

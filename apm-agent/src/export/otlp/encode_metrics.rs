@@ -330,9 +330,9 @@ mod tests {
             })
     }
 
-    #[test]
-    fn server_and_client_points_carry_semconv_attributes() {
-        let mut red = Red::new(RedConfig {
+    /// A RED aggregator with small budgets.
+    fn small_red() -> Red {
+        Red::new(RedConfig {
             apdex_threshold_ns: 1,
             max_services: 10,
             max_routes_per_service: 10,
@@ -344,7 +344,11 @@ mod tests {
                 max_names: 100,
                 max_statements_per_service: 100,
             },
-        });
+        })
+    }
+    #[test]
+    fn server_and_client_points_carry_semconv_attributes() {
+        let mut red = small_red();
         let mut m = OtelMetrics::new(OtelConfig {
             temporality: Temporality::Cumulative,
             aggregation: Aggregation::Exponential,
@@ -413,19 +417,7 @@ mod tests {
     #[test]
     fn database_points_carry_db_attributes_and_db_buckets() {
         use crate::request::{DbInfo, DbSystem};
-        let mut red = Red::new(RedConfig {
-            apdex_threshold_ns: 1,
-            max_services: 10,
-            max_routes_per_service: 10,
-            max_series: 100,
-            max_peers: 10,
-            max_route_windows: 10,
-            db: crate::metrics::db::DbConfig {
-                max_series: 100,
-                max_names: 100,
-                max_statements_per_service: 100,
-            },
-        });
+        let mut red = small_red();
         let mut m = OtelMetrics::new(OtelConfig {
             temporality: Temporality::Delta,
             aggregation: Aggregation::Explicit,
@@ -484,19 +476,7 @@ mod tests {
     fn runtime_metrics_follow_process_semconv() {
         use crate::metrics::process_runtime::{Reading, Sample};
         use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value as N;
-        let mut red = Red::new(RedConfig {
-            apdex_threshold_ns: 1,
-            max_services: 10,
-            max_routes_per_service: 10,
-            max_series: 100,
-            max_peers: 10,
-            max_route_windows: 10,
-            db: crate::metrics::db::DbConfig {
-                max_series: 100,
-                max_names: 100,
-                max_statements_per_service: 100,
-            },
-        });
+        let mut red = small_red();
         assert!(request(Vec::new(), &red, Temporality::Delta, 10).is_none());
         let resource = Arc::new(Resource {
             attributes: vec![("service.name", Value::Str("shop".to_owned()))],
