@@ -13,18 +13,9 @@ Routes:
   POST /echo             201, echoes the request body length
   GET  /close            200 with Connection: close
   anything else          404
-Environment:
-  APP_TIMING_LOG=FILE    append one line per request, "<id> <microseconds>": the app's own
-                         duration of the request (time.perf_counter() from the start of the
-                         method handler, after the head was read and parsed, to the return of
-                         the write of the response's last byte), as a framework middleware
-                         would time it. <id> is the trace id of the request's W3C
-                         `traceparent` header, else its `X-Request-Id`, else "-".
 """
 import json
-import os
 import sys
-import threading
 import time
 import socketserver
 from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
@@ -32,41 +23,8 @@ from urllib.parse import parse_qs, urlsplit
 
 BIG = b"x" * (1536 * 1024)
 
-TIMING_LOG = os.environ.get("APP_TIMING_LOG")
-TIMING_FILE = open(TIMING_LOG, "a", buffering=1) if TIMING_LOG else None
-TIMING_LOCK = threading.Lock()
-
-
-def request_id(headers):
-    tp = headers.get("traceparent", "")
-    parts = tp.split("-")
-    if len(parts) >= 4 and len(parts[1]) == 32:
-        return parts[1]
-    return headers.get("x-request-id", "-")
-
-
-def timed(handler):
-    """The app's own measurement of each request, written to APP_TIMING_LOG (when set)."""
-    if TIMING_FILE is None:
-        return handler
-
-    def wrapper(self):
-        t0 = time.perf_counter()
-        try:
-            handler(self)
-        finally:
-            us = (time.perf_counter() - t0) * 1e6
-            with TIMING_LOCK:
-                TIMING_FILE.write("%s %.1f\n" % (request_id(self.headers), us))
-
-    return wrapper
-
-
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    # With the timing log (a benchmark), no Nagle delay between the head and the body writes:
-    # the client would otherwise wait for its delayed ACK (40 ms) on every request.
-    disable_nagle_algorithm = TIMING_FILE is not None
 
     def log_message(self, *args):
         pass
@@ -81,7 +39,6 @@ class Handler(BaseHTTPRequestHandler):
         if body and self.command != "HEAD":
             self.wfile.write(body)
 
-    @timed
     def do_GET(self):
         url = urlsplit(self.path)
         path = url.path
@@ -114,7 +71,6 @@ class Handler(BaseHTTPRequestHandler):
 
     do_HEAD = do_GET
 
-    @timed
     def do_POST(self):
         n = int(self.headers.get("Content-Length", "0"))
         body = self.rfile.read(n)

@@ -159,6 +159,30 @@ impl Agent {
             .sum()
     }
 
+    /// CPU time (ns, from schedstat) of the agent's threads, summed by thread name (`comm`:
+    /// `apm-events` is the event path, `apm-profiler` the profiler...).
+    pub fn cpu_ns_by_thread(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut out = std::collections::BTreeMap::new();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
+            return out;
+        };
+        for task in tasks.flatten() {
+            let (Ok(comm), Ok(stat)) = (
+                std::fs::read_to_string(task.path().join("comm")),
+                std::fs::read_to_string(task.path().join("schedstat")),
+            ) else {
+                continue;
+            };
+            let ns = stat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            *out.entry(comm.trim().to_owned()).or_insert(0) += ns;
+        }
+        out
+    }
+
     /// Peak resident memory (VmHWM) in bytes.
     pub fn peak_rss_bytes(&self) -> u64 {
         self.memory().vm_hwm

@@ -9,7 +9,8 @@
 //! 2. **Loss** with the ring buffer made tiny (`--ring-buffer-bytes 4096`, wake-up batches of
 //!    at most ring/8): the agent's `apm_events_lost_total` against the shortfall (requests sent
 //!    minus requests reported), both sides of every exchange.
-//! 3. **Durations** of a Python server (tests/servers/app.py with `APP_TIMING_LOG`) against its
+//! 3. **Durations** of a FastAPI app (tests/servers/fastapi_app.py with `APP_TIMING_LOG`: an ASGI
+//!    timing middleware, `time.perf_counter()` per request) against its
 //!    own measurement of each request, paired by the trace id of the `traceparent` each request
 //!    carries (the agent's span joins that trace; the app logs the id with its duration).
 use std::{
@@ -17,7 +18,7 @@ use std::{
     fs::File,
     io::{BufReader, Read as _, Write as _},
     net::TcpStream,
-    path::Path,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -28,11 +29,13 @@ use tests::{
     net::free_port,
     otlp::{Receiver, hex},
     prom::Metrics,
-    servers::{Nginx, python},
+    servers::Nginx,
 };
 
 use super::{
+    fastapi,
     overhead::{median, pin_tree},
+    pace::{self, PaceScript},
     sdk_compare::{pct, read_response},
     wrk,
 };
@@ -71,6 +74,9 @@ pub struct AccuracyArgs {
     /// Do not pin nginx to CPU 0 and wrk to CPU 1.
     #[arg(long)]
     no_pin: bool,
+    /// Python venv with FastAPI and uvicorn (created when missing).
+    #[arg(long, default_value = fastapi::DEFAULT_VENV)]
+    venv: PathBuf,
 }
 
 /// One measured wrk run with the agent on.
@@ -142,6 +148,7 @@ pub fn run(args: &AccuracyArgs) -> Result<()> {
         );
     }
     prereq::ensure(prereq::Scope::Test)?;
+    let python = fastapi::ensure_venv(&args.venv)?;
     let agent_bin = util::build_release_agent()?;
     let port = free_port();
     // A file name of its own, so that no other nginx on the host adds to the route's count.
@@ -169,8 +176,17 @@ pub fn run(args: &AccuracyArgs) -> Result<()> {
     std::thread::sleep(Duration::from_millis(500));
     let full = count_run(&agent, &setup, args.connections, args.seconds, None)?;
     let target = full.wrk.rps * args.pace_fraction;
-    let (pace_conns, script) = calibrate(&agent, &setup, target, args)?;
-    let half = count_run(&agent, &setup, pace_conns, args.seconds, Some(&script))?;
+    let script = PaceScript::new(args.pace_delay_ms)?;
+    let (pace_conns, _) = pace::calibrate(&setup.url, &script, target, setup.wrk_cpu)?;
+    // Let the calibration runs' events drain before the measured run reads its baseline.
+    std::thread::sleep(Duration::from_secs(1));
+    let half = count_run(
+        &agent,
+        &setup,
+        pace_conns,
+        args.seconds,
+        Some(script.path()),
+    )?;
     let peak_rss = agent.peak_rss_bytes();
     drop(agent);
 
@@ -188,13 +204,13 @@ pub fn run(args: &AccuracyArgs) -> Result<()> {
     )?;
     std::thread::sleep(Duration::from_millis(500));
     let tiny_full = count_run(&tiny, &setup, args.connections, args.seconds, None)?;
-    let tiny_half = count_run(&tiny, &setup, pace_conns, args.seconds, Some(&script))?;
+    let tiny_half = count_run(&tiny, &setup, pace_conns, args.seconds, Some(script.path()))?;
     drop(tiny);
-    let _ = std::fs::remove_file(&script);
+    drop(script);
     drop(nginx);
 
-    eprintln!("== durations: app.py against its own measurement");
-    let durations = durations(&agent_bin, args)?;
+    eprintln!("== durations: FastAPI against its own measurement");
+    let durations = durations(&agent_bin, &python, args)?;
 
     report(
         args, &off, &full, &half, &tiny_full, &tiny_half, &durations, peak_rss,
@@ -204,7 +220,7 @@ pub fn run(args: &AccuracyArgs) -> Result<()> {
 
 /// Polls `f` until it reaches `want` or stops moving for 2 s (a lossy run never reaches it),
 /// at most 60 s; returns the last value.
-fn drain(agent: &Agent, want: f64, f: impl Fn(&Metrics) -> f64) -> Result<f64> {
+pub(super) fn drain(agent: &Agent, want: f64, f: impl Fn(&Metrics) -> f64) -> Result<f64> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = f(&agent.metrics()?);
     let mut still_since = Instant::now();
@@ -287,39 +303,6 @@ fn count_run(
     Ok(r)
 }
 
-/// Finds how many paced connections give `target` requests/s: short runs, scaling the count by
-/// target/measured, until within 5% (or 4 tries). Returns the count and the Lua script.
-fn calibrate(
-    agent: &Agent,
-    s: &Setup,
-    target: f64,
-    args: &AccuracyArgs,
-) -> Result<(u32, std::path::PathBuf)> {
-    let script = std::env::temp_dir().join(tests::unique("pace.lua"));
-    std::fs::write(
-        &script,
-        format!("function delay()\n  return {}\nend\n", args.pace_delay_ms),
-    )?;
-    // Each connection makes at most one request per (delay + round trip).
-    let per_conn = 1000.0 / (f64::from(args.pace_delay_ms) + 0.15);
-    let mut conns = ((target / per_conn).round() as u32).max(1);
-    for _ in 0..4 {
-        let r = wrk::run_script(&s.url, 1, conns, 3, s.wrk_cpu, Some(&script))?;
-        eprintln!(
-            "pacing: {conns} connections -> {:.0} req/s (target {target:.0})",
-            r.rps
-        );
-        if r.rps <= 0.0 || (r.rps / target - 1.0).abs() <= 0.05 {
-            break;
-        }
-        conns = ((f64::from(conns) * target / r.rps).round() as u32).max(1);
-    }
-    // Let the calibration runs' events drain before the measured run reads its baseline.
-    let _ = agent.metrics();
-    std::thread::sleep(Duration::from_secs(1));
-    Ok((conns, script))
-}
-
 /// The duration comparison's figures.
 #[derive(Debug, Default)]
 struct Durations {
@@ -343,22 +326,23 @@ struct Durations {
 const APP_SERVICE: &str = "bench-accuracy-app";
 const KIND_SERVER: i32 = 2;
 
-/// app.py under keep-alive load from `--duration-connections` threads, every request with its
+/// The FastAPI app under keep-alive load from `--duration-connections` threads, every request with its
 /// own `traceparent`; the agent exports spans to a local receiver.
-fn durations(agent_bin: &Path, args: &AccuracyArgs) -> Result<Durations> {
+fn durations(agent_bin: &Path, python: &Path, args: &AccuracyArgs) -> Result<Durations> {
     let rx = Receiver::start()?;
     let agent = Agent::start_binary(agent_bin, &["--otlp-endpoint", &rx.endpoint()])?;
     let port = free_port();
     let log = std::env::temp_dir().join(tests::unique("app-timing"));
-    let log_s = log.to_string_lossy().into_owned();
-    let app = python(
-        &["app.py", &port.to_string()],
-        &[
-            ("OTEL_SERVICE_NAME", APP_SERVICE),
-            ("APP_TIMING_LOG", &log_s),
-        ],
-        &tests::servers_dir(),
+    let app_log = std::env::temp_dir().join(tests::unique("accuracy-uvicorn"));
+    let app = fastapi::start(
+        python,
         port,
+        &fastapi::AppOptions {
+            service: APP_SERVICE,
+            sdk_otlp: None,
+            timing_log: Some(&log),
+        },
+        &app_log,
     )?;
     // The readiness probe above was a connection without a request; let the app settle.
     std::thread::sleep(Duration::from_millis(500));
@@ -610,7 +594,7 @@ fn report(
         }
     );
     println!(
-        "\ndurations: app.py, {} requests over {} keep-alive connections ({:.0} req/s); {} paired (app logged {}, agent spans {})",
+        "\ndurations: FastAPI (uvicorn, h11), {} requests over {} keep-alive connections ({:.0} req/s); {} paired (app logged {}, agent spans {})",
         d.sent, args.duration_connections, d.rps, d.paired, d.app_logged, d.agent_spans
     );
     println!(

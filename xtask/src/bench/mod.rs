@@ -2,9 +2,12 @@
 //! Reports, not pass/fail: the machines are shared and noisy, so targets are printed next to
 //! the figures instead of being asserted.
 mod accuracy;
+mod capacity;
 mod db;
+mod fastapi;
 mod memory;
 mod overhead;
+mod pace;
 mod profiler;
 mod sdk_compare;
 mod wrk;
@@ -20,7 +23,8 @@ pub struct BenchArgs {
 
 #[derive(Debug, Subcommand)]
 enum Bench {
-    /// nginx serving a small file under wrk at saturation, agent off/on in alternating rounds.
+    /// nginx serving a small file and a FastAPI app under wrk, at saturation and at 50% of it,
+    /// agent off/on in alternating rounds.
     Overhead(overhead::OverheadArgs),
     /// pgbench -S and redis-benchmark against real servers, agent off/on in alternating
     /// rounds: throughput ratio and agent CPU per database operation.
@@ -32,6 +36,9 @@ enum Bench {
     /// against the shortfall with a tiny ring buffer, and server durations against the app's
     /// own measurement.
     Accuracy(accuracy::AccuracyArgs),
+    /// The highest request rate the agent follows with zero lost events, and the loss curve
+    /// above it (with no CPU limit, and with the agent's CPU capped by a cgroup quota).
+    Capacity(capacity::CapacityArgs),
     /// A CPU-bound workload with no profiler, the agent's profiler, and perf record.
     Profiler(profiler::ProfilerArgs),
     /// A FastAPI app traced by the OpenTelemetry Python SDK and by the agent: span counts,
@@ -45,6 +52,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Bench::Db(a) => db::run(a),
         Bench::Memory(a) => memory::run(a),
         Bench::Accuracy(a) => accuracy::run(a),
+        Bench::Capacity(a) => capacity::run(a),
         Bench::Profiler(a) => profiler::run(a),
         Bench::SdkCompare(a) => sdk_compare::run(a),
     }

@@ -1,75 +1,315 @@
-//! Overhead of the agent on nginx at saturation: rounds alternate agent off / on (order
-//! flipped every round so drift cancels), same machine, same run.
-use std::{process::Command, time::Duration};
+//! Overhead of the agent on real servers under wrk: nginx serving a static file and a FastAPI
+//! app, each at saturation and at a fraction of it (paced, see [`super::pace`]). Rounds
+//! alternate agent off / on (order flipped every round so drift cancels), same machine, same
+//! run; figures are medians of rounds.
+use std::{path::PathBuf, process::Command, time::Duration};
 
-use anyhow::Result;
-use clap::Args;
-use tests::{agent::Agent, net::free_port, servers::Nginx};
+use anyhow::{Result, bail};
+use clap::{Args, ValueEnum};
+use tests::{agent::Agent, net::free_port, prom::Metrics, servers::Nginx};
 
-use super::wrk;
+use super::{
+    fastapi,
+    pace::{self, PaceScript},
+    wrk,
+};
 use crate::{prereq, util};
+
+/// Service name the FastAPI app gets through `OTEL_SERVICE_NAME` (the agent reads it).
+const FASTAPI_SERVICE: &str = "bench-overhead-app";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum App {
+    /// nginx, one worker, serving a static file.
+    Nginx,
+    /// A FastAPI app under uvicorn (one worker, h11), `GET /users/{id}` returning small JSON.
+    Fastapi,
+}
+
+impl App {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Nginx => "nginx",
+            Self::Fastapi => "fastapi",
+        }
+    }
+}
 
 #[derive(Debug, Args)]
 pub struct OverheadArgs {
-    /// Pairs of off/on rounds.
-    #[arg(long, default_value_t = 5)]
+    /// Pairs of off/on rounds per case.
+    #[arg(long, default_value_t = 3)]
     rounds: u32,
     /// Seconds per round.
     #[arg(long, default_value_t = 10)]
     seconds: u32,
-    /// wrk connections (keep-alive).
+    /// Servers to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "nginx,fastapi")]
+    apps: Vec<App>,
+    /// Loads, in percent of the saturation rate measured with the agent off, comma-separated.
+    /// 100 is plain wrk (saturation); below 100 wrk is paced.
+    #[arg(long, value_delimiter = ',', default_value = "100,50")]
+    loads: Vec<u32>,
+    /// wrk connections (keep-alive) at saturation.
     #[arg(long, default_value_t = 8)]
     connections: u32,
-    /// wrk threads.
+    /// wrk threads at saturation.
     #[arg(long, default_value_t = 1)]
     threads: u32,
     /// nginx worker processes.
     #[arg(long, default_value_t = 1)]
     workers: u32,
-    /// Size of the static file served.
+    /// Size of nginx's static file.
     #[arg(long, default_value_t = 1024)]
     file_bytes: usize,
-    /// Serve HTTPS (self-signed certificate; wrk speaks TLS): measures the OpenSSL uprobes.
+    /// nginx serves HTTPS (self-signed certificate; wrk speaks TLS): measures the OpenSSL
+    /// uprobes. Only with `--apps nginx`.
     #[arg(long)]
     tls: bool,
-    /// Do not pin nginx to CPU 0 and wrk to CPU 1 (pinning makes rounds comparable: unpinned,
-    /// the two sometimes share a core).
+    /// Pause of each paced connection after every response (ms).
+    #[arg(long, default_value_t = 1)]
+    pace_delay_ms: u32,
+    /// Python venv with FastAPI and uvicorn (created when missing).
+    #[arg(long, default_value = fastapi::DEFAULT_VENV)]
+    venv: PathBuf,
+    /// Do not pin the server to CPU 0 and wrk to CPU 1 (pinning makes rounds comparable:
+    /// unpinned, the two sometimes share a core).
     #[arg(long)]
     no_pin: bool,
 }
 
+/// A server under test and how the agent's figures for it are read.
+struct Target {
+    url: String,
+    port: u16,
+    /// `service.name` the agent gives the server.
+    service: &'static str,
+    wrk_cpu: Option<u32>,
+}
+
+impl Target {
+    /// Requests the agent recorded on the server's side.
+    fn served(&self, m: &Metrics) -> f64 {
+        m.server_total(self.service)
+    }
+
+    /// Requests recorded on both sides (the server's, and wrk's as a client).
+    fn observed(&self, m: &Metrics) -> f64 {
+        self.served(m) + m.client_total(self.port)
+    }
+}
+
+/// One app at one load: the medians of its rounds.
 #[derive(Debug, Default)]
-struct OnRound {
-    wrk: Option<wrk::WrkRun>,
+struct Case {
+    app: &'static str,
+    load_pct: u32,
+    connections: u32,
+    rps_off: f64,
+    rps_on: f64,
+    p50_off: f64,
+    p50_on: f64,
+    p99_off: f64,
+    p99_on: f64,
+    requests_on: f64,
     cpu_ns: u64,
+    /// Of `cpu_ns`: the event path's thread (ring buffer, parsers, aggregation).
+    events_cpu_ns: u64,
+    /// Of `cpu_ns`: the profiler's thread (stack samples, symbolization).
+    profiler_cpu_ns: u64,
     observed: f64,
     lost: f64,
     peak_rss: u64,
+    on_seconds: f64,
+}
+
+impl Case {
+    fn cpu_us_per_request(&self) -> f64 {
+        self.cpu_ns as f64 / 1e3 / self.requests_on.max(1.0)
+    }
+
+    fn events_cpu_us_per_request(&self) -> f64 {
+        self.events_cpu_ns as f64 / 1e3 / self.requests_on.max(1.0)
+    }
+
+    fn profiler_cpu_pct(&self) -> f64 {
+        self.profiler_cpu_ns as f64 / 1e9 / self.on_seconds.max(1e-9) * 100.0
+    }
+
+    fn cpu_us_per_exchange(&self) -> f64 {
+        self.cpu_ns as f64 / 1e3 / self.observed.max(1.0)
+    }
+
+    fn cpu_pct(&self) -> f64 {
+        self.cpu_ns as f64 / 1e9 / self.on_seconds.max(1e-9) * 100.0
+    }
+
+    fn peak_rss_mb(&self) -> f64 {
+        self.peak_rss as f64 / (1024.0 * 1024.0)
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "load_pct": self.load_pct,
+            "connections": self.connections,
+            "throughput_ratio": self.rps_on / self.rps_off,
+            "p50_ratio": self.p50_on / self.p50_off,
+            "p99_ratio": self.p99_on / self.p99_off,
+            "agent_cpu_us_per_request": self.cpu_us_per_request(),
+            "agent_cpu_us_per_observed_exchange": self.cpu_us_per_exchange(),
+            "agent_events_cpu_us_per_request": self.events_cpu_us_per_request(),
+            "agent_profiler_cpu_pct": self.profiler_cpu_pct(),
+            "agent_cpu_pct": self.cpu_pct(),
+            "events_lost": self.lost,
+            "agent_peak_rss_mb": self.peak_rss_mb(),
+            "rps_off": self.rps_off,
+            "rps_on": self.rps_on,
+            "p50_us_off": self.p50_off,
+            "p50_us_on": self.p50_on,
+            "p99_us_off": self.p99_off,
+            "p99_us_on": self.p99_on,
+        })
+    }
 }
 
 pub fn run(args: &OverheadArgs) -> Result<()> {
-    prereq::ensure(prereq::Scope::Test)?;
-    let agent_bin = util::build_release_agent()?;
-    let port = free_port();
-    let body = vec![b'x'; args.file_bytes];
-    let cert_dir = tests::servers::temp_dir("bench-tls")?;
-    let nginx = if args.tls {
-        let cert = tests::servers::SelfSigned::generate(&cert_dir)?;
-        Nginx::start_https(port, &[("bench.html", &body)], &cert)?
-    } else {
-        Nginx::start(port, &[("bench.html", &body)], args.workers)?
-    };
-    if !args.no_pin {
-        pin_tree(nginx.proc.pid(), 0);
+    if !util::is_root() {
+        bail!(
+            "bench overhead starts the agent: run it as root (sudo -E cargo xtask bench overhead)"
+        );
     }
+    if args.tls && args.apps.contains(&App::Fastapi) {
+        bail!("--tls measures nginx over HTTPS: add --apps nginx");
+    }
+    if args.rounds == 0 || args.loads.is_empty() || args.loads.iter().any(|&l| l == 0 || l > 100) {
+        bail!("--rounds must be at least 1 and --loads percentages in 1..=100");
+    }
+    prereq::ensure(prereq::Scope::Test)?;
+    let python = if args.apps.contains(&App::Fastapi) {
+        Some(fastapi::ensure_venv(&args.venv)?)
+    } else {
+        None
+    };
+    let agent_bin = util::build_release_agent()?;
     let wrk_cpu = (!args.no_pin).then_some(1);
-    let scheme = if args.tls { "https" } else { "http" };
-    let url = format!("{scheme}://127.0.0.1:{port}/bench.html");
-    eprintln!("warm-up");
-    wrk::run(&url, args.threads, args.connections, 2, wrk_cpu)?;
+    let mut loads = args.loads.clone();
+    // Saturation first: the paced loads are fractions of its rate.
+    loads.sort_unstable_by(|a, b| b.cmp(a));
+    loads.dedup();
 
+    let mut cases = Vec::new();
+    for &app in &args.apps {
+        let port = free_port();
+        let body = vec![b'x'; args.file_bytes];
+        let cert_dir = tests::servers::temp_dir("bench-tls")?;
+        let app_log = std::env::temp_dir().join(tests::unique("overhead-uvicorn"));
+        // Held for the app's cases; dropping them stops the server.
+        let (_nginx, _uvicorn, pid, target) = match app {
+            App::Nginx => {
+                let nginx = if args.tls {
+                    let cert = tests::servers::SelfSigned::generate(&cert_dir)?;
+                    Nginx::start_https(port, &[("bench.html", &body)], &cert)?
+                } else {
+                    Nginx::start(port, &[("bench.html", &body)], args.workers)?
+                };
+                let scheme = if args.tls { "https" } else { "http" };
+                let pid = nginx.proc.pid();
+                let target = Target {
+                    url: format!("{scheme}://127.0.0.1:{port}/bench.html"),
+                    port,
+                    service: "nginx",
+                    wrk_cpu,
+                };
+                (Some(nginx), None, pid, target)
+            }
+            App::Fastapi => {
+                let Some(python) = &python else {
+                    bail!("no venv for the FastAPI app");
+                };
+                let opts = fastapi::AppOptions {
+                    service: FASTAPI_SERVICE,
+                    sdk_otlp: None,
+                    timing_log: None,
+                };
+                let uvicorn = fastapi::start(python, port, &opts, &app_log)?;
+                let pid = uvicorn.pid();
+                let target = Target {
+                    url: format!("http://127.0.0.1:{port}/users/42"),
+                    port,
+                    service: FASTAPI_SERVICE,
+                    wrk_cpu,
+                };
+                (None, Some(uvicorn), pid, target)
+            }
+        };
+        if !args.no_pin {
+            pin_tree(pid, 0);
+        }
+        eprintln!("== {}: warm-up", app.name());
+        wrk::run(&target.url, args.threads, args.connections, 2, wrk_cpu)?;
+        let mut saturation = None;
+        for &load in &loads {
+            let sat = match saturation {
+                Some(rps) => rps,
+                None if load == 100 => 0.0,
+                None => {
+                    let r = wrk::run(&target.url, args.threads, args.connections, 5, wrk_cpu)?;
+                    r.rps
+                }
+            };
+            let case = measure_case(&agent_bin, &target, app, load, sat, args)?;
+            if load == 100 {
+                saturation = Some(case.rps_off);
+            }
+            cases.push(case);
+        }
+        let _ = std::fs::remove_file(&app_log);
+    }
+    report(args, &cases);
+    Ok(())
+}
+
+/// Alternating off/on rounds of one app at one load (`saturation` is the rate the paced loads
+/// are fractions of; unused at 100%).
+fn measure_case(
+    agent_bin: &std::path::Path,
+    target: &Target,
+    app: App,
+    load: u32,
+    saturation: f64,
+    args: &OverheadArgs,
+) -> Result<Case> {
+    let script = if load < 100 {
+        Some(PaceScript::new(args.pace_delay_ms)?)
+    } else {
+        None
+    };
+    let connections = match &script {
+        Some(s) => {
+            let want = saturation * f64::from(load) / 100.0;
+            pace::calibrate(&target.url, s, want, target.wrk_cpu)?.0
+        }
+        None => args.connections,
+    };
+    let threads = if script.is_some() { 1 } else { args.threads };
+    let run_wrk = || {
+        wrk::run_script(
+            &target.url,
+            threads,
+            connections,
+            args.seconds,
+            target.wrk_cpu,
+            script.as_ref().map(PaceScript::path),
+        )
+    };
     let mut off = Vec::new();
     let mut on = Vec::new();
+    let mut case = Case {
+        app: app.name(),
+        load_pct: load,
+        connections,
+        ..Case::default()
+    };
     for round in 0..args.rounds {
         let order = if round % 2 == 0 {
             [false, true]
@@ -77,117 +317,134 @@ pub fn run(args: &OverheadArgs) -> Result<()> {
             [true, false]
         };
         for agent_on in order {
-            if agent_on {
-                let r = on_round(&agent_bin, &url, args, wrk_cpu)?;
+            if !agent_on {
+                let r = run_wrk()?;
                 eprintln!(
-                    "round {round} on : {:.0} req/s, p99 {:.0} us, agent {:.3} s CPU",
-                    r.wrk.map_or(0.0, |w| w.rps),
-                    r.wrk.map_or(0.0, |w| w.p99_us),
-                    r.cpu_ns as f64 / 1e9
-                );
-                on.push(r);
-            } else {
-                let r = wrk::run(&url, args.threads, args.connections, args.seconds, wrk_cpu)?;
-                eprintln!(
-                    "round {round} off: {:.0} req/s, p99 {:.0} us",
-                    r.rps, r.p99_us
+                    "{} {load}% round {round} off: {:.0} req/s, p99 {:.0} us",
+                    app.name(),
+                    r.rps,
+                    r.p99_us
                 );
                 off.push(r);
+                continue;
             }
+            let agent = Agent::start_binary(agent_bin, &[])?;
+            std::thread::sleep(Duration::from_millis(500));
+            let before = agent.metrics()?;
+            let cpu0 = agent.cpu_ns();
+            let threads0 = agent.cpu_ns_by_thread();
+            let r = run_wrk()?;
+            // Let the agent drain what the round produced before reading its CPU time.
+            let want = target.served(&before) + r.requests;
+            agent.settle(want, Duration::from_secs(30), |m| target.served(m))?;
+            let cpu_ns = agent.cpu_ns().saturating_sub(cpu0);
+            let threads1 = agent.cpu_ns_by_thread();
+            let thread = |name: &str| {
+                let at =
+                    |m: &std::collections::BTreeMap<String, u64>| m.get(name).copied().unwrap_or(0);
+                at(&threads1).saturating_sub(at(&threads0))
+            };
+            case.events_cpu_ns += thread("apm-events");
+            case.profiler_cpu_ns += thread("apm-profiler");
+            let after = agent.metrics()?;
+            case.cpu_ns += cpu_ns;
+            case.requests_on += r.requests;
+            case.on_seconds += f64::from(args.seconds);
+            case.observed += target.observed(&after) - target.observed(&before);
+            case.lost +=
+                after.value("apm_events_lost_total") - before.value("apm_events_lost_total");
+            case.peak_rss = case.peak_rss.max(agent.peak_rss_bytes());
+            eprintln!(
+                "{} {load}% round {round} on : {:.0} req/s, p99 {:.0} us, agent {:.3} s CPU",
+                app.name(),
+                r.rps,
+                r.p99_us,
+                cpu_ns as f64 / 1e9
+            );
+            on.push(r);
         }
     }
+    let mid = |runs: &[wrk::WrkRun], f: fn(&wrk::WrkRun) -> f64| {
+        median(&runs.iter().map(f).collect::<Vec<_>>())
+    };
+    case.rps_off = mid(&off, |r| r.rps);
+    case.rps_on = mid(&on, |r| r.rps);
+    case.p50_off = mid(&off, |r| r.p50_us);
+    case.p50_on = mid(&on, |r| r.p50_us);
+    case.p99_off = mid(&off, |r| r.p99_us);
+    case.p99_on = mid(&on, |r| r.p99_us);
+    Ok(case)
+}
 
-    // Medians: one round disturbed by a noisy neighbour must not move the result.
-    let mid = |v: &[f64]| median(v);
-    let on_wrk: Vec<wrk::WrkRun> = on.iter().filter_map(|r| r.wrk).collect();
-    let rps_off = mid(&off.iter().map(|r| r.rps).collect::<Vec<_>>());
-    let rps_on = mid(&on_wrk.iter().map(|r| r.rps).collect::<Vec<_>>());
-    let p50_off = mid(&off.iter().map(|r| r.p50_us).collect::<Vec<_>>());
-    let p50_on = mid(&on_wrk.iter().map(|r| r.p50_us).collect::<Vec<_>>());
-    let p99_off = mid(&off.iter().map(|r| r.p99_us).collect::<Vec<_>>());
-    let p99_on = mid(&on_wrk.iter().map(|r| r.p99_us).collect::<Vec<_>>());
-    let requests_on: f64 = on_wrk.iter().map(|r| r.requests).sum();
-    let cpu_ns: u64 = on.iter().map(|r| r.cpu_ns).sum();
-    let observed: f64 = on.iter().map(|r| r.observed).sum();
-    let lost: f64 = on.iter().map(|r| r.lost).sum();
-    let peak_rss_mb = on.iter().map(|r| r.peak_rss).max().unwrap_or(0) as f64 / (1024.0 * 1024.0);
-    let cpu_us_per_request = cpu_ns as f64 / 1e3 / requests_on.max(1.0);
-    let cpu_us_per_exchange = cpu_ns as f64 / 1e3 / observed.max(1.0);
-    let agent_cpu_pct = cpu_ns as f64 / 1e9 / (f64::from(args.seconds) * on.len() as f64) * 100.0;
-
+fn report(args: &OverheadArgs, cases: &[Case]) {
     println!(
-        "\noverhead: nginx{} ({} worker, {} B file) under wrk -t{} -c{}, {} x {} s rounds per side; medians of rounds{}",
-        if args.tls { " over HTTPS" } else { "" },
-        args.workers,
-        args.file_bytes,
-        args.threads,
-        args.connections,
+        "\noverhead: {} x {} s rounds per side and case, medians of rounds; saturation: wrk -t{} -c{}; \
+         paced loads: wrk -t1 with a {} ms delay after each response{}{}",
         args.rounds,
         args.seconds,
+        args.threads,
+        args.connections,
+        args.pace_delay_ms,
+        if args.tls { "; nginx over HTTPS" } else { "" },
         if args.no_pin {
             ""
         } else {
-            "; nginx pinned to CPU 0, wrk to CPU 1"
+            "; server pinned to CPU 0, wrk to CPU 1"
         }
     );
     println!(
-        "{:<34} {:>14} {:>14} {:>10}",
-        "", "agent off", "agent on", "target"
+        "{:<14} {:>5} {:>9} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>6} {:>6} {:>6} {:>8}",
+        "case",
+        "conns",
+        "rps off",
+        "rps on",
+        "thr",
+        "p50",
+        "p99",
+        "us/req",
+        "us/exch",
+        "evt/req",
+        "cpu%",
+        "prof%",
+        "lost",
+        "RSS MB"
     );
-    println!("{:<34} {:>14.0} {:>14.0}", "requests/s", rps_off, rps_on);
+    for c in cases {
+        println!(
+            "{:<14} {:>5} {:>9.0} {:>9.0} {:>7.3} {:>7.2} {:>7.2} {:>8.2} {:>8.2} {:>8.2} {:>6.1} {:>6.1} {:>6.0} {:>8.1}",
+            format!("{} {}%", c.app, c.load_pct),
+            c.connections,
+            c.rps_off,
+            c.rps_on,
+            c.rps_on / c.rps_off,
+            c.p50_on / c.p50_off,
+            c.p99_on / c.p99_off,
+            c.cpu_us_per_request(),
+            c.cpu_us_per_exchange(),
+            c.events_cpu_us_per_request(),
+            c.cpu_pct(),
+            c.profiler_cpu_pct(),
+            c.lost,
+            c.peak_rss_mb()
+        );
+    }
     println!(
-        "{:<34} {:>14.1} {:>14.1}",
-        "p50 latency (us)", p50_off, p50_on
+        "targets: thr (throughput ratio on/off) >= 0.97; us/req (agent CPU per request) <= 2; \
+         lost 0; RSS (peak, VmHWM) <= 40 MB. p50/p99 are latency ratios on/off; us/exch is \
+         agent CPU per exchange observed (server side + client side); evt/req is the \
+         event path's thread alone per request; cpu% is the agent's CPU in % of one core, prof% \
+         the profiler thread's share of it."
     );
-    println!(
-        "{:<34} {:>14.1} {:>14.1}",
-        "p99 latency (us)", p99_off, p99_on
-    );
-    println!(
-        "{:<34} {:>29.3} {:>10}",
-        "throughput ratio (on/off)",
-        rps_on / rps_off,
-        ">= 0.97"
-    );
-    println!("{:<34} {:>29.3}", "p99 ratio (on/off)", p99_on / p99_off);
-    println!(
-        "{:<34} {:>29.2} {:>10}",
-        "agent CPU us per request", cpu_us_per_request, "<= 2"
-    );
-    println!(
-        "{:<34} {:>29.2}",
-        "agent CPU us per observed exchange", cpu_us_per_exchange
-    );
-    println!(
-        "{:<34} {:>29.1}",
-        "agent CPU (% of one core)", agent_cpu_pct
-    );
-    println!("{:<34} {:>29.0} {:>10}", "events lost", lost, "0");
-    println!(
-        "{:<34} {:>29.1} {:>10}",
-        "agent peak RSS (MB)", peak_rss_mb, "<= 40"
-    );
-    println!(
-        "{}",
-        serde_json::json!({
-            "bench": "overhead",
-            "tls": args.tls,
-            "throughput_ratio": rps_on / rps_off,
-            "p50_ratio": p50_on / p50_off,
-            "p99_ratio": p99_on / p99_off,
-            "agent_cpu_us_per_request": cpu_us_per_request,
-            "agent_cpu_us_per_observed_exchange": cpu_us_per_exchange,
-            "agent_cpu_pct": agent_cpu_pct,
-            "events_lost": lost,
-            "agent_peak_rss_mb": peak_rss_mb,
-            "rps_off": rps_off,
-            "rps_on": rps_on,
-            "rounds": args.rounds,
-            "seconds": args.seconds,
-            "connections": args.connections,
-        })
-    );
-    Ok(())
+    let mut json = serde_json::json!({
+        "bench": "overhead",
+        "tls": args.tls,
+        "rounds": args.rounds,
+        "seconds": args.seconds,
+    });
+    for c in cases {
+        json[format!("{}_{}pct", c.app, c.load_pct)] = c.json();
+    }
+    println!("{json}");
 }
 
 /// Median of a non-empty list (0 for an empty one).
@@ -211,38 +468,4 @@ pub(super) fn pin_tree(pid: u32, cpu: u32) {
             pin_tree(child, cpu);
         }
     }
-}
-
-fn on_round(
-    agent_bin: &std::path::Path,
-    url: &str,
-    args: &OverheadArgs,
-    wrk_cpu: Option<u32>,
-) -> Result<OnRound> {
-    let agent = Agent::start_binary(agent_bin, &[])?;
-    std::thread::sleep(Duration::from_millis(500));
-    let before = agent.metrics()?;
-    let route = "/bench.html";
-    let cpu0 = agent.cpu_ns();
-    let run = wrk::run(url, args.threads, args.connections, args.seconds, wrk_cpu)?;
-    // Let the agent drain what the round produced before reading its CPU time.
-    let served = |m: &tests::prom::Metrics| m.server_count("nginx", "GET", route, "200");
-    let want = served(&before) + run.requests;
-    agent.settle(want, Duration::from_secs(30), served)?;
-    let cpu1 = agent.cpu_ns();
-    let after = agent.metrics()?;
-    Ok(OnRound {
-        wrk: Some(run),
-        cpu_ns: cpu1.saturating_sub(cpu0),
-        observed: (served(&after) - served(&before))
-            + (after.sum(
-                "http_client_request_duration_seconds_count",
-                &[("http_route", route)],
-            ) - before.sum(
-                "http_client_request_duration_seconds_count",
-                &[("http_route", route)],
-            )),
-        lost: after.value("apm_events_lost_total") - before.value("apm_events_lost_total"),
-        peak_rss: agent.peak_rss_bytes(),
-    })
 }

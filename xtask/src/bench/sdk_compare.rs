@@ -12,8 +12,7 @@ use std::{
     fs::File,
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -21,33 +20,16 @@ use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use tests::{
     agent::Agent,
-    net::{free_port, wait_port},
+    net::free_port,
     otlp::{Receiver, hex, str_attr},
-    servers::Proc,
 };
 
+use super::fastapi;
 use crate::{prereq, util};
 
 /// Service name of the app, given to it through `OTEL_SERVICE_NAME`: the SDK's resource and
 /// the agent (which reads the variable from the process's environment) both use it.
 const SERVICE: &str = "sdk-compare-app";
-
-/// The Python side, pinned: versions that install together on Debian 12's Python 3.11
-/// (the instrumentation `0.Nb` line goes with SDK `1.(N-21)`).
-const PIP_PACKAGES: &[&str] = &[
-    "fastapi==0.165.0",
-    "starlette==1.10.0",
-    "uvicorn==0.54.0",
-    "h11==0.16.0",
-    "opentelemetry-api==1.45.2",
-    "opentelemetry-sdk==1.45.2",
-    "opentelemetry-exporter-otlp-proto-http==1.45.2",
-    "opentelemetry-instrumentation-fastapi==0.66b2",
-];
-
-/// What must import for the venv to count as ready.
-const IMPORT_CHECK: &str = "import fastapi, uvicorn, h11, opentelemetry.sdk.trace, \
-     opentelemetry.instrumentation.fastapi, opentelemetry.exporter.otlp.proto.http.trace_exporter";
 
 /// OTLP span kinds (`opentelemetry.proto.trace.v1.Span.SpanKind`).
 const KIND_INTERNAL: i32 = 1;
@@ -62,7 +44,7 @@ pub struct SdkCompareArgs {
     #[arg(long, default_value_t = 500)]
     requests: usize,
     /// Python venv with FastAPI, uvicorn and the OpenTelemetry SDK (created when missing).
-    #[arg(long, default_value = "/var/lib/apm-agent-bench/venv")]
+    #[arg(long, default_value = fastapi::DEFAULT_VENV)]
     venv: PathBuf,
     /// Longest wait, in seconds, for both receivers after the last request (the SDK's batch
     /// processor exports every 5 s; the agent holds spans 1 s).
@@ -142,7 +124,7 @@ pub fn run(args: &SdkCompareArgs) -> Result<()> {
         bail!("--requests must be at least 1");
     }
     prereq::ensure(prereq::Scope::Build)?;
-    let python = ensure_venv(&args.venv)?;
+    let python = fastapi::ensure_venv(&args.venv)?;
     let agent_bin = util::build_release_agent()?;
 
     // Two receivers so that neither side's spans can be mistaken for the other's.
@@ -159,7 +141,16 @@ pub fn run(args: &SdkCompareArgs) -> Result<()> {
 
     let port = free_port();
     let log = std::env::temp_dir().join(tests::unique("sdk-compare-uvicorn"));
-    let app = start_app(&python, port, &sdk_rx.endpoint(), &log)?;
+    let app = fastapi::start(
+        &python,
+        port,
+        &fastapi::AppOptions {
+            service: SERVICE,
+            sdk_otlp: Some(&sdk_rx.endpoint()),
+            timing_log: None,
+        },
+        &log,
+    )?;
     eprintln!("uvicorn + FastAPI (SDK-instrumented) on 127.0.0.1:{port}");
 
     let t0 = Instant::now();
@@ -223,47 +214,6 @@ pub fn run(args: &SdkCompareArgs) -> Result<()> {
         bail!("no span pairs: nothing to compare");
     }
     Ok(())
-}
-
-/// The bench's venv: Debian's `python3-venv`, then [`PIP_PACKAGES`].
-fn ensure_venv(venv: &Path) -> Result<PathBuf> {
-    prereq::ensure_debian(&["python3-venv"])?;
-    crate::venv::ensure(venv, PIP_PACKAGES, IMPORT_CHECK)
-}
-
-/// uvicorn serving `tests/servers/fastapi_app.py`: one worker (one process to observe), the
-/// pure-Python h11 HTTP/1.1 parser, no reload; SDK spans go to `otlp`.
-fn start_app(python: &Path, port: u16, otlp: &str, log: &Path) -> Result<Proc> {
-    let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    let err = out.try_clone()?;
-    let child = Command::new(python)
-        .args(["-m", "uvicorn", "fastapi_app:app", "--app-dir"])
-        .arg(tests::servers_dir())
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--workers", "1", "--http", "h11", "--loop", "asyncio"])
-        .args(["--no-access-log", "--log-level", "warning"])
-        .env("OTEL_SERVICE_NAME", SERVICE)
-        .env("SDK_COMPARE_OTLP_TRACES", format!("{otlp}/v1/traces"))
-        // Nothing from the caller's environment may re-route or re-sample the SDK.
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        .env_remove("OTEL_TRACES_SAMPLER")
-        .env_remove("OTEL_TRACES_SAMPLER_ARG")
-        .env_remove("OTEL_RESOURCE_ATTRIBUTES")
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out))
-        .stderr(Stdio::from(err))
-        .spawn()
-        .with_context(|| format!("starting {} -m uvicorn", python.display()))?;
-    let proc = Proc::new(child);
-    if let Err(e) = wait_port(port, Duration::from_secs(30)) {
-        drop(proc);
-        bail!(
-            "uvicorn did not listen: {e:#}\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-    }
-    Ok(proc)
 }
 
 /// The request mix: half `/users/{id}` with varying ids, 30 % `/items/{id}/detail`, 10 %
