@@ -72,6 +72,11 @@ pub struct OverheadArgs {
     /// Python venv with FastAPI and uvicorn (created when missing).
     #[arg(long, default_value = fastapi::DEFAULT_VENV)]
     venv: PathBuf,
+    /// Extra arguments for the agent, split at whitespace: e.g. `--agent-args "--exclude
+    /// exe=wrk"` leaves the load generator untraced, as on a server whose clients run
+    /// elsewhere.
+    #[arg(long, allow_hyphen_values = true, default_value = "")]
+    agent_args: String,
     /// Do not pin the server to CPU 0 and wrk to CPU 1 (pinning makes rounds comparable:
     /// unpinned, the two sometimes share a core).
     #[arg(long)]
@@ -328,7 +333,8 @@ fn measure_case(
                 off.push(r);
                 continue;
             }
-            let agent = Agent::start_binary(agent_bin, &[])?;
+            let extra: Vec<&str> = args.agent_args.split_whitespace().collect();
+            let agent = Agent::start_binary(agent_bin, &extra)?;
             std::thread::sleep(Duration::from_millis(500));
             let before = agent.metrics()?;
             let cpu0 = agent.cpu_ns();
@@ -379,13 +385,18 @@ fn measure_case(
 fn report(args: &OverheadArgs, cases: &[Case]) {
     println!(
         "\noverhead: {} x {} s rounds per side and case, medians of rounds; saturation: wrk -t{} -c{}; \
-         paced loads: wrk -t1 with a {} ms delay after each response{}{}",
+         paced loads: wrk -t1 with a {} ms delay after each response{}{}{}",
         args.rounds,
         args.seconds,
         args.threads,
         args.connections,
         args.pace_delay_ms,
         if args.tls { "; nginx over HTTPS" } else { "" },
+        if args.agent_args.is_empty() {
+            String::new()
+        } else {
+            format!("; agent arguments: {}", args.agent_args)
+        },
         if args.no_pin {
             ""
         } else {
@@ -438,6 +449,7 @@ fn report(args: &OverheadArgs, cases: &[Case]) {
     let mut json = serde_json::json!({
         "bench": "overhead",
         "tls": args.tls,
+        "agent_args": args.agent_args,
         "rounds": args.rounds,
         "seconds": args.seconds,
     });
