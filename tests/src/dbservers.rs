@@ -287,7 +287,8 @@ impl Drop for Postgres {
 }
 
 /// MariaDB (`mariadbd` as the `mysql` user), without grant tables (any user, no password),
-/// TCP on 127.0.0.1 only, every command in the general log `dir/general.log`.
+/// TCP on 127.0.0.1 only, every command in the general log `dir/general.log` (unless started
+/// without it).
 pub struct MariaDb {
     pub proc: Proc,
     pub port: u16,
@@ -297,6 +298,12 @@ pub struct MariaDb {
 
 impl MariaDb {
     pub fn start(service: &str) -> Result<Self> {
+        Self::start_with(service, true)
+    }
+
+    /// [`MariaDb::start`], with or without the general log (benchmarks: the log adds a file
+    /// write to every statement, work the server would not do in production).
+    pub fn start_with(service: &str, general_log: bool) -> Result<Self> {
         let user = system_user("mysql")?;
         let dir = owned_temp_dir("mariadb", user)?;
         let data = dir.join("data");
@@ -323,7 +330,7 @@ impl MariaDb {
                     "--innodb-buffer-pool-size=32M",
                     "--innodb-flush-log-at-trx-commit=0",
                 ])
-                .arg("--general-log=1")
+                .arg(format!("--general-log={}", u8::from(general_log)))
                 .arg(format!(
                     "--general-log-file={}",
                     dir.join("general.log").display()
@@ -458,7 +465,7 @@ impl Drop for Redis {
     }
 }
 
-/// memcached, TCP only.
+/// memcached, TCP only, 64 MB of item memory unless started with more.
 pub struct Memcached {
     pub proc: Proc,
     pub port: u16,
@@ -468,12 +475,18 @@ pub struct Memcached {
 
 impl Memcached {
     pub fn start(service: &str) -> Result<Self> {
+        Self::start_with(service, 64)
+    }
+
+    /// [`Memcached::start`] with `memory_mb` of item memory (benchmarks: room for every key,
+    /// so that no get misses for an eviction).
+    pub fn start_with(service: &str, memory_mb: u32) -> Result<Self> {
         let dir = temp_dir("memcached")?;
         let port = net::free_port();
         let mut proc = spawn(
             Command::new("memcached")
                 .args(["-p", &port.to_string(), "-l", "127.0.0.1", "-U", "0"])
-                .args(["-u", "root", "-t", "2", "-m", "64"])
+                .args(["-u", "root", "-t", "2", "-m", &memory_mb.to_string()])
                 .env("OTEL_SERVICE_NAME", service),
             &dir,
         )?;

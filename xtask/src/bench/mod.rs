@@ -26,8 +26,8 @@ enum Bench {
     /// nginx serving a small file and a FastAPI app under wrk, at saturation and at 50% of it,
     /// agent off/on in alternating rounds.
     Overhead(overhead::OverheadArgs),
-    /// pgbench -S and redis-benchmark against real servers, agent off/on in alternating
-    /// rounds: throughput ratio and agent CPU per database operation.
+    /// pgbench -S, redis-benchmark, mariadb-slap and memcslap against real servers, agent
+    /// off/on in alternating rounds: throughput ratio and agent CPU per database operation.
     Db(db::DbArgs),
     /// The agent's memory (RssAnon, VmHWM) under 10^5 distinct URL paths, 10^4 connections
     /// held open, and heavy process churn, with its budgets and overflow counters.
