@@ -15,7 +15,8 @@
 //! ctl bit 0   1: the observed process read the bytes (ingress), 0: it wrote them (egress)
 //! ctl bit 1   the connection was idle before this segment (the parser's idle timeout)
 //! ctl bit 2   `extra` follows: bytes the syscall moved past the captured `data`
-//! ctl bit 3   unused
+//! ctl bit 3   records of the connection were lost before this segment (the parser's
+//!             `on_gap`, as the pipeline calls it on a jump in the kernel's record numbers)
 //! ctl 4..7    k != 0: the data is fed as k-byte segments (split points), the last one
 //!             carrying `extra`
 //! ```
@@ -49,6 +50,7 @@ const DETECT_ATTEMPTS: u8 = 4;
 pub struct Step<'a> {
     pub direction: Direction,
     pub idle_before: bool,
+    pub gap_before: bool,
     pub data: &'a [u8],
     pub total_len: u64,
 }
@@ -85,6 +87,7 @@ pub fn steps(mut input: &[u8]) -> Vec<Step<'_>> {
             out.push(Step {
                 direction,
                 idle_before: ctl & 2 != 0 && i == 0,
+                gap_before: ctl & 8 != 0 && i == 0,
                 data: piece,
                 total_len,
             });
@@ -189,6 +192,11 @@ fn as_the_agent_does(steps: &[Step<'_>]) -> usize {
                 p.on_idle(&mut out);
                 n += check(p.protocol(), None, &mut out, &stats, &stats);
             }
+            if step.gap_before {
+                let before = stats;
+                p.on_gap(&mut stats);
+                n += check(p.protocol(), None, &mut out, &before, &stats);
+            }
             let before = stats;
             p.on_segment(&seg, &mut out, &mut stats);
             n += check(p.protocol(), None, &mut out, &before, &stats);
@@ -199,6 +207,10 @@ fn as_the_agent_does(steps: &[Step<'_>]) -> usize {
                 return n;
             }
             continue;
+        }
+        if step.gap_before {
+            // As the pipeline: undecided bytes are not joined across lost ones.
+            prefix = None;
         }
         let joined = match prefix.take() {
             Some((d, mut bytes, ts_ns)) if d == seg.direction => {
@@ -258,6 +270,9 @@ fn straight(mut parser: Parser, side: Side, steps: &[Step<'_>]) -> usize {
         let before = stats;
         if step.idle_before {
             parser.on_idle(&mut out);
+        }
+        if step.gap_before {
+            parser.on_gap(&mut stats);
         }
         parser.on_segment(&seg, &mut out, &mut stats);
         n += check(protocol, Some(side), &mut out, &before, &stats);

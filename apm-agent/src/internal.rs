@@ -13,6 +13,8 @@ pub struct ProtocolCounters {
     pub incomplete: AtomicU64,
     pub unmatched_responses: AtomicU64,
     pub pipeline_overflow: AtomicU64,
+    /// Connections reset after their records were lost.
+    pub resyncs: AtomicU64,
     pub requests: AtomicU64,
     /// Requests whose response end was inferred (framing lost or unknowable).
     pub end_inferred: AtomicU64,
@@ -31,6 +33,7 @@ impl ProtocolCounters {
             .fetch_add(s.unmatched_responses, Relaxed);
         self.pipeline_overflow
             .fetch_add(s.pipeline_overflow, Relaxed);
+        self.resyncs.fetch_add(s.resyncs, Relaxed);
     }
 }
 
@@ -282,8 +285,13 @@ impl Internal {
             ),
             (
                 "apm_exchanges_incomplete_total",
-                "Requests that never got a complete response (closed mid-exchange).",
+                "Requests that never got a complete response (closed mid-exchange, or in flight when records of their connection were lost).",
                 |c| &c.incomplete,
+            ),
+            (
+                "apm_connection_resyncs_total",
+                "Times a connection's parser was reset because some of its records were lost (ring buffer full): in-flight exchanges dropped, parsing resumed at the next message start.",
+                |c| &c.resyncs,
             ),
             (
                 "apm_responses_unmatched_total",

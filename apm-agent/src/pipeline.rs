@@ -9,7 +9,7 @@ use std::{net::SocketAddr, sync::atomic::Ordering::Relaxed};
 use apm_common::{ConnEvent, ProcEvent, SockKey, role};
 
 use crate::{
-    conn::{ConnState, ConnTable, Connection, Endpoints, Prefix, peer_addr},
+    conn::{ConnState, ConnTable, Connection, Endpoints, HeldRecord, Prefix, peer_addr},
     discovery::{
         inventory::Inventory, processes::Processes, selection::Selection, selectors::Selectors,
         service_name,
@@ -36,6 +36,10 @@ use crate::{
 
 /// Undecided first bytes kept for joining with the next segment, at most.
 const MAX_DETECT_PREFIX: usize = 512;
+/// Connections that may hold a record back at once (each at most one, of at most
+/// `MAX_CAPTURE` bytes, until the end of the batch; see `Connection::admit`). Beyond, a
+/// record after a one-record gap resets its connection at once, as a wider gap does.
+const MAX_HELD: usize = 256;
 
 /// Settings of the pipeline.
 #[derive(Debug, Clone)]
@@ -101,6 +105,8 @@ pub struct Pipeline {
     bytes_captured: u64,
     ops: KernelOps,
     sinks: Sinks,
+    /// Connections holding a record back, released at the end of the batch at the latest.
+    holding: Vec<SockKey>,
 }
 
 impl Pipeline {
@@ -129,6 +135,7 @@ impl Pipeline {
             events: [0; KIND_NAMES.len()],
             bytes_captured: 0,
             ops: KernelOps::default(),
+            holding: Vec::new(),
         }
     }
 
@@ -138,7 +145,7 @@ impl Pipeline {
         match event {
             Event::Data(d) => self.on_data(&d, red, internal),
             Event::ConnOpen(c) => self.on_open(&c, red, internal),
-            Event::ConnClose(c) => self.on_close(&c, red),
+            Event::ConnClose(c) => self.on_close(&c, red, internal),
             // The pid now runs another program: forget its old name and verdict; name it
             // now, while /proc surely has it (a short-lived client may be gone by the time
             // its first request is parsed), as long as the per-second naming budget lasts
@@ -154,7 +161,7 @@ impl Pipeline {
                         .decide_at_exec(&mut self.procs, p.tgid, &p.comm);
                 }
             }
-            Event::ProcExit(p) => self.on_exit(&p, red),
+            Event::ProcExit(p) => self.on_exit(&p, red, internal),
             Event::ProcExecMap(p) => {
                 // A process start maps several libraries: one look per process and batch.
                 if !self.ops.tls_scan.contains(&p.tgid) {
@@ -185,10 +192,75 @@ impl Pipeline {
         }
     }
 
+    /// A data record: put in order with its connection's others by its number (see
+    /// `Connection::admit`), then fed.
     fn on_data(&mut self, d: &DataEvent<'_>, red: &mut Red, internal: &Internal) {
         let h = &d.header;
-        let now = h.ts_ns;
         self.bytes_captured += d.payload.len() as u64;
+        let conn = match self
+            .conns
+            .get_or_insert_with(h.tgid, h.fd, || Connection::new(0, None, [0; 16], h.ts_ns))
+        {
+            Ok(conn) => conn,
+            Err(_) => {
+                internal.connections_overflow.fetch_add(1, Relaxed);
+                self.ops.mute.push((key(h.tgid, h.fd), 0));
+                return;
+            }
+        };
+        let admission = conn.admit(h.seq, self.holding.len() < MAX_HELD);
+        if admission.hold {
+            conn.held = Some(HeldRecord::new(d));
+            if admission.release.is_none() {
+                self.holding.push(key(h.tgid, h.fd));
+            }
+        }
+        if let Some(held) = admission.release {
+            self.reset(h.tgid, h.fd);
+            self.feed(&held.event(), red, internal);
+        }
+        if admission.reset {
+            self.reset(h.tgid, h.fd);
+        }
+        if !admission.hold && !admission.skip {
+            self.feed(d, red, internal);
+        }
+        if let Some(held) = admission.then {
+            self.feed(&held.event(), red, internal);
+        }
+    }
+
+    /// Records of a connection were lost (see `Connection::records_lost`).
+    fn reset(&mut self, tgid: u32, fd: u32) {
+        if let Some(conn) = self.conns.get_mut(tgid, fd) {
+            conn.records_lost(&mut self.stats);
+        }
+    }
+
+    /// Feeds the record a connection holds back, if any: the record before it was lost.
+    fn release_held(&mut self, tgid: u32, fd: u32, red: &mut Red, internal: &Internal) {
+        let Some(held) = self.conns.get_mut(tgid, fd).and_then(|c| c.held.take()) else {
+            return;
+        };
+        self.reset(tgid, fd);
+        self.feed(&held.event(), red, internal);
+    }
+
+    /// The batch of ring-buffer records is consumed: a record still held back will not see
+    /// the one before it any more (the two could only have been swapped within moments).
+    pub fn end_batch(&mut self, red: &mut Red, internal: &Internal) {
+        let mut holding = std::mem::take(&mut self.holding);
+        for k in holding.drain(..) {
+            self.release_held(k.tgid, k.fd, red, internal);
+        }
+        // Keep the allocation for the next batch.
+        self.holding = holding;
+    }
+
+    /// Feeds one data record, in order, to its connection: detection, then its parser.
+    fn feed(&mut self, d: &DataEvent<'_>, red: &mut Red, internal: &Internal) {
+        let h = &d.header;
+        let now = h.ts_ns;
         let conn = match self
             .conns
             .get_or_insert_with(h.tgid, h.fd, || Connection::new(0, None, [0; 16], now))
@@ -275,10 +347,10 @@ impl Pipeline {
                             }));
                         }
                         // A connection seen from its open is decided on its first bytes; one
-                        // first seen mid-stream (opened before the agent started: id 0) may
-                        // start inside a message, so it gets a few segments to show a message
-                        // start.
-                        let allowed = if conn.id == 0 {
+                        // first seen mid-stream (opened before the agent started: id 0, or its
+                        // first records lost) may start inside a message, so it gets a few
+                        // segments to show a message start.
+                        let allowed = if conn.id == 0 || !conn.whole {
                             self.cfg.detect_attempts
                         } else {
                             1
@@ -339,6 +411,7 @@ impl Pipeline {
             // bytes already on their way are dropped without another decision.
             let mut conn = Connection::new(c.id, None, c.comm, c.ts_ns);
             conn.state = ConnState::Ignored;
+            self.release_held(c.tgid, c.fd, red, internal);
             if let Ok(Some(old)) = self.conns.open(c.tgid, c.fd, conn) {
                 self.finish(c.tgid, c.fd, old, c.ts_ns, red);
             }
@@ -356,6 +429,7 @@ impl Pipeline {
         // over before they carry data (pre-fork servers, PostgreSQL backends), so its
         // exchanges can be numbered like the other end's.
         conn.whole = conn.whole || c.role == role::UNKNOWN;
+        self.release_held(c.tgid, c.fd, red, internal);
         match self.conns.open(c.tgid, c.fd, conn) {
             Ok(None) => {}
             // The fd was reused and its close was missed: finish the old connection first.
@@ -367,13 +441,18 @@ impl Pipeline {
         }
     }
 
-    fn on_close(&mut self, c: &ConnEvent, red: &mut Red) {
+    fn on_close(&mut self, c: &ConnEvent, red: &mut Red, internal: &Internal) {
+        self.release_held(c.tgid, c.fd, red, internal);
         if let Some(conn) = self.conns.remove(c.tgid, c.fd) {
             self.finish(c.tgid, c.fd, conn, c.ts_ns, red);
         }
     }
 
-    fn on_exit(&mut self, p: &ProcEvent, red: &mut Red) {
+    fn on_exit(&mut self, p: &ProcEvent, red: &mut Red, internal: &Internal) {
+        while let Some(i) = self.holding.iter().position(|k| k.tgid == p.tgid) {
+            let k = self.holding.swap_remove(i);
+            self.release_held(k.tgid, k.fd, red, internal);
+        }
         // The kernel closes an exiting process's fds without close(): forget them here.
         for (fd, conn) in self.conns.remove_process(p.tgid) {
             self.ops.forget.push(key(p.tgid, fd));
@@ -433,7 +512,7 @@ impl Pipeline {
 
     /// Drops processes that vanished without an exit event (lost events), with their
     /// connections. Returns their pids so the caller can clean the kernel table too.
-    pub fn sweep_dead(&mut self, red: &mut Red) -> Vec<u32> {
+    pub fn sweep_dead(&mut self, red: &mut Red, internal: &Internal) -> Vec<u32> {
         let mut dead: Vec<u32> = self
             .conns
             .processes()
@@ -450,6 +529,7 @@ impl Pipeline {
                     ..ProcEvent::default()
                 },
                 red,
+                internal,
             );
         }
         dead
@@ -712,3 +792,6 @@ fn n_plus_one(
         ));
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -174,6 +174,13 @@ pub struct SockInfo {
     /// `ts_ns` of its [`ConnEvent`]). The agent mutes a socket only when the id still matches,
     /// so a muting decision can never hit a newer connection that reused the fd.
     pub id: u64,
+    /// Data records the kernel tried to emit for this socket so far, counted before each ring
+    /// output (atomically: two threads may use one socket). A record lost to a full ring
+    /// buffer still took its number, so the agent sees a gap in [`DataEventHeader::seq`]
+    /// (see [`record_seq`]) and knows that this connection, not just some connection, lost
+    /// bytes. Starts at 0 in every new entry; flag changes are made in place so that they
+    /// never reset it.
+    pub records: u64,
 }
 
 /// Header of a [`kind::DATA`] record; `captured_len` payload bytes follow it.
@@ -194,7 +201,23 @@ pub struct DataEventHeader {
     pub total_len: u64,
     /// Payload bytes that follow this header.
     pub captured_len: u32,
-    pub _pad: u32,
+    /// Number of this record among its socket's data records ([`record_seq`] of
+    /// [`SockInfo::records`]): 1, 2, ... wrapping from `u32::MAX` back to 1; never 0, which
+    /// the agent reads as "not numbered". A jump forward tells the agent that records of this
+    /// connection were lost; a step back is only reordering between CPUs.
+    pub seq: u32,
+}
+
+/// How many distinct record numbers [`DataEventHeader::seq`] takes (`1..=u32::MAX`): 0 is
+/// kept for "unknown", so the numbers wrap modulo this, not modulo 2^32.
+pub const SEQ_PERIOD: u64 = u32::MAX as u64;
+
+/// The [`DataEventHeader::seq`] of the record that found `count` records already counted in
+/// [`SockInfo::records`]: `count + 1`, wrapped into `1..=u32::MAX`. One definition for the
+/// kernel, which numbers records, and the agent, which measures the distance between them.
+#[inline(always)]
+pub const fn record_seq(count: u64) -> u32 {
+    (count % SEQ_PERIOD) as u32 + 1
 }
 
 /// The per-CPU scratch area where a data record is assembled before it is copied, trimmed to
@@ -300,7 +323,7 @@ pub struct ProcEvent {
 }
 
 const _: () = assert!(core::mem::size_of::<SockKey>() == 8);
-const _: () = assert!(core::mem::size_of::<SockInfo>() == 16);
+const _: () = assert!(core::mem::size_of::<SockInfo>() == 24);
 const _: () = assert!(core::mem::size_of::<DataEventHeader>() == 48);
 const _: () = assert!(core::mem::size_of::<DataEventScratch>() == 48 + SCRATCH_PAYLOAD);
 const _: () = assert!(core::mem::size_of::<ConnEvent>() == 80);

@@ -5,12 +5,14 @@
 //! buffer, not `MAX_CAPTURE`.
 use core::ffi::c_void;
 
-use apm_common::{DataEventHeader, DataEventScratch, MAX_CAPTURE, MAX_IOV, kind, stat};
+use apm_common::{
+    DataEventHeader, DataEventScratch, MAX_CAPTURE, MAX_IOV, SockInfo, kind, record_seq, stat,
+};
 use aya_ebpf::helpers::{
     bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_probe_read_user as raw_read_user,
 };
 
-use crate::maps::{CAPTURE_BYTES, EVENTS, SCRATCH, bump, wakeup_flags};
+use crate::maps::{CAPTURE_BYTES, EVENTS, SCRATCH, atomic_fetch_inc, bump, wakeup_flags};
 
 const HEADER_LEN: usize = core::mem::size_of::<DataEventHeader>();
 const MASK: u64 = (MAX_CAPTURE as u64) - 1;
@@ -41,6 +43,9 @@ pub(crate) struct Moved {
     pub direction: u32,
     pub total: u64,
     pub buffer: Buffer,
+    /// The socket's entry in `SOCKETS` (from a successful lookup): its record counter
+    /// numbers the record.
+    pub sock: *mut SockInfo,
 }
 
 /// Emits one data record.
@@ -64,6 +69,11 @@ pub(crate) fn emit_data(m: &Moved) {
         Buffer::Vectored { iov, count } => gather_iovecs(scratch, iov, count, want),
     };
 
+    // Numbered after the copy, right before the output: a record lost to a full ring buffer
+    // leaves a gap in its socket's numbers, and the short window keeps two threads writing
+    // one socket from reaching the ring in the other order.
+    // SAFETY: `m.sock` points into a SOCKETS value (see `Moved::sock`).
+    let seq = record_seq(atomic_fetch_inc(unsafe { &raw mut (*m.sock).records }));
     scratch.header = DataEventHeader {
         kind: kind::DATA,
         direction: m.direction,
@@ -75,7 +85,7 @@ pub(crate) fn emit_data(m: &Moved) {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         total_len: m.total,
         captured_len: copied as u32,
-        _pad: 0,
+        seq,
     };
 
     let mut len = copied;

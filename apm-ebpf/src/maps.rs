@@ -86,6 +86,22 @@ pub(crate) fn atomic_add(counter: *mut u64, v: u64) {
     }
 }
 
+/// Atomic `*counter += 1`, returning the value before (the BPF atomic fetch-add instruction,
+/// kernel 5.12+): numbers the data records of a socket that several threads may use at once.
+#[inline(always)]
+pub(crate) fn atomic_fetch_inc(counter: *mut u64) -> u64 {
+    let mut v: u64 = 1;
+    // SAFETY: callers pass a pointer into a map value from a successful lookup.
+    unsafe {
+        core::arch::asm!(
+            "{v} = atomic_fetch_add((u64 *)({p} + 0), {v})",
+            p = in(reg) counter,
+            v = inout(reg) v,
+        );
+    }
+    v
+}
+
 /// Ring-buffer flags for the next record: force a wakeup only when a batch has built up.
 #[inline(always)]
 pub(crate) fn wakeup_flags() -> u64 {

@@ -167,25 +167,25 @@ fn on_data(regs: *const pt_regs, ret: i64, sc: u32, dir: u32, layout: Layout) {
         return;
     }
     let fd = a.a0 as u32;
-    // SAFETY: the value is copied out immediately.
-    let info = match unsafe { SOCKETS.get(SockKey { tgid, fd }) } {
-        Some(info) => *info,
+    let key = SockKey { tgid, fd };
+    // A pointer into the entry, not a copy: flags are set and records counted in place.
+    let sock = match SOCKETS.get_ptr_mut(key) {
+        Some(sock) => sock,
         None => match adopt(tgid, fd) {
-            Some(info) => info,
+            Some(sock) => sock,
             None => return,
         },
     };
+    // SAFETY: a value of a successful lookup, copied out.
+    let info = unsafe { *sock };
     if info.flags & sock_flags::MUTED != 0 {
         return;
     }
-    let key = SockKey { tgid, fd };
-    let info = if info.flags & sock_flags::TUPLE_DONE == 0 {
-        send_tuple(key, info)
-    } else {
-        info
-    };
+    if info.flags & sock_flags::TUPLE_DONE == 0 {
+        send_tuple(key, sock, info);
+    }
     // TLS records: the plaintext comes from the OpenSSL uprobes (see tls.rs).
-    if info.flags & sock_flags::TLS != 0 || tls::claim_socket(tgid, fd, key, info) {
+    if info.flags & sock_flags::TLS != 0 || tls::claim_socket(tgid, fd, sock, info) {
         return;
     }
     let buffer = match layout {
@@ -215,6 +215,7 @@ fn on_data(regs: *const pt_regs, ret: i64, sc: u32, dir: u32, layout: Layout) {
         direction: dir,
         total: ret as u64,
         buffer,
+        sock,
     });
 }
 
@@ -242,9 +243,9 @@ fn peeked(regs: *const pt_regs, sc: u32, a: &Args) -> bool {
 /// syscall entered, which cleared the note), the fd is a socket this process got without
 /// accept/connect: inherited across `fork` (PostgreSQL backends, pre-fork servers),
 /// duplicated, or passed over a unix socket. It is adopted like a connection found at
-/// start-up: id 0, role unknown, side inferred from the traffic.
+/// start-up: id 0, role unknown, side inferred from the traffic. Returns its new entry.
 #[inline(always)]
-fn adopt(tgid: u32, fd: u32) -> Option<SockInfo> {
+fn adopt(tgid: u32, fd: u32) -> Option<*mut SockInfo> {
     let slot = LAST_SOCK.get(0).copied()?;
     if slot.pid_tgid != bpf_get_current_pid_tgid() || slot.sk == 0 {
         return None;
@@ -267,6 +268,7 @@ fn adopt(tgid: u32, fd: u32) -> Option<SockInfo> {
         role: role::UNKNOWN,
         flags: 0,
         id: 0,
+        records: 0,
     };
     if SOCKETS
         .insert(SockKey { tgid, fd }, info, BPF_NOEXIST as u64)
@@ -293,7 +295,7 @@ fn adopt(tgid: u32, fd: u32) -> Option<SockInfo> {
         addr: [0; 16],
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     });
-    Some(info)
+    SOCKETS.get_ptr_mut(SockKey { tgid, fd })
 }
 
 /// Peer address of a `struct sockaddr` in user memory: (family, port, address bytes).
@@ -367,6 +369,7 @@ fn track(tgid: u32, tid: u32, fd: u32, sock_role: u32, peer: Option<(u16, u16, [
         role: sock_role,
         flags: 0,
         id: now,
+        records: 0,
     };
     if SOCKETS
         .insert(SockKey { tgid, fd }, info, BPF_ANY as u64)
@@ -503,15 +506,15 @@ const SKC_DPORT: u64 = 12;
 const SKC_NUM: u64 = 14;
 const SKC_FAMILY: u64 = 16;
 
-/// First data on a tracked socket: send its endpoints, once. Returns the socket's entry as
-/// it is now in the table.
+/// First data on a tracked socket: send its endpoints, once, and mark the entry (`sock`,
+/// `info` its value) done.
 #[inline(always)]
-fn send_tuple(key: SockKey, info: SockInfo) -> SockInfo {
+fn send_tuple(key: SockKey, sock: *mut SockInfo, info: SockInfo) {
     let Some(slot) = LAST_SOCK.get(0).copied() else {
-        return info;
+        return;
     };
     if slot.pid_tgid != bpf_get_current_pid_tgid() || slot.sk == 0 {
-        return info;
+        return;
     }
     let sk = slot.sk;
     // SAFETY: kernel reads through the checked helper; a stale pointer only yields garbage
@@ -519,14 +522,10 @@ fn send_tuple(key: SockKey, info: SockInfo) -> SockInfo {
     let read_u16 = |off: u64| unsafe { bpf_probe_read_kernel((sk + off) as *const u16) }.ok();
     // SAFETY: as above.
     let read_u32 = |off: u64| unsafe { bpf_probe_read_kernel((sk + off) as *const u32) }.ok();
-    let done = SockInfo {
-        flags: info.flags | sock_flags::TUPLE_DONE,
-        ..info
-    };
     if read_u16(SKC_FAMILY) != Some(AF_INET) {
         // Only IPv4 endpoints are read; do not try again for this socket.
-        let _ = SOCKETS.insert(key, done, BPF_ANY as u64);
-        return done;
+        set_flags(sock, sock_flags::TUPLE_DONE);
+        return;
     }
     let (Some(remote_addr), Some(local_addr), Some(dport), Some(num)) = (
         read_u32(SKC_DADDR),
@@ -534,9 +533,9 @@ fn send_tuple(key: SockKey, info: SockInfo) -> SockInfo {
         read_u16(SKC_DPORT),
         read_u16(SKC_NUM),
     ) else {
-        return info;
+        return;
     };
-    let _ = SOCKETS.insert(key, done, BPF_ANY as u64);
+    set_flags(sock, sock_flags::TUPLE_DONE);
     output(&TupleEvent {
         kind: kind::CONN_TUPLE,
         tgid: key.tgid,
@@ -548,7 +547,17 @@ fn send_tuple(key: SockKey, info: SockInfo) -> SockInfo {
         _pad: 0,
         id: info.id,
     });
-    done
+}
+
+/// Sets bits of a socket entry's flags in place. Not `SOCKETS.insert` of a modified copy:
+/// that would replace the entry, and with it reset [`SockInfo::records`] to the copy's count
+/// (losing what other CPUs counted meanwhile) or bring back an entry that a concurrent close
+/// just removed.
+#[inline(always)]
+pub(crate) fn set_flags(sock: *mut SockInfo, bits: u32) {
+    // SAFETY: a value of a successful SOCKETS lookup. Two CPUs setting different bits at the
+    // same instant may lose one, which only costs a repeated tuple event or TLS claim.
+    unsafe { (*sock).flags |= bits };
 }
 
 // ---- library loads ------------------------------------------------------------------------

@@ -24,6 +24,7 @@ use aya_ebpf::{
 use crate::{
     capture::{Buffer, Moved, emit_data},
     maps::{AGENT_TGID, SOCKETS, bump},
+    sockets::set_flags,
 };
 
 /// OpenSSL calls in progress, by thread (`pid_tgid`): one at a time per thread. Least
@@ -108,7 +109,7 @@ fn enter(ctx: &ProbeContext, op: u32) {
 /// marked TLS yet: when this thread is inside an OpenSSL call, the socket is that call's.
 /// Returns true when the syscall's bytes are TLS records (not to be copied).
 #[inline(always)]
-pub(crate) fn claim_socket(tgid: u32, fd: u32, key: SockKey, info: SockInfo) -> bool {
+pub(crate) fn claim_socket(tgid: u32, fd: u32, sock: *mut SockInfo, info: SockInfo) -> bool {
     let id = bpf_get_current_pid_tgid();
     let Some(call) = SSL_CALLS.get_ptr_mut(id) else {
         return false;
@@ -119,18 +120,15 @@ pub(crate) fn claim_socket(tgid: u32, fd: u32, key: SockKey, info: SockInfo) -> 
         (*call).ssl
     };
     let _ = SSL_FDS.insert(SslKey { tgid, _pad: 0, ssl }, fd, BPF_ANY as u64);
-    mark_tls(key, info);
+    mark_tls(sock, info);
     true
 }
 
+/// Marks the entry `sock` (whose value was `info`) TLS, in place.
 #[inline(always)]
-fn mark_tls(key: SockKey, info: SockInfo) {
+fn mark_tls(sock: *mut SockInfo, info: SockInfo) {
     if info.flags & sock_flags::TLS == 0 {
-        let tls = SockInfo {
-            flags: info.flags | sock_flags::TLS,
-            ..info
-        };
-        let _ = SOCKETS.insert(key, tls, BPF_ANY as u64);
+        set_flags(sock, sock_flags::TLS);
     }
 }
 
@@ -194,16 +192,18 @@ fn leave(ctx: &RetProbeContext) {
             }
         }
     };
-    let key = SockKey { tgid, fd };
-    // SAFETY: the value is copied out immediately.
-    let Some(info) = (unsafe { SOCKETS.get(key) }).copied() else {
+    // The plaintext is a data record of the socket: numbered by the same counter as the
+    // socket's syscall records (see `emit_data`).
+    let Some(sock) = SOCKETS.get_ptr_mut(SockKey { tgid, fd }) else {
         bump(stat::TLS_NO_SOCKET);
         return;
     };
+    // SAFETY: a value of a successful lookup, copied out.
+    let info = unsafe { *sock };
     if info.flags & sock_flags::MUTED != 0 {
         return;
     }
-    mark_tls(key, info);
+    mark_tls(sock, info);
     bump(stat::TLS_RECORDS);
     emit_data(&Moved {
         tgid,
@@ -213,5 +213,6 @@ fn leave(ctx: &RetProbeContext) {
         direction: dir,
         total: bytes,
         buffer: Buffer::Plain(call.buf),
+        sock,
     });
 }

@@ -8,9 +8,14 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
 };
 
+use apm_common::DataEventHeader;
 use rustc_hash::FxHashMap;
 
-use crate::protocols::{Direction, Parser};
+use crate::{
+    ebpf::decode::DataEvent,
+    protocols::{Direction, ParseStats, Parser},
+    request::Protocol,
+};
 
 /// Protocol state of a connection.
 #[derive(Debug)]
@@ -50,8 +55,15 @@ pub struct Connection {
     pub last_activity_ns: u64,
     pub state: ConnState,
     /// Its traffic is seen from its first byte (accepted or connected while the agent ran, or
-    /// adopted at its first data), so its exchanges are numbered from the first.
+    /// adopted at its first data), so its exchanges are numbered from the first. Cleared when
+    /// some of its records were lost: its exchange numbers may then differ from the other
+    /// end's.
     pub whole: bool,
+    /// The kernel's numbering of its data records, to notice lost ones.
+    pub records: RecordSeq,
+    /// A record kept back from the parser because the one numbered before it had not come
+    /// (see [`Connection::admit`]).
+    pub held: Option<Box<HeldRecord>>,
 }
 
 impl Connection {
@@ -67,6 +79,187 @@ impl Connection {
                 prefix: None,
             },
             whole: id != 0,
+            records: RecordSeq::default(),
+            held: None,
+        }
+    }
+
+    /// Decides from a data record's number (`seq`) what the pipeline does with it.
+    ///
+    /// A record one number ahead of the newest seen (exactly one missing before it) is held
+    /// back when `may_hold`: two threads using one socket on two CPUs can reach the ring
+    /// buffer in the other order than they took their numbers, and then the missing record
+    /// comes next; both are fed in their order and nothing is reset. If anything else comes
+    /// next (or the batch ends, or the connection goes), the missing record was lost: reset,
+    /// then the held record. A wider jump is a loss at once: reset, then the record. A record
+    /// behind the newest seen is fed as it is, without a reset (see [`SeqCheck::Behind`]).
+    ///
+    /// A record from before the last reset (a late one, when a swap was taken for a loss:
+    /// the hold budget was spent, or more than two records were swapped) is skipped: fed after
+    /// the reset, a late request would wait for a response that already went by, and every
+    /// later response would pair with the request before its own.
+    pub fn admit(&mut self, seq: u32, may_hold: bool) -> Admission {
+        let check = self.records.observe(seq);
+        let mut admission = Admission::default();
+        if let Some(held) = self.held.take() {
+            if check == SeqCheck::Behind && RecordSeq::precedes(seq, held.header.seq) {
+                admission.then = Some(held);
+                return admission;
+            }
+            self.records.reset_at = held.header.seq;
+            admission.release = Some(held);
+        }
+        match check {
+            SeqCheck::Gap { missing: 1 } if may_hold => admission.hold = true,
+            SeqCheck::Gap { .. } => {
+                self.records.reset_at = seq;
+                admission.reset = true;
+            }
+            SeqCheck::Behind => admission.skip = self.records.before_reset(seq),
+            SeqCheck::Unknown | SeqCheck::Next => {}
+        }
+        admission
+    }
+
+    /// Records of this connection were lost just before the one at hand (a gap in the
+    /// kernel's numbers): its parser drops what was in flight and waits for a message start,
+    /// so that no later response pairs with a request whose own response was lost (see
+    /// [`crate::protocols::ProtocolParser::on_gap`]); counted per protocol in `stats`. Its
+    /// exchanges may now be numbered apart from the other end's, so they are no longer paired
+    /// with it by number.
+    pub fn records_lost(&mut self, stats: &mut [ParseStats; Protocol::ALL.len()]) {
+        self.whole = false;
+        match &mut self.state {
+            ConnState::Parsing(parser) => {
+                let stats = &mut stats[parser.protocol().index()];
+                stats.resyncs += 1;
+                parser.on_gap(stats);
+            }
+            // Undecided first bytes cannot be joined across lost ones.
+            ConnState::Detecting { prefix, .. } => *prefix = None,
+            ConnState::Ignored => {}
+        }
+    }
+}
+
+/// What to do with a data record ([`Connection::admit`]), in this order.
+#[derive(Debug, Default)]
+pub struct Admission {
+    /// Reset the parser and feed this held record first: the record before it never came.
+    pub release: Option<Box<HeldRecord>>,
+    /// Records just before this one were lost: reset the parser before feeding it.
+    pub reset: bool,
+    /// Keep this record back in [`Connection::held`] instead of feeding it.
+    pub hold: bool,
+    /// Drop this record: it comes from before the last reset.
+    pub skip: bool,
+    /// Feed this held record after this one: the two had been swapped.
+    pub then: Option<Box<HeldRecord>>,
+}
+
+/// A data record kept back, with its own copy of the payload (the ring buffer's is gone
+/// once the batch is consumed).
+#[derive(Debug)]
+pub struct HeldRecord {
+    pub header: DataEventHeader,
+    pub direction: Direction,
+    pub payload: Vec<u8>,
+}
+
+impl HeldRecord {
+    pub fn new(d: &DataEvent<'_>) -> Box<Self> {
+        Box::new(Self {
+            header: d.header,
+            direction: d.direction,
+            payload: d.payload.to_vec(),
+        })
+    }
+
+    pub fn event(&self) -> DataEvent<'_> {
+        DataEvent {
+            header: self.header,
+            direction: self.direction,
+            payload: &self.payload,
+        }
+    }
+}
+
+/// Records that can arrive behind the newest one seen: two threads using one socket on two
+/// CPUs may reach the ring buffer in the other order than they took their numbers. Further
+/// back is no reordering: the numbers started again (a new connection under the same fd whose
+/// open and close were lost).
+const REORDER_WINDOW: u64 = 1024;
+
+/// Follows [`apm_common::DataEventHeader::seq`] on one connection.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RecordSeq {
+    /// The newest number seen; 0 before the first.
+    last: u32,
+    /// The first record fed after the last reset; 0 when there was none.
+    reset_at: u32,
+}
+
+/// What a record's number says about the records before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeqCheck {
+    /// Not numbered (0: the kernel numbers records from 1).
+    Unknown,
+    /// The one after the newest seen, or number 1 as the first seen.
+    Next,
+    /// Records before this one were lost, `missing` of them: between the newest seen and
+    /// this one, or before the first seen (the kernel numbers every socket from 1, also those
+    /// seeded at start-up). Or the numbering started again.
+    Gap { missing: u64 },
+    /// Older than the newest seen: reordered between CPUs (or repeated). Not a loss.
+    Behind,
+}
+
+impl RecordSeq {
+    /// Does `seq` come before the record the connection was last reset at?
+    fn before_reset(&self, seq: u32) -> bool {
+        if self.reset_at == 0 || seq == 0 {
+            return false;
+        }
+        let period = apm_common::SEQ_PERIOD;
+        let behind = (u64::from(self.reset_at) + period - u64::from(seq)) % period;
+        (1..=REORDER_WINDOW).contains(&behind)
+    }
+
+    /// Is `a` the number just before `b`?
+    pub fn precedes(a: u32, b: u32) -> bool {
+        a != 0 && b != 0 && (u64::from(a) % apm_common::SEQ_PERIOD) + 1 == u64::from(b)
+    }
+
+    /// Takes in the number of the next record of the connection.
+    pub fn observe(&mut self, seq: u32) -> SeqCheck {
+        if seq == 0 {
+            return SeqCheck::Unknown;
+        }
+        let last = self.last;
+        if last == 0 {
+            self.last = seq;
+            return if seq == 1 {
+                SeqCheck::Next
+            } else {
+                SeqCheck::Gap {
+                    missing: u64::from(seq) - 1,
+                }
+            };
+        }
+        // Numbers run through 1..=u32::MAX: distances are taken modulo SEQ_PERIOD.
+        let period = apm_common::SEQ_PERIOD;
+        let ahead = (u64::from(seq) + period - u64::from(last)) % period;
+        let behind = (period - ahead) % period;
+        if ahead == 1 {
+            self.last = seq;
+            SeqCheck::Next
+        } else if behind <= REORDER_WINDOW {
+            SeqCheck::Behind
+        } else {
+            self.last = seq;
+            SeqCheck::Gap {
+                missing: ahead.saturating_sub(1),
+            }
         }
     }
 }
@@ -189,6 +382,10 @@ impl ConnTable {
             .or_insert_with(make))
     }
 
+    pub fn get_mut(&mut self, tgid: u32, fd: u32) -> Option<&mut Connection> {
+        self.by_process.get_mut(&tgid)?.get_mut(&fd)
+    }
+
     pub fn remove(&mut self, tgid: u32, fd: u32) -> Option<Connection> {
         let fds = self.by_process.get_mut(&tgid)?;
         let conn = fds.remove(&fd)?;
@@ -264,6 +461,121 @@ mod tests {
         assert_eq!(t.remove_process(1).len(), 1);
         assert_eq!(t.len(), 1);
         assert!(t.open(3, 3, conn(3)).is_ok());
+    }
+
+    #[test]
+    fn record_numbers_in_order_lost_and_reordered() {
+        let mut r = RecordSeq::default();
+        assert_eq!(r.observe(1), SeqCheck::Next);
+        assert_eq!(r.observe(2), SeqCheck::Next);
+        assert_eq!(r.observe(5), SeqCheck::Gap { missing: 2 });
+        // Late and repeated numbers are no loss.
+        assert_eq!(r.observe(3), SeqCheck::Behind);
+        assert_eq!(r.observe(5), SeqCheck::Behind);
+        assert_eq!(r.observe(0), SeqCheck::Unknown);
+        assert_eq!(r.observe(6), SeqCheck::Next);
+        // Far behind is no reordering: the numbers started again.
+        assert!(matches!(r.observe(5_000), SeqCheck::Gap { .. }));
+        assert!(matches!(r.observe(1), SeqCheck::Gap { .. }));
+        assert_eq!(r.observe(2), SeqCheck::Next);
+        // The first record seen is not the first sent: those before it were lost.
+        assert_eq!(
+            RecordSeq::default().observe(4),
+            SeqCheck::Gap { missing: 3 }
+        );
+    }
+
+    #[test]
+    fn record_numbers_wrap_past_zero() {
+        // The kernel's numbering of its counter: 1..=u32::MAX, then 1 again.
+        let period = apm_common::SEQ_PERIOD;
+        assert_eq!(apm_common::record_seq(0), 1);
+        assert_eq!(apm_common::record_seq(period - 1), u32::MAX);
+        assert_eq!(apm_common::record_seq(period), 1);
+        let mut r = RecordSeq::default();
+        let _ = r.observe(apm_common::record_seq(period - 3));
+        for count in period - 2..period + 3 {
+            assert_eq!(r.observe(apm_common::record_seq(count)), SeqCheck::Next);
+        }
+        assert!(RecordSeq::precedes(u32::MAX, 1));
+        assert!(!RecordSeq::precedes(0, 1));
+        let mut r = RecordSeq::default();
+        let _ = r.observe(u32::MAX - 1);
+        assert_eq!(r.observe(1), SeqCheck::Gap { missing: 1 });
+        assert_eq!(r.observe(u32::MAX), SeqCheck::Behind);
+    }
+
+    /// Feeds numbers through `admit` as the pipeline does (holding what it says to hold);
+    /// returns what each admission said, compactly.
+    fn admissions(seqs: &[u32], may_hold: bool) -> Vec<String> {
+        let mut c = conn(1);
+        let mut out = Vec::new();
+        for &seq in seqs {
+            let a = c.admit(seq, may_hold);
+            if a.hold {
+                let header = DataEventHeader {
+                    seq,
+                    ..Default::default()
+                };
+                c.held = Some(HeldRecord::new(&DataEvent {
+                    header,
+                    direction: Direction::Ingress,
+                    payload: b"x",
+                }));
+            }
+            let mut s = format!("{seq}:");
+            if let Some(h) = &a.release {
+                s += &format!(" reset+{}", h.header.seq);
+            }
+            if a.reset {
+                s += " reset";
+            }
+            s += if a.hold {
+                " hold"
+            } else if a.skip {
+                " skip"
+            } else {
+                " feed"
+            };
+            if let Some(h) = &a.then {
+                s += &format!(" +{}", h.header.seq);
+            }
+            out.push(s);
+        }
+        out
+    }
+
+    #[test]
+    fn admission_puts_swapped_records_back_in_order() {
+        assert_eq!(
+            admissions(&[1, 2, 4, 3, 5], true),
+            ["1: feed", "2: feed", "4: hold", "3: feed +4", "5: feed"]
+        );
+    }
+
+    #[test]
+    fn admission_resets_on_losses() {
+        // One missing: held, then released with a reset by whatever comes next.
+        assert_eq!(
+            admissions(&[1, 3, 4, 6, 8], true),
+            [
+                "1: feed",
+                "3: hold",
+                "4: reset+3 feed",
+                "6: hold",
+                "8: reset+6 hold"
+            ]
+        );
+        // Two or more missing: a reset at once.
+        assert_eq!(
+            admissions(&[1, 4, 5], true),
+            ["1: feed", "4: reset feed", "5: feed"]
+        );
+        // Without holding, a swap is taken for a loss; the late record is skipped.
+        assert_eq!(
+            admissions(&[1, 2, 4, 3, 5], false),
+            ["1: feed", "2: feed", "4: reset feed", "3: skip", "5: feed"]
+        );
     }
 
     #[test]

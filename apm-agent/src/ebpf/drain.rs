@@ -144,6 +144,7 @@ impl Drain {
                 red = lock(&self.red);
             }
         }
+        self.pipeline.end_batch(&mut red, internal);
         drop(red);
         self.pipeline.publish(internal);
     }
@@ -249,7 +250,7 @@ impl Drain {
     fn sweep(&mut self) {
         {
             let mut red = lock(&self.red);
-            self.pipeline.sweep_dead(&mut red);
+            self.pipeline.sweep_dead(&mut red, &self.internal);
         }
         let mut alive: HashMap<u32, bool> = HashMap::new();
         let dead: Vec<SockKey> = self

@@ -61,6 +61,9 @@ pub struct ParseStats {
     pub unmatched_responses: u64,
     /// Pipelined requests dropped because too many awaited a response.
     pub pipeline_overflow: u64,
+    /// Connections reset because some of their records were lost (counted by the pipeline,
+    /// see [`ProtocolParser::on_gap`]).
+    pub resyncs: u64,
     /// Completed exchanges handed on (counted by the pipeline).
     pub requests: u64,
     /// ... of which the response end was inferred.
@@ -77,6 +80,16 @@ pub trait ProtocolParser {
     fn on_close(&mut self, ts_ns: u64, out: &mut ParserOut, stats: &mut ParseStats);
     /// Nothing moved since `idle_since_ns`: finish exchanges whose end can only be inferred.
     fn on_idle(&mut self, out: &mut ParserOut);
+    /// Records of this connection were lost before the next segment (the kernel's record
+    /// numbers jumped): bytes of unknown length went by unseen, in either direction. Left
+    /// alone, a parser would pair the next response with a request whose own response was
+    /// lost, or count lost body bytes as the next message's, for as long as the connection
+    /// lives. So every exchange in flight is dropped (counted in
+    /// [`ParseStats::incomplete`]: its request or its end may be among the lost bytes) and
+    /// each direction skips segments until one starts with a message, as after bytes past
+    /// the capture. State that outlives exchanges (prepared statements, the selected
+    /// database, the handshake's capabilities) is kept: it is the most recent known.
+    fn on_gap(&mut self, stats: &mut ParseStats);
     /// The parser cannot follow this connection any more (garbage, or a protocol switch);
     /// the caller stops capturing it.
     fn gave_up(&self) -> bool;
@@ -173,6 +186,10 @@ impl Parser {
 
     pub fn on_idle(&mut self, out: &mut ParserOut) {
         each!(self, p => p.on_idle(out))
+    }
+
+    pub fn on_gap(&mut self, stats: &mut ParseStats) {
+        each!(self, p => p.on_gap(stats))
     }
 
     pub fn gave_up(&self) -> bool {

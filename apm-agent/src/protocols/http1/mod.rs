@@ -562,6 +562,17 @@ impl ProtocolParser for Http1Parser {
         }
     }
 
+    fn on_gap(&mut self, stats: &mut ParseStats) {
+        // The open response (if it answers a request) is the front of `pending`.
+        stats.incomplete += self.pending.len() as u64;
+        self.pending.clear();
+        self.open = None;
+        for r in [&mut self.requests, &mut self.responses] {
+            r.state = State::Resync { after_error: false };
+            r.head_buf.clear();
+        }
+    }
+
     fn gave_up(&self) -> bool {
         self.upgraded || self.errors_in_a_row >= MAX_ERRORS_IN_A_ROW
     }

@@ -596,3 +596,42 @@ fn random_bytes_never_panic() {
         c.close();
     }
 }
+
+/// Records lost on a keep-alive connection (`on_gap`, as the pipeline calls it): B's
+/// response went by unseen. B is written off; C pairs with its own response, not with B.
+#[test]
+fn gap_drops_the_stale_request() {
+    let mut c = Conn::server();
+    c.seg(IN, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"); // 1005
+    c.seg(OUT, OK_5); // 1105
+    c.seg(IN, b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n"); // 1205
+    c.p.on_gap(&mut c.stats);
+    c.seg(IN, b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n"); // 1305
+    c.seg(OUT, OK_5); // 1405
+    assert_eq!(c.summary(), vec![s("GET", "/a", 200), s("GET", "/c", 200)]);
+    let r = &c.out.done[1];
+    assert_eq!((r.start_ns, r.end_ns), (1305, 1405));
+    assert_eq!(c.stats.incomplete, 1);
+    assert_eq!(c.stats.unmatched_responses, 0);
+}
+
+/// Records lost inside a response body: what follows the gap is skipped up to the next
+/// status line, the response that was open is written off.
+#[test]
+fn gap_inside_a_body_skips_to_the_next_message() {
+    let mut c = Conn::server();
+    c.seg(IN, b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n"); // 1005
+    c.seg(
+        OUT,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\nxxxx",
+    ); // 1105
+    c.p.on_gap(&mut c.stats);
+    c.seg(OUT, &[b'x'; 300]); // 1205
+    c.seg(IN, b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n"); // 1305
+    c.seg(OUT, OK_5); // 1405
+    assert_eq!(c.summary(), vec![s("GET", "/next", 200)]);
+    let r = &c.out.done[0];
+    assert_eq!((r.start_ns, r.end_ns), (1305, 1405));
+    assert_eq!(c.stats.incomplete, 1);
+    assert_eq!(c.stats.parse_errors, 0);
+}

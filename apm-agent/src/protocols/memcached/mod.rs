@@ -753,6 +753,17 @@ impl ProtocolParser for MemcachedParser {
         }
     }
 
+    fn on_gap(&mut self, stats: &mut ParseStats) {
+        stats.incomplete += self.pending.len() as u64;
+        self.pending.clear();
+        self.open = None;
+        for r in [&mut self.commands, &mut self.responses] {
+            r.state = State::Lost;
+            r.buf.clear();
+            r.strict = true;
+        }
+    }
+
     fn gave_up(&self) -> bool {
         self.errors_in_a_row >= MAX_ERRORS_IN_A_ROW
     }

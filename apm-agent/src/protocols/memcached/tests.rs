@@ -676,3 +676,20 @@ proptest! {
         c.close();
     }
 }
+
+/// Records lost (`on_gap`) in the middle of a value: the rest of it is skipped, the get in
+/// flight written off, the next get pairs with its own response.
+#[test]
+fn gap_drops_the_stale_command() {
+    let mut c = Conn::client();
+    c.seg(OUT, b"get a\r\n"); // 1005
+    c.seg(IN, b"VALUE a 0 10\r\n01234"); // 1105
+    c.p.on_gap(&mut c.stats);
+    c.seg(IN, b"789\r\nEND\r\n"); // 1205
+    c.seg(OUT, b"get b\r\n"); // 1305
+    c.seg(IN, b"END\r\n"); // 1405
+    assert_eq!(c.summary(), vec![ok("get", "get ?")]);
+    assert_eq!(c.times(), vec![(1, 1305, 1405)]);
+    assert_eq!(c.stats.incomplete, 1);
+    assert_eq!(c.stats.parse_errors, 0);
+}

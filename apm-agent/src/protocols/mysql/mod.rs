@@ -191,6 +191,10 @@ impl ProtocolParser for MysqlParser {
         self.0.on_idle(out);
     }
 
+    fn on_gap(&mut self, stats: &mut ParseStats) {
+        self.0.on_gap(stats);
+    }
+
     fn gave_up(&self) -> bool {
         self.0.gave_up()
     }
@@ -607,6 +611,19 @@ impl ProtocolParser for Inner {
             let end = self.responses.last_ts;
             self.complete(end, None, out);
         }
+    }
+
+    fn on_gap(&mut self, stats: &mut ParseStats) {
+        stats.incomplete += self.pending.len() as u64;
+        self.pending.clear();
+        self.reset_response();
+        self.maybe_eof = None;
+        // The commands side picks up at a segment that starts with a command; the responses
+        // side at the next command (see `on_command`).
+        self.commands.set_lost();
+        self.responses.set_lost();
+        self.command_error = false;
+        self.response_error = false;
     }
 
     fn gave_up(&self) -> bool {

@@ -692,3 +692,22 @@ fn detection() {
 }
 
 mod fuzz;
+
+/// Records lost (`on_gap`) in the middle of a result set: the rest is skipped, the query in
+/// flight written off, the next query pairs with its own response.
+#[test]
+fn gap_drops_the_stale_command() {
+    let mut c = connected(Side::Client, CAPS_BASE);
+    c.send(&query("SELECT id, name FROM users")); // 1305
+    let rs = result_set(false, 3);
+    c.reply(&rs[..rs.len() / 2]); // 1405
+    c.p.on_gap(&mut c.stats);
+    c.reply(&rs[rs.len() / 2 + 3..]); // 1505
+    c.send(&query("SELECT 1")); // 1605
+    c.reply(&ok(1, 2)); // 1705
+    assert_eq!(c.summary(), vec![s("SELECT", "SELECT ?", None)]);
+    let r = &c.out.done[0];
+    assert_eq!((r.start_ns, r.end_ns), (1605, 1705));
+    assert_eq!(c.stats.incomplete, 1);
+    assert_eq!(c.stats.parse_errors, 0);
+}

@@ -144,7 +144,8 @@ pub struct PostgresParser {
     expect_encryption_reply: bool,
     /// The server agreed to encrypt: nothing more can be read.
     encrypted: bool,
-    /// A ReadyForQuery was seen (the startup phase is over).
+    /// A ReadyForQuery was seen (the startup phase is over) since the start or the last lost
+    /// records.
     ready: bool,
     errors_in_a_row: u32,
     next_seq: u64,
@@ -516,6 +517,22 @@ impl ProtocolParser for PostgresParser {
     }
 
     fn on_idle(&mut self, _out: &mut ParserOut) {}
+
+    fn on_gap(&mut self, stats: &mut ParseStats) {
+        let ops = self
+            .pending
+            .iter()
+            .filter(|i| matches!(i, Item::Op(_)))
+            .count();
+        stats.incomplete += ops as u64;
+        self.pending.clear();
+        self.front.lose(false);
+        self.back.lose(false);
+        // Until the server's next ReadyForQuery, a new query does not mean that the server
+        // answered what came before it unseen (see `push`): with nothing pending that would
+        // only end the Execute of a Parse/Bind/Execute/Sync group at its own Sync.
+        self.ready = false;
+    }
 
     fn gave_up(&self) -> bool {
         self.encrypted || self.errors_in_a_row >= MAX_ERRORS_IN_A_ROW

@@ -377,6 +377,19 @@ impl ProtocolParser for RedisParser {
     /// Redis framing always knows where a reply ends: nothing to infer.
     fn on_idle(&mut self, _out: &mut ParserOut) {}
 
+    fn on_gap(&mut self, stats: &mut ParseStats) {
+        stats.incomplete += self.pending.len() as u64;
+        self.pending.clear();
+        self.skip_replies = 0;
+        // The replies side stays in resync until the next command (see `on_command`).
+        for r in [&mut self.commands, &mut self.replies]
+            .into_iter()
+            .flatten()
+        {
+            r.reset(State::Resync { after_error: false });
+        }
+    }
+
     fn gave_up(&self) -> bool {
         self.monitor || self.errors_in_a_row >= MAX_ERRORS_IN_A_ROW
     }

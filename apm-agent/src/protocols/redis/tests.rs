@@ -669,3 +669,23 @@ fn golden_streams_parse_on_both_sides() {
         assert_eq!(c.stats, ParseStats::default());
     }
 }
+
+/// Records lost (`on_gap`): the reply to the second GET went by unseen. It is written off;
+/// the third GET pairs with its own reply.
+#[test]
+fn gap_drops_the_stale_command() {
+    let mut c = Conn::client();
+    c.seg(OUT, &cmd(&[b"GET", b"a"])); // 1005
+    c.seg(IN, b"$1\r\nx\r\n"); // 1105
+    c.seg(OUT, &cmd(&[b"GET", b"b"])); // 1205
+    c.p.on_gap(&mut c.stats);
+    // The end of a bulk reply, then the next command and its reply.
+    c.seg(IN, b"yyyy\r\n"); // 1305
+    c.seg(OUT, &cmd(&[b"GET", b"c"])); // 1405
+    c.seg(IN, b"$1\r\nz\r\n"); // 1505
+    assert_eq!(c.summary(), vec![ok("GET", "GET ?"), ok("GET", "GET ?")]);
+    let r = &c.out.done[1];
+    assert_eq!((r.start_ns, r.end_ns), (1405, 1505));
+    assert_eq!(c.stats.incomplete, 1);
+    assert_eq!(c.stats.parse_errors, 0);
+}

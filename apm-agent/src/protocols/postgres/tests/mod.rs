@@ -694,3 +694,32 @@ fn copy_to_stdout() {
 }
 
 mod robust;
+
+/// Records lost (`on_gap`) in the middle of a result: the rest is skipped, the query in
+/// flight written off, and an extended-protocol group after the gap pairs with its own
+/// response (its Sync does not end its Execute).
+#[test]
+fn gap_drops_the_stale_query() {
+    let mut c = connected(Some("shop"));
+    c.send(&query("SELECT id FROM users")); // 1205
+    c.recv(&cat(&[row_desc(&["id"]), data_row(&[b"7"])])); // 1305
+    c.p.on_gap(&mut c.stats);
+    c.recv(&b"more row bytes"[..]); // 1405
+    c.send(&cat(&[
+        parse("", "SELECT 1"),
+        bind("", "", &[]),
+        execute(""),
+        sync(),
+    ])); // 1505
+    c.recv(&cat(&[
+        parse_complete(),
+        bind_complete(),
+        data_row(&[b"1"]),
+        complete("SELECT 1"),
+        ready(),
+    ])); // 1605
+    assert_eq!(c.summary(), vec![op("SELECT", "SELECT ?", None, None)]);
+    assert_eq!(c.times(), vec![(1505, 1605)]);
+    assert_eq!(c.stats.incomplete, 1);
+    assert_eq!(c.stats.unmatched_responses, 0);
+}
