@@ -1,11 +1,8 @@
 //! Does the agent count what happened? Three checks, one run:
 //!
 //! 1. **Counts** against wrk's own count, nginx serving a small file: at saturation (plain wrk,
-//!    as in `bench overhead`) and at half of it. wrk has no rate control, so the half-rate run
-//!    is paced by a Lua `delay()` (each connection waits `--pace-delay-ms` after every
-//!    response before sending the next request; the number of connections is calibrated in
-//!    short runs until the measured rate is within 5% of the target). That is closed-loop
-//!    pacing, not wrk2's constant-rate schedule: fine for counting, not for latency.
+//!    as in `bench overhead`) and at half of it, sent at a constant rate by the bench's own
+//!    generator (`bench/loadgen.rs`: wrk has no rate control), which counts its requests too.
 //! 2. **Loss** with the ring buffer made tiny (`--ring-buffer-bytes 4096`, wake-up batches of
 //!    at most ring/8): the agent's `apm_events_lost_total` against the shortfall (requests sent
 //!    minus requests reported), both sides of every exchange.
@@ -33,9 +30,8 @@ use tests::{
 };
 
 use super::{
-    fastapi,
+    fastapi, loadgen,
     overhead::{median, pin_tree},
-    pace::{self, PaceScript},
     sdk_compare::{pct, read_response},
     wrk,
 };
@@ -52,10 +48,6 @@ pub struct AccuracyArgs {
     /// Size of the static file served.
     #[arg(long, default_value_t = 1024)]
     file_bytes: usize,
-    /// Pause of each paced connection after every response (ms; wrk's `delay()` has 1 ms
-    /// resolution).
-    #[arg(long, default_value_t = 1)]
-    pace_delay_ms: u32,
     /// Fraction of saturation of the paced run.
     #[arg(long, default_value_t = 0.5)]
     pace_fraction: f64,
@@ -174,19 +166,17 @@ pub fn run(args: &AccuracyArgs) -> Result<()> {
     eprintln!("== agent on (defaults)");
     let agent = Agent::start_binary(&agent_bin, &[])?;
     std::thread::sleep(Duration::from_millis(500));
-    let full = count_run(&agent, &setup, args.connections, args.seconds, None)?;
+    let full = count_run(&agent, &setup, args, None)?;
     let target = full.wrk.rps * args.pace_fraction;
-    let script = PaceScript::new(args.pace_delay_ms)?;
-    let (pace_conns, _) = pace::calibrate(&setup.url, &script, target, setup.wrk_cpu)?;
-    // Let the calibration runs' events drain before the measured run reads its baseline.
-    std::thread::sleep(Duration::from_secs(1));
-    let half = count_run(
-        &agent,
-        &setup,
-        pace_conns,
-        args.seconds,
-        Some(script.path()),
-    )?;
+    let paced = loadgen::Load {
+        port,
+        path: setup.route.clone(),
+        rate: target,
+        connections: loadgen::connections_for(target),
+        seconds: args.seconds,
+        cpu: setup.wrk_cpu,
+    };
+    let half = count_run(&agent, &setup, args, Some(&paced))?;
     let peak_rss = agent.peak_rss_bytes();
     drop(agent);
 
@@ -203,10 +193,9 @@ pub fn run(args: &AccuracyArgs) -> Result<()> {
         &["--ring-buffer-bytes", &ring, "--wakeup-bytes", &wakeup],
     )?;
     std::thread::sleep(Duration::from_millis(500));
-    let tiny_full = count_run(&tiny, &setup, args.connections, args.seconds, None)?;
-    let tiny_half = count_run(&tiny, &setup, pace_conns, args.seconds, Some(script.path()))?;
+    let tiny_full = count_run(&tiny, &setup, args, None)?;
+    let tiny_half = count_run(&tiny, &setup, args, Some(&paced))?;
     drop(tiny);
-    drop(script);
     drop(nginx);
 
     eprintln!("== durations: FastAPI against its own measurement");
@@ -241,14 +230,15 @@ pub(super) fn drain(agent: &Agent, want: f64, f: impl Fn(&Metrics) -> f64) -> Re
     Ok(f(&agent.metrics()?))
 }
 
-/// One wrk run (paced when `script` is given) and what the agent recorded of it.
+/// One run (wrk at saturation, or the constant-rate generator when `paced` is given) and what
+/// the agent recorded of it.
 fn count_run(
     agent: &Agent,
     s: &Setup,
-    connections: u32,
-    seconds: u32,
-    script: Option<&Path>,
+    args: &AccuracyArgs,
+    paced: Option<&loadgen::Load>,
 ) -> Result<CountRun> {
+    let connections = paced.map_or(args.connections, |l| l.connections);
     let server = |m: &Metrics| m.server_count("nginx", "GET", &s.route, "200");
     let client = |m: &Metrics| {
         m.sum(
@@ -271,7 +261,10 @@ fn count_run(
     };
     let before = agent.metrics()?;
     let cpu0 = agent.cpu_ns();
-    let run = wrk::run_script(&s.url, 1, connections, seconds, s.wrk_cpu, script)?;
+    let run = match paced {
+        Some(load) => loadgen::run(load)?,
+        None => wrk::run(&s.url, 1, connections, args.seconds, s.wrk_cpu)?,
+    };
     let both = |m: &Metrics| server(m) + client(m);
     drain(agent, both(&before) + 2.0 * run.requests, both)?;
     let cpu1 = agent.cpu_ns();
@@ -291,7 +284,11 @@ fn count_run(
     };
     eprintln!(
         "wrk -c{connections}{}: {:.0} requests ({:.0}/s); agent: server {:.0} ({:+.0}), client {:.0} ({:+.0}), lost events {:.0}",
-        if script.is_some() { " paced" } else { "" },
+        if paced.is_some() {
+            " constant rate"
+        } else {
+            ""
+        },
         run.requests,
         run.rps,
         r.server,

@@ -1,6 +1,7 @@
 //! How fast can traffic be before the agent loses events? nginx serving a small file is driven
-//! at rising rates (fractions of its saturation rate with the agent off, paced as in
-//! [`super::pace`], then plain wrk at saturation), with one agent running through all steps;
+//! at rising rates (fractions of its saturation rate with the agent off, sent at a constant
+//! rate by [`super::loadgen`], then plain wrk at saturation), with one agent running through
+//! all steps;
 //! each step reports the rate wrk achieved, the agent's lost-event counter and the shortfall
 //! (requests sent minus requests reported, both sides of every exchange).
 //!
@@ -18,12 +19,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use tests::{agent::Agent, net::free_port, prom::Metrics, servers::Nginx};
 
-use super::{
-    accuracy::drain,
-    overhead::pin_tree,
-    pace::{self, PaceScript},
-    wrk,
-};
+use super::{accuracy::drain, loadgen, overhead::pin_tree, wrk};
 use crate::{prereq, util};
 
 #[derive(Debug, Args)]
@@ -52,9 +48,6 @@ pub struct CapacityArgs {
     /// Size of nginx's static file.
     #[arg(long, default_value_t = 1024)]
     file_bytes: usize,
-    /// Pause of each paced connection after every response (ms).
-    #[arg(long, default_value_t = 1)]
-    pace_delay_ms: u32,
     /// Do not pin nginx to CPU 0 and wrk to CPU 1.
     #[arg(long)]
     no_pin: bool,
@@ -81,9 +74,8 @@ impl Step {
     }
 
     /// The criterion is the kernel's loss counter. The shortfall is reported beside it, not
-    /// used: requests in flight when wrk stops are answered and seen by the agent but not
-    /// counted by wrk (a shortfall of up to minus the connections), and the reverse can happen
-    /// at the start.
+    /// used: at saturation, requests in flight when wrk stops are answered and seen by the
+    /// agent but not counted by wrk (a shortfall of up to minus the connections).
     fn lossless(&self) -> bool {
         self.lost == 0.0
     }
@@ -196,24 +188,29 @@ pub fn run(args: &CapacityArgs) -> Result<()> {
     let saturation = wrk::run(&url, 1, args.connections, args.seconds, wrk_cpu)?;
     eprintln!("saturation, agent off: {:.0} req/s", saturation.rps);
 
-    // Connections per paced step, calibrated once with the agent off: every pass offers the
-    // same load (the rate wrk then achieves is what each step reports).
-    let script = PaceScript::new(args.pace_delay_ms)?;
-    let mut plan = Vec::new();
-    for &pct in &steps {
-        let conns = if pct == 100 {
-            args.connections
-        } else {
-            let want = saturation.rps * f64::from(pct) / 100.0;
-            pace::calibrate(&url, &script, want, wrk_cpu)?.0
-        };
-        plan.push((pct, conns));
-    }
+    // The same offered rates in every pass (the rate achieved is what each step reports).
+    let plan: Vec<(u32, Option<loadgen::Load>)> = steps
+        .iter()
+        .map(|&pct| {
+            let load = (pct < 100).then(|| {
+                let rate = saturation.rps * f64::from(pct) / 100.0;
+                loadgen::Load {
+                    port,
+                    path: "/bench.html".to_owned(),
+                    rate,
+                    connections: loadgen::connections_for(rate),
+                    seconds: args.seconds,
+                    cpu: wrk_cpu,
+                }
+            });
+            (pct, load)
+        })
+        .collect();
 
     let mut passes = Vec::new();
     for &millicores in &args.cpu_limits {
         passes.push(pass(
-            &agent_bin, &url, port, &plan, &script, millicores, wrk_cpu, args,
+            &agent_bin, &url, port, &plan, millicores, wrk_cpu, args,
         )?);
     }
     drop(nginx);
@@ -221,13 +218,11 @@ pub fn run(args: &CapacityArgs) -> Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn pass(
     agent_bin: &Path,
     url: &str,
     port: u16,
-    plan: &[(u32, u32)],
-    script: &PaceScript,
+    plan: &[(u32, Option<loadgen::Load>)],
     millicores: u32,
     wrk_cpu: Option<u32>,
     args: &CapacityArgs,
@@ -255,11 +250,17 @@ fn pass(
     eprintln!("== {label}");
     let both = |m: &Metrics| m.server_total("nginx") + m.client_total(port);
     let mut steps = Vec::new();
-    for &(pct, conns) in plan {
+    for (pct, load) in plan {
+        let pct = *pct;
         let before = agent.metrics()?;
         let cpu0 = agent.cpu_ns();
-        let paced = (pct < 100).then(|| script.path());
-        let r = wrk::run_script(url, 1, conns, args.seconds, wrk_cpu, paced)?;
+        let (conns, r) = match load {
+            Some(load) => (load.connections, loadgen::run(load)?),
+            None => (
+                args.connections,
+                wrk::run(url, 1, args.connections, args.seconds, wrk_cpu)?,
+            ),
+        };
         let reported = drain(&agent, both(&before) + 2.0 * r.requests, both)? - both(&before);
         let after = agent.metrics()?;
         let step = Step {
@@ -272,7 +273,12 @@ fn pass(
             cpu_ns: agent.cpu_ns().saturating_sub(cpu0),
         };
         eprintln!(
-            "{pct:>3}% (wrk -c{conns}): {:.0} req/s, lost events {:.0}, shortfall {:.0} ({:.2}%), agent {:.3} s CPU",
+            "{pct:>3}% ({} {conns} connections): {:.0} req/s, lost events {:.0}, shortfall {:.0} ({:.2}%), agent {:.3} s CPU",
+            if load.is_some() {
+                "constant rate,"
+            } else {
+                "wrk,"
+            },
             step.rps,
             step.lost,
             step.shortfall,

@@ -8,11 +8,7 @@ use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 use tests::{agent::Agent, net::free_port, prom::Metrics, servers::Nginx};
 
-use super::{
-    fastapi,
-    pace::{self, PaceScript},
-    wrk,
-};
+use super::{fastapi, loadgen, wrk};
 use crate::{prereq, util};
 
 /// Service name the FastAPI app gets through `OTEL_SERVICE_NAME` (the agent reads it).
@@ -47,7 +43,8 @@ pub struct OverheadArgs {
     #[arg(long, value_delimiter = ',', default_value = "nginx,fastapi")]
     apps: Vec<App>,
     /// Loads, in percent of the saturation rate measured with the agent off, comma-separated.
-    /// 100 is plain wrk (saturation); below 100 wrk is paced.
+    /// 100 is plain wrk (saturation); below 100 the constant-rate generator of
+    /// `bench/loadgen.rs` sends at that rate.
     #[arg(long, value_delimiter = ',', default_value = "100,50")]
     loads: Vec<u32>,
     /// wrk connections (keep-alive) at saturation.
@@ -66,9 +63,6 @@ pub struct OverheadArgs {
     /// uprobes. Only with `--apps nginx`.
     #[arg(long)]
     tls: bool,
-    /// Pause of each paced connection after every response (ms).
-    #[arg(long, default_value_t = 1)]
-    pace_delay_ms: u32,
     /// Python venv with FastAPI and uvicorn (created when missing).
     #[arg(long, default_value = fastapi::DEFAULT_VENV)]
     venv: PathBuf,
@@ -87,6 +81,8 @@ pub struct OverheadArgs {
 struct Target {
     url: String,
     port: u16,
+    /// Path of `url`, for the constant-rate generator.
+    path: String,
     /// `service.name` the agent gives the server.
     service: &'static str,
     wrk_cpu: Option<u32>,
@@ -198,6 +194,13 @@ pub fn run(args: &OverheadArgs) -> Result<()> {
     let agent_bin = util::build_release_agent()?;
     let wrk_cpu = (!args.no_pin).then_some(1);
     let mut loads = args.loads.clone();
+    if args.tls && loads.iter().any(|&l| l < 100) {
+        // The constant-rate generator speaks plain HTTP only.
+        eprintln!(
+            "--tls: measuring at saturation only (wrk speaks TLS, the paced generator does not)"
+        );
+        loads.retain(|&l| l == 100);
+    }
     // Saturation first: the paced loads are fractions of its rate.
     loads.sort_unstable_by(|a, b| b.cmp(a));
     loads.dedup();
@@ -222,6 +225,7 @@ pub fn run(args: &OverheadArgs) -> Result<()> {
                 let target = Target {
                     url: format!("{scheme}://127.0.0.1:{port}/bench.html"),
                     port,
+                    path: "/bench.html".to_owned(),
                     service: "nginx",
                     wrk_cpu,
                 };
@@ -241,6 +245,7 @@ pub fn run(args: &OverheadArgs) -> Result<()> {
                 let target = Target {
                     url: format!("http://127.0.0.1:{port}/users/42"),
                     port,
+                    path: "/users/42".to_owned(),
                     service: FASTAPI_SERVICE,
                     wrk_cpu,
                 };
@@ -284,28 +289,28 @@ fn measure_case(
     saturation: f64,
     args: &OverheadArgs,
 ) -> Result<Case> {
-    let script = if load < 100 {
-        Some(PaceScript::new(args.pace_delay_ms)?)
-    } else {
-        None
-    };
-    let connections = match &script {
-        Some(s) => {
-            let want = saturation * f64::from(load) / 100.0;
-            pace::calibrate(&target.url, s, want, target.wrk_cpu)?.0
+    // Below saturation: a constant rate, the same in both sides' rounds.
+    let paced = (load < 100).then(|| {
+        let rate = saturation * f64::from(load) / 100.0;
+        loadgen::Load {
+            port: target.port,
+            path: target.path.clone(),
+            rate,
+            connections: loadgen::connections_for(rate),
+            seconds: args.seconds,
+            cpu: target.wrk_cpu,
         }
-        None => args.connections,
-    };
-    let threads = if script.is_some() { 1 } else { args.threads };
-    let run_wrk = || {
-        wrk::run_script(
+    });
+    let connections = paced.as_ref().map_or(args.connections, |l| l.connections);
+    let run_wrk = || match &paced {
+        Some(load) => loadgen::run(load),
+        None => wrk::run(
             &target.url,
-            threads,
-            connections,
+            args.threads,
+            args.connections,
             args.seconds,
             target.wrk_cpu,
-            script.as_ref().map(PaceScript::path),
-        )
+        ),
     };
     let mut off = Vec::new();
     let mut on = Vec::new();
@@ -385,12 +390,11 @@ fn measure_case(
 fn report(args: &OverheadArgs, cases: &[Case]) {
     println!(
         "\noverhead: {} x {} s rounds per side and case, medians of rounds; saturation: wrk -t{} -c{}; \
-         paced loads: wrk -t1 with a {} ms delay after each response{}{}{}",
+         loads below 100%: constant rate (bench/loadgen.rs){}{}{}",
         args.rounds,
         args.seconds,
         args.threads,
         args.connections,
-        args.pace_delay_ms,
         if args.tls { "; nginx over HTTPS" } else { "" },
         if args.agent_args.is_empty() {
             String::new()
