@@ -84,6 +84,7 @@ pub fn run(load: &Load) -> Result<WrkRun> {
     let mut latencies: Vec<u32> =
         Vec::with_capacity((load.rate * f64::from(load.seconds)) as usize);
     let mut non_2xx = 0u64;
+    let mut last_answer = start;
     let mut fds: Vec<libc::pollfd> = Vec::with_capacity(conns.len());
     let mut which: Vec<usize> = Vec::with_capacity(conns.len());
     // Answers still awaited when the schedule ends get this long.
@@ -151,6 +152,7 @@ pub fn run(load: &Load) -> Result<WrkRun> {
             let c = &mut conns[i];
             if let Some(status) = read_available(c)? {
                 let due = c.waiting.take().unwrap_or(now);
+                last_answer = Instant::now();
                 let us = due.elapsed().as_micros();
                 latencies.push(u32::try_from(us).unwrap_or(u32::MAX));
                 if !(200..400).contains(&status) {
@@ -166,9 +168,15 @@ pub fn run(load: &Load) -> Result<WrkRun> {
             .get(((latencies.len() as f64 - 1.0) * p).round().max(0.0) as usize)
             .map_or(0.0, |v| f64::from(*v))
     };
+    // Over the schedule, or longer if the answers came in later: a server that cannot keep
+    // up shows a lower rate than the one offered.
+    let elapsed = last_answer
+        .saturating_duration_since(start)
+        .as_secs_f64()
+        .max(f64::from(load.seconds));
     Ok(WrkRun {
         requests,
-        rps: requests / f64::from(load.seconds),
+        rps: requests / elapsed,
         p50_us: pct(0.5),
         p99_us: pct(0.99),
         non_2xx: non_2xx as f64,
