@@ -12,14 +12,12 @@
 //!    carries (the agent's span joins that trace; the app logs the id with its duration).
 use std::{
     collections::HashMap,
-    fs::File,
-    io::{BufReader, Read as _, Write as _},
-    net::TcpStream,
+    io::{BufReader, Write as _},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use clap::Args;
 use tests::{
     agent::Agent,
@@ -32,7 +30,7 @@ use tests::{
 use super::{
     fastapi, loadgen,
     overhead::{median, pin_tree},
-    sdk_compare::{pct, read_response},
+    sdk_compare::{pct, read_response, traced_client},
     wrk,
 };
 use crate::{prereq, util};
@@ -458,14 +456,7 @@ fn durations(agent_bin: &Path, python: &Path, args: &AccuracyArgs) -> Result<Dur
 /// Sends `n` GETs on one keep-alive connection, each with a random `traceparent`; returns
 /// trace id -> client round trip (us).
 fn send_traced(port: u16, n: usize) -> Result<Vec<(String, f64)>> {
-    let mut random = vec![0u8; 24 * n];
-    File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut random))
-        .context("reading /dev/urandom")?;
-    let stream =
-        TcpStream::connect(("127.0.0.1", port)).with_context(|| format!("connect :{port}"))?;
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let (random, stream) = traced_client(port, n)?;
     // One descriptor for reads and writes (no `try_clone`, which dup()s it).
     let mut writer = &stream;
     let mut reader = BufReader::new(&stream);

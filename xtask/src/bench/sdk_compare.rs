@@ -233,9 +233,9 @@ fn pick(i: usize) -> (String, &'static str) {
     }
 }
 
-/// Sends `n` GETs in sequence on one keep-alive connection (as a client library would), each
-/// with a fresh random `traceparent` (sampled flag set).
-fn send_requests(port: u16, n: usize) -> Result<Vec<Sent>> {
+/// For `n` traced requests on one keep-alive connection: 24 random bytes per request (a trace
+/// id and a parent span id) and the connection, no Nagle delay, 30 s read timeout.
+pub(super) fn traced_client(port: u16, n: usize) -> Result<(Vec<u8>, TcpStream)> {
     let mut random = vec![0u8; 24 * n];
     File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut random))
@@ -244,6 +244,13 @@ fn send_requests(port: u16, n: usize) -> Result<Vec<Sent>> {
         TcpStream::connect(("127.0.0.1", port)).with_context(|| format!("connect :{port}"))?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    Ok((random, stream))
+}
+
+/// Sends `n` GETs in sequence on one keep-alive connection (as a client library would), each
+/// with a fresh random `traceparent` (sampled flag set).
+fn send_requests(port: u16, n: usize) -> Result<Vec<Sent>> {
+    let (random, stream) = traced_client(port, n)?;
     // Reads and writes on the one descriptor (no `try_clone`, which dup()s it): the agent
     // follows the descriptor the connection was made on.
     let mut writer = &stream;
