@@ -12,7 +12,7 @@ pub struct MappedLibrary {
 }
 
 /// Libraries whose OpenSSL API the agent hooks: `libssl.so`, `libssl.so.3`, `libssl.so.1.1`.
-fn is_libssl(path: &str) -> bool {
+pub(super) fn is_libssl(path: &str) -> bool {
     let name = path.rsplit('/').next().unwrap_or(path);
     name.starts_with("libssl.so")
 }

@@ -1,15 +1,18 @@
 //! TLS plaintext: finds the OpenSSL libraries processes map and hooks each file once.
 //!
-//! At start every process's maps are read once; afterwards the kernel reports executable
-//! file mappings (library loads, see `on_mmap` in apm-ebpf/src/sockets.rs) and only those
-//! processes are looked at again. The hooking runs on its own thread: parsing a library's
+//! At start the libssl files in the loader's search path are hooked (see [`loader`]: a process
+//! started later is covered from its first call) and every process's maps are read once;
+//! afterwards the kernel reports executable file mappings (library loads, see `on_mmap` in
+//! apm-ebpf/src/sockets.rs) and only those processes are looked at again. The hooking runs on its own thread: parsing a library's
 //! symbols and attaching ten probes takes milliseconds the event thread must not spend.
 pub mod libraries;
+pub mod loader;
 
 use std::{
     collections::HashSet,
+    fs::File,
     os::fd::AsRawFd,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering::Relaxed},
@@ -21,6 +24,9 @@ use std::{
 
 use crate::{ebpf::Probes, internal::Internal, privileges};
 use libraries::{MappedLibrary, tls_libraries};
+
+/// The root directory the host's own processes see: the loader's search path is read there.
+const HOST_ROOT: &str = "/proc/1/root";
 
 /// Processes waiting to be looked at; beyond this, requests are dropped (counted).
 const QUEUE: usize = 4096;
@@ -96,6 +102,7 @@ impl Attacher {
     }
 
     fn scan_all(&mut self) {
+        self.hook_loader_libraries();
         let Ok(dir) = std::fs::read_dir("/proc") else {
             return;
         };
@@ -129,6 +136,38 @@ impl Attacher {
         }
     }
 
+    /// The libssl files of the loader's search path, as the host's first process (the host's
+    /// own root, also from a DaemonSet pod with `hostPID`) sees them, or as the agent does
+    /// when that root is out of its reach (a sandbox that hides its init).
+    fn hook_loader_libraries(&mut self) {
+        let root = [Path::new(HOST_ROOT), Path::new("/")]
+            .into_iter()
+            .find(|r| std::fs::read_dir(r.join("etc")).is_ok())
+            .unwrap_or(Path::new("/"));
+        for path in loader::libssl_files(root) {
+            let Ok(file) = File::open(root.join(path.trim_start_matches('/'))) else {
+                continue;
+            };
+            let identity = match loader::mapped_identity(&file) {
+                Ok(identity) => identity,
+                Err(e) => {
+                    log::debug!("TLS: {path}: no identity ({e}); left to its first process");
+                    continue;
+                }
+            };
+            if self.seen.contains(&identity) {
+                continue;
+            }
+            if self.seen.len() >= self.budget {
+                self.internal.tls_libraries_overflow.fetch_add(1, Relaxed);
+                continue;
+            }
+            if self.attach(&file, &path, "in the loader's search path") {
+                self.seen.insert(identity);
+            }
+        }
+    }
+
     /// Hooks `lib` as process `tgid` maps it. False when it should be tried again at its next
     /// sighting: the file could not be opened because the process exited meanwhile (its
     /// `/proc/<pid>/root` went with it), which says nothing about the library, and
@@ -137,18 +176,22 @@ impl Attacher {
         // The path as this process sees it, in its own mount namespace (containers), opened
         // once: every attach below goes through this descriptor, so a process that exits
         // meanwhile cannot leave the library half hooked.
-        let Ok(file) = std::fs::File::open(format!("/proc/{tgid}/root{}", lib.path)) else {
+        let Ok(file) = File::open(format!("/proc/{tgid}/root{}", lib.path)) else {
             log::debug!("TLS: {} (pid {tgid}) could not be opened", lib.path);
             return false;
         };
+        self.attach(&file, &lib.path, &format!("first seen in pid {tgid}"))
+    }
+
+    /// Attaches the OpenSSL probes to the open library `file` (`path` and `origin` are for the
+    /// log). True once the library is settled: hooked, or refused for a reason that a retry
+    /// would not change.
+    fn attach(&mut self, file: &File, path: &str, origin: &str) -> bool {
         let target = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
         match self.probes.attach_tls(&target) {
             Ok(functions) => {
                 self.internal.tls_libraries_hooked.fetch_add(1, Relaxed);
-                log::info!(
-                    "TLS: hooked {functions} OpenSSL functions in {} (first seen in pid {tgid})",
-                    lib.path
-                );
+                log::info!("TLS: hooked {functions} OpenSSL functions in {path} ({origin})");
                 true
             }
             Err(e) => {
@@ -162,7 +205,7 @@ impl Attacher {
                         privileges::UPROBES.why
                     )
                 };
-                log::warn!("TLS: {} (pid {tgid}) not hooked: {e}{hint}", lib.path);
+                log::warn!("TLS: {path} ({origin}) not hooked: {e}{hint}");
                 true
             }
         }
