@@ -74,6 +74,8 @@ pub(crate) fn emit_data(m: &Moved) {
     // one socket from reaching the ring in the other order.
     // SAFETY: `m.sock` points into a SOCKETS value (see `Moved::sock`).
     let seq = record_seq(atomic_fetch_inc(unsafe { &raw mut (*m.sock).records }));
+    // SAFETY: no preconditions.
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
     scratch.header = DataEventHeader {
         kind: kind::DATA,
         direction: m.direction,
@@ -81,8 +83,7 @@ pub(crate) fn emit_data(m: &Moved) {
         tid: m.tid,
         fd: m.fd,
         syscall: m.syscall,
-        // SAFETY: no preconditions.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ts_ns,
         total_len: m.total,
         captured_len: copied as u32,
         seq,
@@ -96,7 +97,7 @@ pub(crate) fn emit_data(m: &Moved) {
     // SAFETY: `size` is at most HEADER_LEN + MAX_CAPTURE, inside the scratch value.
     let record =
         unsafe { core::slice::from_raw_parts(core::ptr::from_mut(scratch).cast::<u8>(), size) };
-    if EVENTS.output::<[u8]>(record, wakeup_flags()).is_err() {
+    if EVENTS.output::<[u8]>(record, wakeup_flags(ts_ns)).is_err() {
         bump(stat::EVENTS_LOST);
     }
 }

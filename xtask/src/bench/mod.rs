@@ -5,6 +5,7 @@ mod accuracy;
 mod capacity;
 mod db;
 mod fastapi;
+mod kernel_time;
 mod loadgen;
 mod memory;
 mod overhead;

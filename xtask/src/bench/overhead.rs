@@ -8,7 +8,7 @@ use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 use tests::{agent::Agent, net::free_port, prom::Metrics, servers::Nginx};
 
-use super::{fastapi, loadgen, wrk};
+use super::{fastapi, kernel_time, loadgen, wrk};
 use crate::{prereq, util};
 
 /// Service name the FastAPI app gets through `OTEL_SERVICE_NAME` (the agent reads it).
@@ -75,6 +75,10 @@ pub struct OverheadArgs {
     /// unpinned, the two sometimes share a core).
     #[arg(long)]
     no_pin: bool,
+    /// Skip the extra agent-on round per case that reads the time the agent's eBPF programs
+    /// take in the traced processes (`kernel.bpf_stats_enabled`, see bench/kernel_time.rs).
+    #[arg(long)]
+    no_kernel_time: bool,
 }
 
 /// A server under test and how the agent's figures for it are read.
@@ -122,6 +126,8 @@ struct Case {
     lost: f64,
     peak_rss: u64,
     on_seconds: f64,
+    /// The agent's eBPF programs in the extra round, and the requests of that round.
+    kernel: Option<(kernel_time::Runs, f64)>,
 }
 
 impl Case {
@@ -145,6 +151,16 @@ impl Case {
         self.cpu_ns as f64 / 1e9 / self.on_seconds.max(1e-9) * 100.0
     }
 
+    /// Time in the agent's eBPF programs per request (µs), and program runs per request.
+    fn kernel_per_request(&self) -> Option<(f64, f64)> {
+        self.kernel.map(|(runs, requests)| {
+            (
+                runs.time_ns as f64 / 1e3 / requests.max(1.0),
+                runs.count as f64 / requests.max(1.0),
+            )
+        })
+    }
+
     fn peak_rss_mb(&self) -> f64 {
         self.peak_rss as f64 / (1024.0 * 1024.0)
     }
@@ -163,6 +179,8 @@ impl Case {
             "agent_cpu_pct": self.cpu_pct(),
             "events_lost": self.lost,
             "agent_peak_rss_mb": self.peak_rss_mb(),
+            "agent_kernel_us_per_request": self.kernel_per_request().map(|k| k.0),
+            "agent_kernel_runs_per_request": self.kernel_per_request().map(|k| k.1),
             "rps_off": self.rps_off,
             "rps_on": self.rps_on,
             "p50_us_off": self.p50_off,
@@ -375,6 +393,26 @@ fn measure_case(
             on.push(r);
         }
     }
+    if !args.no_kernel_time && kernel_time::available() {
+        let extra: Vec<&str> = args.agent_args.split_whitespace().collect();
+        let agent = Agent::start_binary(agent_bin, &extra)?;
+        std::thread::sleep(Duration::from_millis(500));
+        let accounting = kernel_time::Accounting::enable()?;
+        let before = kernel_time::programs_of(agent.pid())?;
+        let r = run_wrk()?;
+        let runs = kernel_time::programs_of(agent.pid())?.since(&before);
+        drop(accounting);
+        eprintln!(
+            "{} {load}% kernel round: {:.0} req/s, the agent's eBPF programs {:.2} us per request \
+             ({:.1} runs of {:.0} ns)",
+            app.name(),
+            r.rps,
+            runs.time_ns as f64 / 1e3 / r.requests.max(1.0),
+            runs.count as f64 / r.requests.max(1.0),
+            runs.time_ns as f64 / (runs.count.max(1)) as f64
+        );
+        case.kernel = Some((runs, r.requests));
+    }
     let mid = |runs: &[wrk::WrkRun], f: fn(&wrk::WrkRun) -> f64| {
         median(&runs.iter().map(f).collect::<Vec<_>>())
     };
@@ -408,7 +446,7 @@ fn report(args: &OverheadArgs, cases: &[Case]) {
         }
     );
     println!(
-        "{:<14} {:>5} {:>9} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>6} {:>6} {:>6} {:>8}",
+        "{:<14} {:>5} {:>9} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>6} {:>8}",
         "case",
         "conns",
         "rps off",
@@ -419,6 +457,7 @@ fn report(args: &OverheadArgs, cases: &[Case]) {
         "us/req",
         "us/exch",
         "evt/req",
+        "kern/req",
         "cpu%",
         "prof%",
         "lost",
@@ -426,7 +465,7 @@ fn report(args: &OverheadArgs, cases: &[Case]) {
     );
     for c in cases {
         println!(
-            "{:<14} {:>5} {:>9.0} {:>9.0} {:>7.3} {:>7.2} {:>7.2} {:>8.2} {:>8.2} {:>8.2} {:>6.1} {:>6.1} {:>6.0} {:>8.1}",
+            "{:<14} {:>5} {:>9.0} {:>9.0} {:>7.3} {:>7.2} {:>7.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>6.1} {:>6.1} {:>6.0} {:>8.1}",
             format!("{} {}%", c.app, c.load_pct),
             c.connections,
             c.rps_off,
@@ -437,6 +476,8 @@ fn report(args: &OverheadArgs, cases: &[Case]) {
             c.cpu_us_per_request(),
             c.cpu_us_per_exchange(),
             c.events_cpu_us_per_request(),
+            c.kernel_per_request()
+                .map_or("-".to_owned(), |k| format!("{:.2}", k.0)),
             c.cpu_pct(),
             c.profiler_cpu_pct(),
             c.lost,
@@ -447,8 +488,10 @@ fn report(args: &OverheadArgs, cases: &[Case]) {
         "targets: thr (throughput ratio on/off) >= 0.97; us/req (agent CPU per request) <= 2; \
          lost 0; RSS (peak, VmHWM) <= 40 MB. p50/p99 are latency ratios on/off; us/exch is \
          agent CPU per exchange observed (server side + client side); evt/req is the \
-         event path's thread alone per request; cpu% is the agent's CPU in % of one core, prof% \
-         the profiler thread's share of it."
+         event path's thread alone per request; kern/req is the time the agent's eBPF programs \
+         took inside the traced processes' syscalls per request (an extra round with \
+         kernel.bpf_stats_enabled; not in us/req, and not counted by any agent CPU figure); \
+         cpu% is the agent's CPU in % of one core, prof% the profiler thread's share of it."
     );
     let mut json = serde_json::json!({
         "bench": "overhead",
