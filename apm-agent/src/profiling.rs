@@ -116,6 +116,27 @@ pub fn unix_now() -> u64 {
 }
 
 /// The continuous profiler of `apm-agent run`: drains every `every` into `store` until `stop`.
+/// Nice value of the profiler's thread.
+const PROFILER_NICE: i32 = 19;
+
+/// Lowers the calling thread's scheduling weight to nice 19, so that the profiler's bursts
+/// (symbolizing a new binary's frames, reading maps) wait for idle moments instead of taking
+/// the CPU from the applications it profiles. Measured with nginx at 50% of saturation: with
+/// the profiler at normal weight, nginx's p99 latency went from 3.3 ms (agent off) to 9-212 ms
+/// (rounds of 10 s, each starting a fresh agent); with the profiler off, 3.4 ms. At nice 19
+/// it still gets about 1.5% of a fully busy CPU, more than it uses (about 1% of one core).
+fn yield_to_applications() {
+    // SAFETY: no pointers; on Linux `PRIO_PROCESS` with a thread id sets that thread's nice.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: as above.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, PROFILER_NICE) } != 0 {
+        log::debug!(
+            "profiler: nice {PROFILER_NICE} not set: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 pub fn run_continuous(
     mut sampler: Sampler,
     store: Arc<Mutex<Store>>,
@@ -123,6 +144,7 @@ pub fn run_continuous(
     stop: Arc<AtomicBool>,
     every: Duration,
 ) {
+    yield_to_applications();
     let mut next = Instant::now() + every;
     let mut last_cleanup = Instant::now();
     while !stop.load(Relaxed) {

@@ -364,22 +364,23 @@ impl ConnTable {
         fd: u32,
         make: impl FnOnce() -> Connection,
     ) -> Result<&mut Connection, Full> {
-        let known = self
-            .by_process
-            .get(&tgid)
-            .is_some_and(|fds| fds.contains_key(&fd));
-        if !known {
-            if self.len >= self.budget {
-                return Err(Full);
-            }
-            self.len += 1;
+        // Two hash lookups, not four: this runs for every data record, twice (admission, then
+        // parsing).
+        if self.len >= self.budget
+            && !self
+                .by_process
+                .get(&tgid)
+                .is_some_and(|fds| fds.contains_key(&fd))
+        {
+            return Err(Full);
         }
-        Ok(self
-            .by_process
-            .entry(tgid)
-            .or_default()
-            .entry(fd)
-            .or_insert_with(make))
+        Ok(match self.by_process.entry(tgid).or_default().entry(fd) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                self.len += 1;
+                v.insert(make())
+            }
+        })
     }
 
     pub fn get_mut(&mut self, tgid: u32, fd: u32) -> Option<&mut Connection> {
