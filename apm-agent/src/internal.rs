@@ -229,6 +229,13 @@ impl Internal {
         );
         family(
             out,
+            "apm_ring_wakeups_total",
+            "counter",
+            "Wake-ups of the agent forced by the kernel programs: when a batch waits in the ring buffer (at most one per millisecond) and at each exec.",
+            &[("", k(stat::RING_WAKEUPS))],
+        );
+        family(
+            out,
             "apm_connections_adopted_total",
             "counter",
             "Sockets followed from their first data: inherited across fork, duplicated, or received over a unix socket.",

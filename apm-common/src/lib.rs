@@ -138,6 +138,9 @@ pub mod stat {
     pub const TLS_CALLS_FULL: u32 = 13;
     /// Plaintext records emitted from the OpenSSL uprobes.
     pub const TLS_RECORDS: u32 = 14;
+    /// Wake-ups of the agent forced by a record (a batch waits, at most one per millisecond;
+    /// and each `exec`).
+    pub const RING_WAKEUPS: u32 = 15;
     /// Number of counters.
     pub const COUNT: u32 = 16;
 }

@@ -135,6 +135,7 @@ pub(crate) fn wakeup_flags(now_ns: u64) -> u64 {
     }
     // SAFETY: as above.
     unsafe { *last = now_ns };
+    bump(stat::RING_WAKEUPS);
     BPF_RB_FORCE_WAKEUP as u64
 }
 
@@ -152,6 +153,7 @@ pub(crate) fn output<T>(record: &T) {
 /// is still alive (reading /proc of a just-exec'd, possibly short-lived, process).
 #[inline(always)]
 pub(crate) fn output_now<T>(record: &T) {
+    bump(stat::RING_WAKEUPS);
     if EVENTS
         .output::<T>(record, BPF_RB_FORCE_WAKEUP as u64)
         .is_err()

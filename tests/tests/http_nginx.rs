@@ -32,6 +32,8 @@ fn wrk_keepalive_counts_match_wrk() -> Result<()> {
     let file = format!("{}.html", unique("page"));
     let _nginx = Nginx::start(port, &[(&file, &[b'n'; 2048][..])], 1)?;
     let connections = 4;
+    let wakeups_before = agent.metrics()?.value("apm_ring_wakeups_total");
+    let started = std::time::Instant::now();
     let out = Command::new("wrk")
         .args(["-t1", &format!("-c{connections}"), "-d2s"])
         .arg(format!("http://127.0.0.1:{port}/{file}"))
@@ -54,6 +56,16 @@ fn wrk_keepalive_counts_match_wrk() -> Result<()> {
         "ring buffer overflowed"
     );
     assert_eq!(client, sent, "agent's count of wrk's requests");
+    // Forced wake-ups are limited to one per millisecond (plus one per exec, and the host may
+    // start a few processes meanwhile): once a batch waited, every record used to force one.
+    let wakeups = m.value("apm_ring_wakeups_total") - wakeups_before;
+    let limit = started.elapsed().as_millis() as f64 + 1000.0;
+    eprintln!("{wakeups} forced wake-ups for {sent} requests (limit {limit})");
+    assert!(
+        wakeups <= limit,
+        "{wakeups} forced wake-ups in {:?} for {sent} requests",
+        started.elapsed()
+    );
     // nginx also answered the requests in flight when wrk stopped (at most one per connection).
     assert!(
         server >= sent && server <= sent + f64::from(connections),
