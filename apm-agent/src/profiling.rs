@@ -115,7 +115,6 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The continuous profiler of `apm-agent run`: drains every `every` into `store` until `stop`.
 /// Nice value of the profiler's thread.
 const PROFILER_NICE: i32 = 19;
 
@@ -137,6 +136,7 @@ fn yield_to_applications() {
     }
 }
 
+/// The continuous profiler of `apm-agent run`: drains every `every` into `store` until `stop`.
 pub fn run_continuous(
     mut sampler: Sampler,
     store: Arc<Mutex<Store>>,

@@ -153,11 +153,12 @@ pub(crate) fn output<T>(record: &T) {
 /// is still alive (reading /proc of a just-exec'd, possibly short-lived, process).
 #[inline(always)]
 pub(crate) fn output_now<T>(record: &T) {
-    bump(stat::RING_WAKEUPS);
     if EVENTS
         .output::<T>(record, BPF_RB_FORCE_WAKEUP as u64)
         .is_err()
     {
         bump(stat::EVENTS_LOST);
+    } else {
+        bump(stat::RING_WAKEUPS);
     }
 }

@@ -60,6 +60,18 @@ fn by_status(m: &Metrics, metric: &str, service: &str, status: &str) -> f64 {
     )
 }
 
+/// curl's requests to `port` that got `status`, every route.
+fn curl_by_status(m: &Metrics, port: u16, status: &str) -> f64 {
+    m.sum(
+        CLIENT,
+        &[
+            ("service_name", "curl"),
+            ("server_port", &port.to_string()),
+            ("http_response_status_code", status),
+        ],
+    )
+}
+
 const SERVER: &str = "http_server_request_duration_seconds_count";
 const CLIENT: &str = "http_client_request_duration_seconds_count";
 
@@ -96,16 +108,7 @@ fn nginx_https_under_curl_counted_once_on_both_sides() -> Result<()> {
         m.client_count("curl", port, "GET", &route, "200")
     })?;
     let server_404 = agent.settle(5.0, WAIT, |m| by_status(m, SERVER, "nginx", "404"))?;
-    let client_404 = agent.settle(5.0, WAIT, |m| {
-        m.sum(
-            CLIENT,
-            &[
-                ("service_name", "curl"),
-                ("server_port", &port.to_string()),
-                ("http_response_status_code", "404"),
-            ],
-        )
-    })?;
+    let client_404 = agent.settle(5.0, WAIT, |m| curl_by_status(m, port, "404"))?;
     let m = agent.metrics()?;
     assert_eq!(server_ok, 10.0, "nginx's 200s\n{}", agent.log());
     assert_eq!(client_ok, 10.0, "curl's 200s");
@@ -250,16 +253,7 @@ fn libssl_loaded_after_start_is_hooked_without_restart() -> Result<()> {
         "/dev/null",
         &format!("https://127.0.0.1:{port}/ok/first"),
     ])?;
-    let client_ok = agent.settle(1.0, WAIT, |m| {
-        m.sum(
-            CLIENT,
-            &[
-                ("service_name", "curl"),
-                ("server_port", &port.to_string()),
-                ("http_response_status_code", "200"),
-            ],
-        )
-    })?;
+    let client_ok = agent.settle(1.0, WAIT, |m| curl_by_status(m, port, "200"))?;
     assert_eq!(
         client_ok,
         1.0,

@@ -3,8 +3,9 @@
 //! At start the libssl files in the loader's search path are hooked (see [`loader`]: a process
 //! started later is covered from its first call) and every process's maps are read once;
 //! afterwards the kernel reports executable file mappings (library loads, see `on_mmap` in
-//! apm-ebpf/src/sockets.rs) and only those processes are looked at again. The hooking runs on its own thread: parsing a library's
-//! symbols and attaching ten probes takes milliseconds the event thread must not spend.
+//! apm-ebpf/src/sockets.rs) and only those processes are looked at again. The hooking runs on
+//! its own thread: parsing a library's symbols and attaching ten probes takes milliseconds the
+//! event thread must not spend.
 pub mod libraries;
 pub mod loader;
 
