@@ -5,6 +5,7 @@ use std::{io, path::Path};
 use crate::{
     ebpf::{
         LoadOptions, Probes,
+        features::{EndpointHooks, Features},
         load::{OPTIONAL_TRACEPOINTS, RAW_PROGRAMS, TRACEPOINT_PROGRAMS},
         tracefs,
     },
@@ -98,27 +99,39 @@ pub fn run_checks() -> Vec<Item> {
             },
             present,
             !optional,
-            if present {
-                format!("btf_trace_{name} in kernel BTF")
-            } else {
-                format!("btf_trace_{name} not in kernel BTF")
+            match (present, optional) {
+                (true, _) => format!("btf_trace_{name} in kernel BTF"),
+                (false, true) => format!("btf_trace_{name} not in kernel BTF (6.4+)"),
+                (false, false) => format!("btf_trace_{name} not in kernel BTF"),
             },
         ));
     }
     let attach = load_and_attach();
     items.push(item(
+        "capture path",
+        attach.is_ok(),
+        true,
+        "syscalls: BTF raw tracepoints sys_enter/sys_exit (the one path of this build)",
+    ));
+    if let Ok(loaded) = &attach {
+        items.extend(feature_items(loaded.features));
+    }
+    items.push(item(
         "attach: tp_btf + tracepoint programs, ring buffer",
         attach.is_ok(),
         true,
         match &attach {
-            Ok((n, _)) => format!("{n} programs loaded, verified and attached (then detached)"),
+            Ok(loaded) => format!(
+                "{} programs loaded, verified and attached (then detached)",
+                loaded.attached
+            ),
             Err(e) => e.clone(),
         },
     ));
     let tls = attach
         .as_ref()
         .map_err(Clone::clone)
-        .and_then(|(_, tls)| tls.clone());
+        .and_then(|loaded| loaded.tls.clone());
     items.push(item(
         "attach: OpenSSL uprobes (optional)",
         tls.is_ok(),
@@ -158,10 +171,14 @@ pub fn run_checks() -> Vec<Item> {
     ));
     let kprobe = Path::new("/sys/bus/event_source/devices/kprobe/type").exists();
     items.push(item(
-        "attach: kprobe (optional)",
+        "kprobes (optional)",
         kprobe,
         false,
-        "not used: tracepoints cover what the agent needs",
+        if kprobe {
+            "available: used for socket endpoints where the socket tracepoints are missing"
+        } else {
+            "absent (CONFIG_KPROBES off): tracepoints cover what the agent needs"
+        },
     ));
     items
 }
@@ -194,6 +211,62 @@ pub fn report(items: &[Item]) -> bool {
     }
 }
 
+/// The kernel differences the loader found, and what each costs where it is absent.
+fn feature_items(f: Features) -> Vec<Item> {
+    vec![
+        item(
+            "socket endpoints (optional)",
+            f.endpoints != EndpointHooks::None,
+            false,
+            match f.endpoints {
+                EndpointHooks::Tracepoints => "tracepoints sock_send_length/sock_recv_length",
+                EndpointHooks::Kprobes => {
+                    "kprobes tcp_sendmsg/tcp_recvmsg (no socket tracepoints before 6.4): TCP \
+                     connections only"
+                }
+                EndpointHooks::None => {
+                    "absent (no socket tracepoints, no kprobes): connections carry no \
+                     endpoints (no same-host client/server pairing, port selectors see no \
+                     local port of accepted connections), inherited sockets are not followed"
+                }
+            },
+        ),
+        item(
+            "atomic fetch-add (optional)",
+            f.fetch_add,
+            false,
+            if f.fetch_add {
+                "records numbered with BPF atomic fetch-add"
+            } else {
+                "absent (5.12+): records numbered in two steps; two threads writing one \
+                 socket at the same instant can cost that connection a needless reset"
+            },
+        ),
+        item(
+            "sched_process_exit group_dead (optional)",
+            f.exit_group_dead.is_some(),
+            false,
+            match f.exit_group_dead {
+                Some(offset) => format!("at offset {offset}"),
+                None => "absent (added after 6.12): the thread-group leader's exit stands for the \
+                         process's"
+                    .to_owned(),
+            },
+        ),
+        item(
+            "sched_process_fork child_pid (optional)",
+            f.fork_child_pid.is_some(),
+            false,
+            match f.fork_child_pid {
+                Some(offset) => format!("at offset {offset}"),
+                None => "absent: a forked child serving an inherited socket is named after \
+                         itself only"
+                    .to_owned(),
+            },
+        ),
+    ]
+}
+
 /// Is `btf_trace_<name>` (the type behind a BTF raw tracepoint) in the kernel BTF?
 fn raw_tracepoint_in_btf(btf: &Path, name: &str) -> bool {
     let needle = format!("btf_trace_{name}\0");
@@ -209,10 +282,18 @@ const SYSTEM_LIBSSL: [&str; 5] = [
     "/usr/lib/libssl.so.3",
 ];
 
+/// What [`load_and_attach`] found.
+struct Loaded {
+    /// Programs attached.
+    attached: usize,
+    /// The OpenSSL uprobes: what was hooked, or why not.
+    tls: Result<String, String>,
+    features: Features,
+}
+
 /// Attaches the tracepoint programs (their count), then loads the OpenSSL uprobes and hooks
 /// the system's libssl when there is one (what happened, or why not).
-#[allow(clippy::type_complexity)]
-fn load_and_attach() -> Result<(usize, Result<String, String>), String> {
+fn load_and_attach() -> Result<Loaded, String> {
     let opts = LoadOptions {
         agent_tgid: std::process::id(),
         capture_bytes: 64,
@@ -242,7 +323,11 @@ fn load_and_attach() -> Result<(usize, Result<String, String>), String> {
                     .map_err(|e| error_chain(&e)),
             },
         );
-    Ok((probes.attached().len(), tls))
+    Ok(Loaded {
+        attached: probes.attached().len(),
+        tls,
+        features: probes.features(),
+    })
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -12,7 +12,7 @@ use aya_ebpf::helpers::{
     bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_probe_read_user as raw_read_user,
 };
 
-use crate::maps::{CAPTURE_BYTES, EVENTS, SCRATCH, atomic_fetch_inc, bump, wakeup_flags};
+use crate::maps::{CAPTURE_BYTES, EVENTS, SCRATCH, bump, next_record, wakeup_flags};
 
 const HEADER_LEN: usize = core::mem::size_of::<DataEventHeader>();
 const MASK: u64 = (MAX_CAPTURE as u64) - 1;
@@ -48,9 +48,10 @@ pub(crate) struct Moved {
     pub sock: *mut SockInfo,
 }
 
-/// Emits one data record.
+/// Emits one data record. `FETCH`: number it with the atomic fetch-add (see
+/// [`next_record`]).
 #[inline(always)]
-pub(crate) fn emit_data(m: &Moved) {
+pub(crate) fn emit_data<const FETCH: bool>(m: &Moved) {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -73,7 +74,7 @@ pub(crate) fn emit_data(m: &Moved) {
     // leaves a gap in its socket's numbers, and the short window keeps two threads writing
     // one socket from reaching the ring in the other order.
     // SAFETY: `m.sock` points into a SOCKETS value (see `Moved::sock`).
-    let seq = record_seq(atomic_fetch_inc(unsafe { &raw mut (*m.sock).records }));
+    let seq = record_seq(next_record::<FETCH>(unsafe { &raw mut (*m.sock).records }));
     // SAFETY: no preconditions.
     let ts_ns = unsafe { bpf_ktime_get_ns() };
     scratch.header = DataEventHeader {
@@ -89,7 +90,7 @@ pub(crate) fn emit_data(m: &Moved) {
         seq,
     };
 
-    let mut len = copied;
+    let mut len = opaque(copied);
     if len > MAX_CAPTURE as u64 {
         len = MAX_CAPTURE as u64;
     }
@@ -106,14 +107,14 @@ pub(crate) fn emit_data(m: &Moved) {
 /// Returns the bytes copied (0 when the read faulted).
 #[inline(always)]
 fn copy_at(scratch: &mut DataEventScratch, offset: u64, src: u64, len: u64) -> u64 {
-    let mut n = len;
+    let mut n = opaque(len);
     if n > MAX_CAPTURE as u64 {
         n = MAX_CAPTURE as u64;
     }
     if n == 0 {
         return 0;
     }
-    let offset = offset & MASK;
+    let offset = opaque(offset) & MASK;
     // SAFETY: offset < MAX_CAPTURE and n <= MAX_CAPTURE, and the payload is 2 * MAX_CAPTURE
     // long; the helper itself checks the user pointer.
     let ret = unsafe {
@@ -132,6 +133,24 @@ fn copy_at(scratch: &mut DataEventScratch, offset: u64, src: u64, len: u64) -> u
         return 0;
     }
     n
+}
+
+/// Returns `v` unchanged, in a way the optimizer cannot see through, so that a bound written
+/// after it stays in the object for the verifier to see.
+///
+/// Why: LLVM removes a clamp or mask it can prove redundant from the surrounding code (here:
+/// `done < want <= MAX_CAPTURE` in the iovec loop makes `offset & MASK` a no-op to it), but
+/// verifiers before 6.12 cannot follow that reasoning across loop iterations and reject the
+/// copy ("invalid access to map value ... R1 min value is outside of the allowed memory
+/// range" on 6.1; "Add or adjust a bounds check that proves offset + access_size stays within
+/// the object" on 7.x, where the same object was accepted by 6.12 and 6.18).
+#[inline(always)]
+fn opaque(mut v: u64) -> u64 {
+    // SAFETY: a register move onto itself; it only hides the value from the optimizer.
+    unsafe {
+        core::arch::asm!("{v} = {v}", v = inout(reg) v, options(nomem, nostack, preserves_flags));
+    }
+    v
 }
 
 /// Gathers up to `want` bytes from an iovec array of `count` entries.

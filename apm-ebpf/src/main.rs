@@ -7,6 +7,7 @@
 #![feature(asm_experimental_arch)]
 
 mod capture;
+mod endpoints;
 mod maps;
 mod process;
 mod profiler;

@@ -87,21 +87,49 @@ pub(crate) fn atomic_add(counter: *mut u64, v: u64) {
     }
 }
 
-/// Atomic `*counter += 1`, returning the value before (the BPF atomic fetch-add instruction,
-/// kernel 5.12+): numbers the data records of a socket that several threads may use at once.
+/// Takes the next number of a socket's record counter: `*counter += 1`, returning the value
+/// before. Two threads may use one socket at once, so with `FETCH` this is the BPF atomic
+/// fetch-add instruction. Kernels before 5.12 reject that instruction anywhere in a program
+/// ("BPF_STX uses reserved fields", even on a path never taken), so each program that numbers
+/// records is built twice and the agent loads the variant the kernel accepts (see
+/// `apm_probe_fetch_add`). Without `FETCH` the read and the add are two steps: two threads
+/// numbering records of one socket at the same instant can take the same number, which the
+/// agent sees as a repeated number and then a gap (a needless reset of that connection's
+/// parser, counted), never as silent loss.
 #[inline(always)]
-pub(crate) fn atomic_fetch_inc(counter: *mut u64) -> u64 {
-    let mut v: u64 = 1;
-    // SAFETY: callers pass a pointer into a map value from a successful lookup.
-    unsafe {
-        core::arch::asm!(
-            "{v} = atomic_fetch_add((u64 *)({p} + 0), {v})",
-            p = in(reg) counter,
-            v = inout(reg) v,
-        );
+pub(crate) fn next_record<const FETCH: bool>(counter: *mut u64) -> u64 {
+    if FETCH {
+        let mut v: u64 = 1;
+        // SAFETY: callers pass a pointer into a map value from a successful lookup.
+        unsafe {
+            core::arch::asm!(
+                "{v} = atomic_fetch_add((u64 *)({p} + 0), {v})",
+                p = in(reg) counter,
+                v = inout(reg) v,
+            );
+        }
+        v
+    } else {
+        // SAFETY: as above.
+        let v = unsafe { core::ptr::read_volatile(counter) };
+        atomic_add(counter, 1);
+        v
     }
-    v
 }
+
+/// A program the agent loads (never attaches) to learn whether this kernel accepts the
+/// atomic fetch-add instruction: the variant of the data programs is chosen by its result.
+#[aya_ebpf::macros::socket_filter]
+pub fn apm_probe_fetch_add(_ctx: aya_ebpf::programs::SkBuffContext) -> i64 {
+    if let Some(counter) = PROBE_COUNTER.get_ptr_mut(0) {
+        next_record::<true>(counter);
+    }
+    0
+}
+
+/// The value [`apm_probe_fetch_add`] adds to.
+#[map]
+static PROBE_COUNTER: Array<u64> = Array::with_max_entries(1, 0);
 
 /// When a record last forced a wakeup of the agent (`bpf_ktime_get_ns`), for every CPU.
 #[map]
@@ -161,4 +189,15 @@ pub(crate) fn output_now<T>(record: &T) {
     } else {
         bump(stat::RING_WAKEUPS);
     }
+}
+
+/// Sets bits of a socket entry's flags in place. Not `SOCKETS.insert` of a modified copy:
+/// that would replace the entry, and with it reset [`SockInfo::records`] to the copy's count
+/// (losing what other CPUs counted meanwhile) or bring back an entry that a concurrent close
+/// just removed.
+#[inline(always)]
+pub(crate) fn set_flags(sock: *mut SockInfo, bits: u32) {
+    // SAFETY: a value of a successful SOCKETS lookup. Two CPUs setting different bits at the
+    // same instant may lose one, which only costs a repeated tuple event or TLS claim.
+    unsafe { (*sock).flags |= bits };
 }

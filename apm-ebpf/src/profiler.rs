@@ -8,7 +8,7 @@
 use apm_common::{ProcEvent, SampleKey, kind, stat};
 use aya_ebpf::{
     Global,
-    bindings::{BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_FORCE_WAKEUP},
+    bindings::{BPF_ANY, BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_FORCE_WAKEUP},
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{map, perf_event},
     maps::{Array, HashMap, RingBuf, StackTrace},
@@ -30,9 +30,13 @@ static PROFILE_STACKS_1: StackTrace = StackTrace::with_max_entries(8192, 0);
 #[map]
 static PROFILE_CONTROL: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Thread groups sampled since the agent last forgot them (it removes those that exited).
+/// Thread groups sampled since the agent last forgot them (it removes those that exited),
+/// with the first 8 bytes of their command name when announced: a process that called
+/// `execve` since is announced again (it is another program now: another service, other
+/// memory maps). Without this, a child sampled between `fork` and `execve` (a window that
+/// a slow machine or an emulator makes wide) kept its parent's name for good.
 #[map]
-static PROFILE_KNOWN: HashMap<u32, u32> = HashMap::with_max_entries(16_384, 0);
+static PROFILE_KNOWN: HashMap<u32, u64> = HashMap::with_max_entries(16_384, 0);
 
 /// Thread groups to sample when `PROFILE_PID_FILTER` is set.
 #[map]
@@ -81,10 +85,22 @@ fn sample(ctx: &PerfEventContext) {
     } else {
         count(ctx, &PROFILE_COUNTS_1, &PROFILE_STACKS_1, tgid, pid);
     }
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    let name = comm_key(&comm);
     // SAFETY: as above.
-    if unsafe { PROFILE_KNOWN.get(tgid) }.is_none() {
-        announce(tgid);
+    match unsafe { PROFILE_KNOWN.get(tgid) } {
+        None => announce(tgid, comm, name, BPF_NOEXIST as u64),
+        Some(&known) if known != name => announce(tgid, comm, name, BPF_ANY as u64),
+        Some(_) => {}
     }
+}
+
+/// The first 8 bytes of a command name, as one comparable number.
+#[inline(always)]
+fn comm_key(comm: &[u8; 16]) -> u64 {
+    u64::from_ne_bytes([
+        comm[0], comm[1], comm[2], comm[3], comm[4], comm[5], comm[6], comm[7],
+    ])
 }
 
 #[inline(always)]
@@ -136,14 +152,12 @@ fn stack_id(ctx: &PerfEventContext, stacks: &StackTrace, flags: u64) -> i32 {
     }
 }
 
-/// First sample of a thread group: remember it and tell the agent.
+/// First sample of a thread group, or first since it exec'd another program: remember it
+/// (`flags`: `BPF_NOEXIST` for a new one, `BPF_ANY` for a renamed one) and tell the agent.
 #[inline(always)]
-fn announce(tgid: u32) {
-    if PROFILE_KNOWN
-        .insert(tgid, 0u32, BPF_NOEXIST as u64)
-        .is_err()
-    {
-        // Either inserted meanwhile by another CPU, or full: only the latter is counted.
+fn announce(tgid: u32, comm: [u8; 16], name: u64, flags: u64) {
+    if PROFILE_KNOWN.insert(tgid, name, flags).is_err() {
+        // Either changed meanwhile by another CPU, or full: only the latter is counted.
         // SAFETY: a lookup whose value is not kept.
         if unsafe { PROFILE_KNOWN.get(tgid) }.is_none() {
             bump(stat::PROFILE_KNOWN_FULL);
@@ -155,7 +169,7 @@ fn announce(tgid: u32) {
         tgid,
         // SAFETY: no preconditions.
         ts_ns: unsafe { bpf_ktime_get_ns() },
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        comm,
     };
     if PROFILE_EVENTS
         .output::<ProcEvent>(&ev, BPF_RB_FORCE_WAKEUP as u64)

@@ -14,8 +14,7 @@
 //!
 //! x86-64 only for now: syscall numbers and the register layout are per architecture.
 use apm_common::{
-    ConnEvent, LastSock, ProcEvent, SockInfo, SockKey, TupleEvent, direction, kind, role,
-    sock_flags, stat, syscall,
+    ConnEvent, ProcEvent, SockInfo, SockKey, direction, kind, role, sock_flags, stat, syscall,
 };
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST, pt_regs},
@@ -29,9 +28,10 @@ use aya_ebpf::{
 
 use crate::{
     capture::{Buffer, Moved, emit_data},
+    endpoints,
     maps::{
-        AGENT_TGID, FORK_PARENT, LAST_SOCK, LIBRARY_EVENTS, SKIP_PEER_ADDR4, SKIP_PEER_PORT,
-        SOCKETS, bump, output,
+        AGENT_TGID, FORK_PARENT, LIBRARY_EVENTS, SKIP_PEER_ADDR4, SKIP_PEER_PORT, SOCKETS, bump,
+        output,
     },
     tls,
 };
@@ -111,32 +111,41 @@ pub fn apm_sys_enter(ctx: BtfTracePointContext) -> i32 {
         | nr::SENDTO
         | nr::RECVMSG
         | nr::SENDMSG => {
-            if let Some(slot) = LAST_SOCK.get_ptr_mut(0) {
-                // SAFETY: this CPU's slot of a per-CPU array.
-                unsafe { (*slot).sk = 0 };
-            }
+            endpoints::forget_noted();
         }
         _ => {}
     }
     0
 }
 
+/// Syscall exit, numbering data records with the atomic fetch-add (5.12+).
 #[btf_tracepoint(function = "sys_exit")]
 pub fn apm_sys_exit(ctx: BtfTracePointContext) -> i32 {
+    sys_exit::<true>(&ctx)
+}
+
+/// Syscall exit for kernels without the atomic fetch-add (see `maps::next_record`).
+#[btf_tracepoint(function = "sys_exit")]
+pub fn apm_sys_exit_nofetch(ctx: BtfTracePointContext) -> i32 {
+    sys_exit::<false>(&ctx)
+}
+
+#[inline(always)]
+fn sys_exit<const FETCH: bool>(ctx: &BtfTracePointContext) -> i32 {
     let regs: *const pt_regs = ctx.arg(0);
     // SAFETY: the tracepoint's trusted pt_regs pointer.
     let number = unsafe { (*regs).orig_rax };
     let ret: i64 = ctx.arg(1);
     use direction::{EGRESS, INGRESS};
     match number {
-        nr::READ => on_data(regs, ret, syscall::READ, INGRESS, Layout::Plain),
-        nr::WRITE => on_data(regs, ret, syscall::WRITE, EGRESS, Layout::Plain),
-        nr::RECVFROM => on_data(regs, ret, syscall::RECVFROM, INGRESS, Layout::Plain),
-        nr::SENDTO => on_data(regs, ret, syscall::SENDTO, EGRESS, Layout::Plain),
-        nr::READV => on_data(regs, ret, syscall::READV, INGRESS, Layout::Iovec),
-        nr::WRITEV => on_data(regs, ret, syscall::WRITEV, EGRESS, Layout::Iovec),
-        nr::RECVMSG => on_data(regs, ret, syscall::RECVMSG, INGRESS, Layout::Msghdr),
-        nr::SENDMSG => on_data(regs, ret, syscall::SENDMSG, EGRESS, Layout::Msghdr),
+        nr::READ => on_data::<FETCH>(regs, ret, syscall::READ, INGRESS, Layout::Plain),
+        nr::WRITE => on_data::<FETCH>(regs, ret, syscall::WRITE, EGRESS, Layout::Plain),
+        nr::RECVFROM => on_data::<FETCH>(regs, ret, syscall::RECVFROM, INGRESS, Layout::Plain),
+        nr::SENDTO => on_data::<FETCH>(regs, ret, syscall::SENDTO, EGRESS, Layout::Plain),
+        nr::READV => on_data::<FETCH>(regs, ret, syscall::READV, INGRESS, Layout::Iovec),
+        nr::WRITEV => on_data::<FETCH>(regs, ret, syscall::WRITEV, EGRESS, Layout::Iovec),
+        nr::RECVMSG => on_data::<FETCH>(regs, ret, syscall::RECVMSG, INGRESS, Layout::Msghdr),
+        nr::SENDMSG => on_data::<FETCH>(regs, ret, syscall::SENDMSG, EGRESS, Layout::Msghdr),
         nr::ACCEPT | nr::ACCEPT4 => on_accept(regs, ret),
         nr::CONNECT => on_connect(regs, ret),
         nr::MMAP => on_mmap(regs, ret),
@@ -157,7 +166,7 @@ enum Layout {
 }
 
 #[inline(always)]
-fn on_data(regs: *const pt_regs, ret: i64, sc: u32, dir: u32, layout: Layout) {
+fn on_data<const FETCH: bool>(regs: *const pt_regs, ret: i64, sc: u32, dir: u32, layout: Layout) {
     if ret <= 0 {
         return;
     }
@@ -182,7 +191,7 @@ fn on_data(regs: *const pt_regs, ret: i64, sc: u32, dir: u32, layout: Layout) {
         return;
     }
     if info.flags & sock_flags::TUPLE_DONE == 0 {
-        send_tuple(key, sock, info);
+        endpoints::send_tuple(key, sock, info);
     }
     // TLS records: the plaintext comes from the OpenSSL uprobes (see tls.rs).
     if info.flags & sock_flags::TLS != 0 || tls::claim_socket(tgid, fd, sock, info) {
@@ -207,7 +216,7 @@ fn on_data(regs: *const pt_regs, ret: i64, sc: u32, dir: u32, layout: Layout) {
             Buffer::Vectored { iov, count }
         }
     };
-    emit_data(&Moved {
+    emit_data::<FETCH>(&Moved {
         tgid,
         tid,
         fd,
@@ -246,19 +255,17 @@ fn peeked(regs: *const pt_regs, sc: u32, a: &Args) -> bool {
 /// start-up: id 0, role unknown, side inferred from the traffic. Returns its new entry.
 #[inline(always)]
 fn adopt(tgid: u32, fd: u32) -> Option<*mut SockInfo> {
-    let slot = LAST_SOCK.get(0).copied()?;
-    if slot.pid_tgid != bpf_get_current_pid_tgid() || slot.sk == 0 {
-        return None;
-    }
-    let sk = slot.sk;
+    let sk = endpoints::noted_sock()?;
     // SAFETY: kernel read through the checked helper.
-    let family = unsafe { bpf_probe_read_kernel((sk + SKC_FAMILY) as *const u16) }.ok()?;
+    let family =
+        unsafe { bpf_probe_read_kernel((sk + endpoints::SKC_FAMILY) as *const u16) }.ok()?;
     if !is_tracked_family(family) {
         return None;
     }
     if family != AF_UNIX {
         // SAFETY: as above.
-        let dport = unsafe { bpf_probe_read_kernel((sk + SKC_DPORT) as *const u16) }.ok()?;
+        let dport =
+            unsafe { bpf_probe_read_kernel((sk + endpoints::SKC_DPORT) as *const u16) }.ok()?;
         let skip = SKIP_PEER_PORT.load();
         if skip != 0 && u32::from(u16::from_be(dport)) == skip {
             return None;
@@ -463,101 +470,6 @@ fn on_close(fd: u64) {
         addr: [0; 16],
         comm: [0; 16],
     });
-}
-
-// ---- connection endpoints -----------------------------------------------------------------
-
-/// `sock_send_length` / `sock_recv_length` run inside every socket send and receive, in the
-/// caller's context, with the `struct sock`: note it for this CPU, so that the syscall-exit
-/// program of the same call can read the connection's endpoints.
-#[btf_tracepoint(function = "sock_send_length")]
-pub fn apm_sock_send(ctx: BtfTracePointContext) -> i32 {
-    note_sock(&ctx);
-    0
-}
-
-#[btf_tracepoint(function = "sock_recv_length")]
-pub fn apm_sock_recv(ctx: BtfTracePointContext) -> i32 {
-    note_sock(&ctx);
-    0
-}
-
-#[inline(always)]
-fn note_sock(ctx: &BtfTracePointContext) {
-    let sk: u64 = ctx.arg(0);
-    if let Some(slot) = LAST_SOCK.get_ptr_mut(0) {
-        // SAFETY: a per-CPU array slot; a program preempted in between only costs a retry at
-        // the socket's next syscall (the pid check below).
-        unsafe {
-            *slot = LastSock {
-                pid_tgid: bpf_get_current_pid_tgid(),
-                sk,
-            };
-        }
-    }
-}
-
-/// `struct sock_common` starts, on every kernel since long, with
-/// `skc_daddr`, `skc_rcv_saddr` (offsets 0, 4), `skc_hash` (8), `skc_dport` (12, network
-/// order), `skc_num` (14, host order), `skc_family` (16).
-const SKC_DADDR: u64 = 0;
-const SKC_RCV_SADDR: u64 = 4;
-const SKC_DPORT: u64 = 12;
-const SKC_NUM: u64 = 14;
-const SKC_FAMILY: u64 = 16;
-
-/// First data on a tracked socket: send its endpoints, once, and mark the entry (`sock`,
-/// `info` its value) done.
-#[inline(always)]
-fn send_tuple(key: SockKey, sock: *mut SockInfo, info: SockInfo) {
-    let Some(slot) = LAST_SOCK.get(0).copied() else {
-        return;
-    };
-    if slot.pid_tgid != bpf_get_current_pid_tgid() || slot.sk == 0 {
-        return;
-    }
-    let sk = slot.sk;
-    // SAFETY: kernel reads through the checked helper; a stale pointer only yields garbage
-    // or an error, never a fault.
-    let read_u16 = |off: u64| unsafe { bpf_probe_read_kernel((sk + off) as *const u16) }.ok();
-    // SAFETY: as above.
-    let read_u32 = |off: u64| unsafe { bpf_probe_read_kernel((sk + off) as *const u32) }.ok();
-    if read_u16(SKC_FAMILY) != Some(AF_INET) {
-        // Only IPv4 endpoints are read; do not try again for this socket.
-        set_flags(sock, sock_flags::TUPLE_DONE);
-        return;
-    }
-    let (Some(remote_addr), Some(local_addr), Some(dport), Some(num)) = (
-        read_u32(SKC_DADDR),
-        read_u32(SKC_RCV_SADDR),
-        read_u16(SKC_DPORT),
-        read_u16(SKC_NUM),
-    ) else {
-        return;
-    };
-    set_flags(sock, sock_flags::TUPLE_DONE);
-    output(&TupleEvent {
-        kind: kind::CONN_TUPLE,
-        tgid: key.tgid,
-        fd: key.fd,
-        local_port: u32::from(num),
-        remote_port: u32::from(u16::from_be(dport)),
-        local_addr,
-        remote_addr,
-        _pad: 0,
-        id: info.id,
-    });
-}
-
-/// Sets bits of a socket entry's flags in place. Not `SOCKETS.insert` of a modified copy:
-/// that would replace the entry, and with it reset [`SockInfo::records`] to the copy's count
-/// (losing what other CPUs counted meanwhile) or bring back an entry that a concurrent close
-/// just removed.
-#[inline(always)]
-pub(crate) fn set_flags(sock: *mut SockInfo, bits: u32) {
-    // SAFETY: a value of a successful SOCKETS lookup. Two CPUs setting different bits at the
-    // same instant may lose one, which only costs a repeated tuple event or TLS claim.
-    unsafe { (*sock).flags |= bits };
 }
 
 // ---- library loads ------------------------------------------------------------------------

@@ -23,8 +23,7 @@ use aya_ebpf::{
 
 use crate::{
     capture::{Buffer, Moved, emit_data},
-    maps::{AGENT_TGID, SOCKETS, bump},
-    sockets::set_flags,
+    maps::{AGENT_TGID, SOCKETS, bump, set_flags},
 };
 
 /// OpenSSL calls in progress, by thread (`pid_tgid`): one at a time per thread. Least
@@ -71,7 +70,14 @@ pub fn apm_ssl_handshake(ctx: ProbeContext) -> u32 {
 /// One return probe for all five functions: the entry noted which one it was.
 #[uretprobe]
 pub fn apm_ssl_return(ctx: RetProbeContext) -> u32 {
-    leave(&ctx);
+    leave::<true>(&ctx);
+    0
+}
+
+/// [`apm_ssl_return`] for kernels without the atomic fetch-add (see `maps::next_record`).
+#[uretprobe]
+pub fn apm_ssl_return_nofetch(ctx: RetProbeContext) -> u32 {
+    leave::<false>(&ctx);
     0
 }
 
@@ -133,7 +139,7 @@ fn mark_tls(sock: *mut SockInfo, info: SockInfo) {
 }
 
 #[inline(always)]
-fn leave(ctx: &RetProbeContext) {
+fn leave<const FETCH: bool>(ctx: &RetProbeContext) {
     let id = bpf_get_current_pid_tgid();
     // SAFETY: the value is copied out immediately.
     let Some(call) = (unsafe { SSL_CALLS.get(id) }).copied() else {
@@ -205,7 +211,7 @@ fn leave(ctx: &RetProbeContext) {
     }
     mark_tls(sock, info);
     bump(stat::TLS_RECORDS);
-    emit_data(&Moved {
+    emit_data::<FETCH>(&Moved {
         tgid,
         tid: id as u32,
         fd,

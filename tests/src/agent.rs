@@ -221,6 +221,15 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A failing test: what the agent counted says where its events went.
+            eprintln!("--- the agent's own counters at the failure ---");
+            if let Ok((_, body)) = net::http_get(self.port, "/metrics") {
+                body.lines()
+                    .filter(|l| l.starts_with("apm_") && !l.ends_with(" 0"))
+                    .for_each(|l| eprintln!("{l}"));
+            }
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

@@ -73,6 +73,12 @@ pub fn spin(binary: &Path, seconds: f64, threads: u32) -> Result<u64> {
 
 /// Runs `binary MODE SECONDS` as service `service`; returns the CPU seconds it reports.
 pub fn run(binary: &Path, mode: &str, seconds: f64, service: &str) -> Result<f64> {
+    Ok(run_figures(binary, mode, seconds, service)?[0])
+}
+
+/// [`run`], returning every figure the workload printed (for `cpu`: the CPU time, a checksum
+/// bit, the CPU time in `hot_alpha` and in `hot_beta`).
+pub fn run_figures(binary: &Path, mode: &str, seconds: f64, service: &str) -> Result<Vec<f64>> {
     let out = Command::new(binary)
         .args([mode, &seconds.to_string()])
         .env("OTEL_SERVICE_NAME", service)
@@ -86,10 +92,14 @@ pub fn run(binary: &Path, mode: &str, seconds: f64, service: &str) -> Result<f64
         );
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .next()
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("no CPU time in {text:?}"))
+    let figures: Vec<f64> = text
+        .split_whitespace()
+        .map_while(|s| s.parse().ok())
+        .collect();
+    if figures.is_empty() {
+        bail!("no CPU time in {text:?}");
+    }
+    Ok(figures)
 }
 
 /// The build id of an ELF file, as hex (from `readelf -n`).

@@ -4,6 +4,7 @@
 //! cargo-fuzz, Debian packages), so that a fresh machine needs nothing else.
 mod bench;
 mod fuzz;
+mod kernels;
 mod prereq;
 mod run;
 mod test;
@@ -35,6 +36,9 @@ enum Task {
     Fuzz(fuzz::FuzzArgs),
     /// Benchmarks (reports, not pass/fail).
     Bench(bench::BenchArgs),
+    /// The agent on stock Debian kernels (5.10, 6.1, 6.12, 7.x) under qemu and on this
+    /// machine's kernel: `apm-agent check` and a smoke suite on each, as a table.
+    TestKernels(kernels::TestKernelsArgs),
 }
 
 fn main() -> Result<()> {
@@ -46,6 +50,7 @@ fn main() -> Result<()> {
         Task::Test(args) => test::run(&args),
         Task::Fuzz(args) => fuzz::run(&args),
         Task::Bench(args) => bench::run(&args),
+        Task::TestKernels(args) => kernels::run(&args),
     }
 }
 

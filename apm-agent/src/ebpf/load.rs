@@ -8,25 +8,43 @@ use apm_common::{SockInfo, SockKey};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, TracePoint},
+    programs::{BtfTracePoint, KProbe, ProgramError, TracePoint},
+};
+
+use super::{
+    features::{EndpointHooks, Features},
+    verifier,
 };
 
 /// The kernel object built by build.rs (aya-build) from `apm-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/apm"));
 
+/// The syscall-exit program, and its variant for kernels without the atomic fetch-add
+/// (before 5.12; see apm-ebpf/src/maps.rs).
+pub const SYS_EXIT: &str = "apm_sys_exit";
+const SYS_EXIT_NOFETCH: &str = "apm_sys_exit_nofetch";
+
 /// Programs on BTF raw tracepoints: (program function, tracepoint). These fire for every
 /// syscall and filter by number first (see apm-ebpf/src/sockets.rs for why).
 pub const RAW_PROGRAMS: &[(&str, &str)] = &[
     ("apm_sys_enter", "sys_enter"),
-    ("apm_sys_exit", "sys_exit"),
+    (SYS_EXIT, "sys_exit"),
     // Note each send/receive's socket, for the connection endpoints (see sockets.rs).
     ("apm_sock_send", "sock_send_length"),
     ("apm_sock_recv", "sock_recv_length"),
 ];
 
-/// Raw tracepoints the agent can run without: these two exist since Linux 6.4; without them
-/// connections carry no endpoints (no same-host span pairing), everything else works.
+/// Raw tracepoints the agent can run without: these two exist since Linux 6.4. They note the
+/// socket of each send and receive, for connection endpoints and for adopting sockets the
+/// table does not know; before 6.4 kprobes do it ([`ENDPOINT_KPROBES`]).
 pub const OPTIONAL_TRACEPOINTS: &[&str] = &["sock_send_length", "sock_recv_length"];
+
+/// Kprobes that note the socket where the tracepoints above are missing (TCP only):
+/// (program function, kernel function).
+pub const ENDPOINT_KPROBES: &[(&str, &str)] = &[
+    ("apm_tcp_sendmsg", "tcp_sendmsg"),
+    ("apm_tcp_recvmsg", "tcp_recvmsg"),
+];
 
 /// Programs on classic tracepoints: (program function, category, tracepoint).
 pub const TRACEPOINT_PROGRAMS: &[(&str, &str, &str)] = &[
@@ -34,16 +52,6 @@ pub const TRACEPOINT_PROGRAMS: &[(&str, &str, &str)] = &[
     ("apm_proc_exit", "sched", "sched_process_exit"),
     ("apm_proc_fork", "sched", "sched_process_fork"),
 ];
-
-/// Does `sched_process_fork` carry `child_pid` where the kernel program reads it (offset 20,
-/// as on 6.x kernels where the comms are `__data_loc`; older kernels have it at 44)?
-fn fork_layout_known() -> bool {
-    let Some(root) = super::tracefs::find() else {
-        return false;
-    };
-    std::fs::read_to_string(root.join("events/sched/sched_process_fork/format"))
-        .is_ok_and(|f| f.contains("pid_t child_pid;\toffset:20;"))
-}
 
 /// Failures of the eBPF subsystem.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +70,16 @@ pub enum LoadError {
     },
     #[error("kernel BTF (/sys/kernel/btf/vmlinux) is needed for the raw tracepoints: {0}")]
     Btf(#[source] Box<aya::BtfError>),
+    #[error(
+        "program {name} ({tracepoint}) rejected by this kernel's verifier ({errno}): {summary}"
+    )]
+    Rejected {
+        name: &'static str,
+        tracepoint: &'static str,
+        errno: std::io::Error,
+        /// The failing instruction and the verifier's verdict ([`verifier::summarize`]).
+        summary: String,
+    },
     #[error("program {name} (tracepoint {tracepoint}): {source}")]
     Program {
         name: &'static str,
@@ -73,6 +91,35 @@ pub enum LoadError {
     RingSize(u32),
     #[error("listing online CPUs: {0}")]
     Cpus(#[source] std::io::Error),
+}
+
+/// A program error, with a verifier rejection cut down to what explains it (the whole log
+/// goes to the debug log).
+pub(super) fn program_error(
+    name: &'static str,
+    tracepoint: &'static str,
+    source: ProgramError,
+) -> LoadError {
+    match source {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            log::debug!("verifier log of {name}:\n{log}");
+            LoadError::Rejected {
+                name,
+                tracepoint,
+                errno: io_error,
+                summary: verifier::summarize(&log),
+            }
+        }
+        source => LoadError::Program {
+            name,
+            tracepoint,
+            source: Box::new(source),
+        },
+    }
 }
 
 /// What the loader needs from the configuration.
@@ -116,6 +163,7 @@ pub struct KernelMaps {
 pub struct Probes {
     pub(super) bpf: Ebpf,
     pub(super) attached: Vec<&'static str>,
+    pub(super) features: Features,
 }
 
 impl Probes {
@@ -149,7 +197,10 @@ impl Probes {
         let kernel_stacks = u32::from(profiler.kernel_stacks);
         let pid_filter = u32::from(profiler.pid_filter);
         let library_events = u32::from(opts.library_events);
-        let bpf = EbpfLoader::new()
+        let mut features = Features::from_tracefs(super::tracefs::find().as_deref());
+        let fork_child_pid = features.fork_child_pid.unwrap_or(0);
+        let exit_group_dead = features.exit_group_dead.unwrap_or(0);
+        let mut bpf = EbpfLoader::new()
             .override_global("AGENT_TGID", &opts.agent_tgid, true)
             .override_global("CAPTURE_BYTES", &capture, true)
             .override_global("WAKEUP_BYTES", &wakeup, true)
@@ -158,6 +209,8 @@ impl Probes {
             .override_global("PROFILE_KERNEL_STACKS", &kernel_stacks, true)
             .override_global("PROFILE_PID_FILTER", &pid_filter, true)
             .override_global("LIBRARY_EVENTS", &library_events, true)
+            .override_global("FORK_CHILD_PID_OFFSET", &fork_child_pid, true)
+            .override_global("EXIT_GROUP_DEAD_OFFSET", &exit_group_dead, true)
             .map_max_entries("EVENTS", ring)
             .map_max_entries("SOCKETS", opts.max_sockets)
             .map_max_entries("PROFILE_COUNTS_0", profiler.count_entries)
@@ -166,10 +219,28 @@ impl Probes {
             .map_max_entries("PROFILE_STACKS_1", profiler.stack_entries)
             .load(OBJECT)
             .map_err(|e| LoadError::Object(Box::new(e)))?;
+        features.fetch_add = super::features::probe_fetch_add(&mut bpf);
         Ok(Self {
             bpf,
             attached: Vec::new(),
+            features,
         })
+    }
+
+    /// What this kernel offers that changes the programs loaded.
+    pub fn features(&self) -> Features {
+        self.features
+    }
+
+    /// The variant of a program that numbers data records this kernel accepts.
+    pub(super) fn variant(&self, name: &'static str) -> &'static str {
+        match name {
+            SYS_EXIT if !self.features.fetch_add => SYS_EXIT_NOFETCH,
+            super::uprobes::TLS_RETURN if !self.features.fetch_add => {
+                super::uprobes::TLS_RETURN_NOFETCH
+            }
+            name => name,
+        }
     }
 
     /// Attaches every program. Stops at the first failure of a required one: a partial set of
@@ -178,11 +249,8 @@ impl Probes {
     pub fn attach_all(&mut self) -> Result<(), LoadError> {
         let btf = Btf::from_sys_fs().map_err(|e| LoadError::Btf(Box::new(e)))?;
         for &(name, tracepoint) in RAW_PROGRAMS {
-            let err = |source| LoadError::Program {
-                name,
-                tracepoint,
-                source: Box::new(source),
-            };
+            let name = self.variant(name);
+            let err = |source| program_error(name, tracepoint, source);
             let program: &mut BtfTracePoint = self
                 .bpf
                 .program_mut(name)
@@ -195,27 +263,36 @@ impl Probes {
             match attached {
                 Ok(()) => self.attached.push(name),
                 Err(e) if OPTIONAL_TRACEPOINTS.contains(&tracepoint) => {
-                    log::warn!(
-                        "raw tracepoint {tracepoint} unavailable ({e}): connections will carry \
-                         no endpoints, so same-host client and server spans are not paired"
-                    );
+                    log::info!("raw tracepoint {tracepoint} unavailable: {e}");
                 }
                 Err(e) => return Err(err(e)),
             }
         }
+        self.features.endpoints = if OPTIONAL_TRACEPOINTS
+            .iter()
+            .all(|t| self.attached.iter().any(|a| RAW_PROGRAMS.contains(&(a, t))))
+        {
+            EndpointHooks::Tracepoints
+        } else {
+            self.attach_endpoint_kprobes()
+        };
+        if self.features.endpoints == EndpointHooks::None {
+            log::warn!(
+                "neither the sock_send_length/sock_recv_length tracepoints (6.4+) nor kprobes \
+                 on tcp_sendmsg/tcp_recvmsg: connections carry no endpoints (no same-host \
+                 client/server pairing, no port selectors on accepted connections) and sockets \
+                 a process inherited or was passed are not followed"
+            );
+        }
         for &(name, category, tracepoint) in TRACEPOINT_PROGRAMS {
-            if tracepoint == "sched_process_fork" && !fork_layout_known() {
+            if tracepoint == "sched_process_fork" && self.features.fork_child_pid.is_none() {
                 log::warn!(
-                    "sched_process_fork has an unknown record layout on this kernel: a forked \
+                    "sched_process_fork has no child_pid field on this kernel: a forked \
                      child serving an inherited socket is named after itself only"
                 );
                 continue;
             }
-            let err = |source| LoadError::Program {
-                name,
-                tracepoint,
-                source: Box::new(source),
-            };
+            let err = |source| program_error(name, tracepoint, source);
             let program: &mut TracePoint = self
                 .bpf
                 .program_mut(name)
@@ -227,6 +304,39 @@ impl Probes {
             self.attached.push(name);
         }
         Ok(())
+    }
+
+    /// The kprobes of [`ENDPOINT_KPROBES`], all or none: what hooks the socket layer now.
+    fn attach_endpoint_kprobes(&mut self) -> EndpointHooks {
+        let mut attached = Vec::new();
+        for &(name, function) in ENDPOINT_KPROBES {
+            let result = self
+                .bpf
+                .program_mut(name)
+                .ok_or(LoadError::MissingProgram(name))
+                .and_then(|p| {
+                    let p: &mut KProbe =
+                        p.try_into().map_err(|e| program_error(name, "kprobe", e))?;
+                    p.load().map_err(|e| program_error(name, "kprobe", e))?;
+                    p.attach(function, 0)
+                        .map_err(|e| program_error(name, "kprobe", e))
+                });
+            match result {
+                Ok(link) => attached.push((name, link)),
+                Err(e) => {
+                    log::info!("kprobe on {function} unavailable: {e}");
+                    for (name, link) in attached {
+                        if let Some(Ok(p)) = self.bpf.program_mut(name).map(<&mut KProbe>::try_from)
+                        {
+                            let _ = p.detach(link);
+                        }
+                    }
+                    return EndpointHooks::None;
+                }
+            }
+        }
+        self.attached.extend(attached.iter().map(|(name, _)| *name));
+        EndpointHooks::Kprobes
     }
 
     /// Programs attached so far.

@@ -31,7 +31,7 @@ pub struct ProfilerMaps {
     counts: [HashMap<MapData, SampleKey, u64>; 2],
     stacks: [StackTraceMap<MapData>; 2],
     control: Array<MapData, u32>,
-    known: HashMap<MapData, u32, u32>,
+    known: HashMap<MapData, u32, u64>,
     pids: HashMap<MapData, u32, u32>,
     events: RingBuf<MapData>,
     active: u32,

@@ -17,6 +17,8 @@ pub const TLS_FUNCTIONS: [(&str, &str); 5] = [
 ];
 /// The uretprobe attached to every function of [`TLS_FUNCTIONS`].
 pub const TLS_RETURN: &str = "apm_ssl_return";
+/// Its variant for kernels without the atomic fetch-add (see apm-ebpf/src/maps.rs).
+pub const TLS_RETURN_NOFETCH: &str = "apm_ssl_return_nofetch";
 
 /// Why a library could not be hooked.
 #[derive(Debug, thiserror::Error)]
@@ -37,15 +39,11 @@ impl Probes {
         let names = TLS_FUNCTIONS
             .iter()
             .map(|(_, program)| *program)
-            .chain([TLS_RETURN]);
+            .chain([self.variant(TLS_RETURN)]);
         for name in names {
             self.uprobe(name)?
                 .load()
-                .map_err(|source| LoadError::Program {
-                    name,
-                    tracepoint: "uprobe",
-                    source: Box::new(source),
-                })?;
+                .map_err(|source| super::load::program_error(name, "uprobe", source))?;
         }
         Ok(())
     }
@@ -70,12 +68,13 @@ impl Probes {
         let mut hooked = 0;
         let mut core_hooked = false;
         let mut first_error = None;
+        let ret = self.variant(TLS_RETURN);
         for (function, program) in TLS_FUNCTIONS {
             // The return probe first: an entry without its return would leave a call noted
             // for the thread until the next one replaces it.
-            let attached =
-                self.uprobe(TLS_RETURN)?
-                    .attach(function, target, UProbeScope::AllProcesses);
+            let attached = self
+                .uprobe(ret)?
+                .attach(function, target, UProbeScope::AllProcesses);
             let attached = match attached {
                 Ok(ret_link) => {
                     match self
@@ -84,7 +83,7 @@ impl Probes {
                     {
                         Ok(_) => Ok(()),
                         Err(e) => {
-                            let _ = self.uprobe(TLS_RETURN)?.detach(ret_link);
+                            let _ = self.uprobe(ret)?.detach(ret_link);
                             Err(e)
                         }
                     }

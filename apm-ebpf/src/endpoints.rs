@@ -1,0 +1,135 @@
+//! Which `struct sock` a syscall moved bytes through: noted by a hook inside the socket
+//! layer, read back by the syscall-exit program of the same call. It gives a connection's
+//! endpoints (sent once, with its first data) and lets a socket the table does not know be
+//! adopted (see `sockets::adopt`).
+//!
+//! Two ways to note it, whichever the kernel has:
+//! - the `sock_send_length` / `sock_recv_length` tracepoints (6.4+), at the end of every
+//!   socket send and receive, any family;
+//! - before 6.4, kprobes on `tcp_sendmsg` / `tcp_recvmsg` (their first argument is the
+//!   `struct sock *`): TCP only, and a receive that blocks and wakes on another CPU is noted
+//!   on the first CPU (its endpoints then wait for the connection's next syscall).
+use apm_common::{LastSock, SockInfo, SockKey, TupleEvent, kind, sock_flags};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    macros::{btf_tracepoint, kprobe},
+    programs::{BtfTracePointContext, ProbeContext},
+};
+
+use crate::maps::{LAST_SOCK, output, set_flags};
+
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn apm_sock_send(ctx: BtfTracePointContext) -> i32 {
+    note_sock(ctx.arg(0));
+    0
+}
+
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn apm_sock_recv(ctx: BtfTracePointContext) -> i32 {
+    note_sock(ctx.arg(0));
+    0
+}
+
+/// `int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size)`.
+#[kprobe]
+pub fn apm_tcp_sendmsg(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(0) {
+        note_sock(sk);
+    }
+    0
+}
+
+/// `int tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len, ...)` (the arguments
+/// after `len` changed across versions; only the first is read).
+#[kprobe]
+pub fn apm_tcp_recvmsg(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(0) {
+        note_sock(sk);
+    }
+    0
+}
+
+/// Notes `sk` for this CPU and thread.
+#[inline(always)]
+fn note_sock(sk: u64) {
+    if let Some(slot) = LAST_SOCK.get_ptr_mut(0) {
+        // SAFETY: a per-CPU array slot; a program preempted in between only costs a retry at
+        // the socket's next syscall (the pid check in `noted_sock`).
+        unsafe {
+            *slot = LastSock {
+                pid_tgid: bpf_get_current_pid_tgid(),
+                sk,
+            };
+        }
+    }
+}
+
+/// Forgets the socket noted on this CPU: a data syscall starts, and at its exit a noted
+/// socket must be its own.
+#[inline(always)]
+pub(crate) fn forget_noted() {
+    if let Some(slot) = LAST_SOCK.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot of a per-CPU array.
+        unsafe { (*slot).sk = 0 };
+    }
+}
+
+/// The socket the current thread's syscall moved bytes through, when one was noted.
+#[inline(always)]
+pub(crate) fn noted_sock() -> Option<u64> {
+    let slot = LAST_SOCK.get(0).copied()?;
+    if slot.pid_tgid != bpf_get_current_pid_tgid() || slot.sk == 0 {
+        return None;
+    }
+    Some(slot.sk)
+}
+
+/// `struct sock_common` starts, on every kernel since long, with
+/// `skc_daddr`, `skc_rcv_saddr` (offsets 0, 4), `skc_hash` (8), `skc_dport` (12, network
+/// order), `skc_num` (14, host order), `skc_family` (16).
+const SKC_DADDR: u64 = 0;
+const SKC_RCV_SADDR: u64 = 4;
+pub(crate) const SKC_DPORT: u64 = 12;
+const SKC_NUM: u64 = 14;
+pub(crate) const SKC_FAMILY: u64 = 16;
+
+const AF_INET: u16 = 2;
+
+/// First data on a tracked socket: send its endpoints, once, and mark the entry (`sock`,
+/// `info` its value) done.
+#[inline(always)]
+pub(crate) fn send_tuple(key: SockKey, sock: *mut SockInfo, info: SockInfo) {
+    let Some(sk) = noted_sock() else {
+        return;
+    };
+    // SAFETY: kernel reads through the checked helper; a stale pointer only yields garbage
+    // or an error, never a fault.
+    let read_u16 = |off: u64| unsafe { bpf_probe_read_kernel((sk + off) as *const u16) }.ok();
+    // SAFETY: as above.
+    let read_u32 = |off: u64| unsafe { bpf_probe_read_kernel((sk + off) as *const u32) }.ok();
+    if read_u16(SKC_FAMILY) != Some(AF_INET) {
+        // Only IPv4 endpoints are read; do not try again for this socket.
+        set_flags(sock, sock_flags::TUPLE_DONE);
+        return;
+    }
+    let (Some(remote_addr), Some(local_addr), Some(dport), Some(num)) = (
+        read_u32(SKC_DADDR),
+        read_u32(SKC_RCV_SADDR),
+        read_u16(SKC_DPORT),
+        read_u16(SKC_NUM),
+    ) else {
+        return;
+    };
+    set_flags(sock, sock_flags::TUPLE_DONE);
+    output(&TupleEvent {
+        kind: kind::CONN_TUPLE,
+        tgid: key.tgid,
+        fd: key.fd,
+        local_port: u32::from(num),
+        remote_port: u32::from(u16::from_be(dport)),
+        local_addr,
+        remote_addr,
+        _pad: 0,
+        id: info.id,
+    });
+}

@@ -1,0 +1,123 @@
+//! The matrix: one row per kernel, one column per step, and below it what failed, in the
+//! words of whatever failed (the verifier's, for a rejected program).
+use std::{fmt::Write as _, time::Duration};
+
+use super::smoke::{CHECK, Step};
+
+/// One kernel's results.
+pub struct Row {
+    /// The line asked for (`6.1`, `host`).
+    pub line: String,
+    /// `uname -r`.
+    pub release: String,
+    /// Debian package and version.
+    pub package: String,
+    /// Under qemu's software emulation (figures there are not native speed).
+    pub emulated: bool,
+    pub steps: Vec<Step>,
+    pub elapsed: Duration,
+}
+
+impl Row {
+    /// Every expected step ran and passed.
+    pub fn passed(&self, expected: &[&str]) -> bool {
+        expected
+            .iter()
+            .all(|name| self.step(name).is_some_and(Step::passed))
+            && self.steps.iter().all(Step::passed)
+    }
+
+    fn step(&self, name: &str) -> Option<&Step> {
+        self.steps.iter().find(|s| s.name == name)
+    }
+
+    /// What `apm-agent check` reported as the capture path, or `-`.
+    fn capture_path(&self) -> String {
+        self.step(CHECK)
+            .and_then(|s| {
+                s.output
+                    .lines()
+                    .find(|l| l.contains("capture path"))
+                    .and_then(|l| l.split("capture path").nth(1))
+                    .map(|rest| {
+                        let word = rest.split_whitespace().next().unwrap_or("-");
+                        word.trim_end_matches(':').to_owned()
+                    })
+            })
+            .unwrap_or_else(|| "-".to_owned())
+    }
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The table and the failures.
+pub fn render(rows: &[Row], expected: &[&str]) -> String {
+    let mut s = String::from("\nkernel matrix (guests under qemu TCG: software emulation)\n");
+    let _ = write!(s, "{:<26} {:<8} {:<14}", "kernel", "line", "capture path");
+    for name in expected {
+        let _ = write!(s, " {name:<w$}", w = name.len().max(4));
+    }
+    let _ = writeln!(s, " {:>7}  result", "time");
+    for r in rows {
+        let _ = write!(
+            s,
+            "{:<26} {:<8} {:<14}",
+            r.release,
+            r.line,
+            r.capture_path()
+        );
+        for name in expected {
+            let cell = match r.step(name).map(|st| st.status) {
+                Some(Some(0)) => "ok",
+                Some(Some(_)) => "FAIL",
+                Some(None) => "died",
+                None => "-",
+            };
+            let _ = write!(s, " {cell:<w$}", w = name.len().max(4));
+        }
+        let verdict = if r.passed(expected) { "pass" } else { "FAIL" };
+        let _ = writeln!(s, " {:>6}s  {verdict}", r.elapsed.as_secs());
+    }
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "  {}: {}{}",
+            r.release,
+            r.package,
+            if r.emulated { "" } else { " (native)" }
+        );
+    }
+    for r in rows {
+        for st in r.steps.iter().filter(|st| !st.passed()) {
+            let _ = writeln!(s, "\n--- {} / {}: {} ---", r.release, st.name, status(st));
+            if st.name == CHECK {
+                // The lines that say what is missing, and the verifier's report under them.
+                let mut keep = false;
+                for line in st.output.lines() {
+                    if line.contains("[missing]") {
+                        keep = true;
+                    } else if line.contains("[ok]") || line.contains("[absent]") {
+                        keep = false;
+                    }
+                    if keep || line.starts_with("result:") {
+                        let _ = writeln!(s, "{line}");
+                    }
+                }
+            } else {
+                let _ = writeln!(s, "{}", tail(&st.output, 40));
+            }
+        }
+    }
+    s
+}
+
+fn status(st: &Step) -> String {
+    match st.status {
+        Some(code) => format!("exit status {code}"),
+        None => "did not finish".to_owned(),
+    }
+}
