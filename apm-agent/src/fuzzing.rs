@@ -30,7 +30,10 @@
 //! while undecided, then the detected parser until it gives up) and straight into the
 //! target's parser on both sides, each with the directions as given and swapped.
 use crate::{
-    ebpf::decode::{self, Event, KIND_NAMES},
+    ebpf::{
+        decode::{self, Event, KIND_NAMES},
+        records,
+    },
     protocols::{
         Detection, Direction, ParseStats, Parser, ParserOut, Segment, http1, memcached, mysql,
         postgres, redis,
@@ -390,7 +393,10 @@ pub fn decode(input: &[u8]) {
             assert_eq!(d.payload, &input[header..]);
             // The pipeline's next step with the payload.
             let _ = Parser::detect(&Segment {
-                direction: d.direction,
+                direction: match d.direction {
+                    records::Direction::Ingress => Direction::Ingress,
+                    records::Direction::Egress => Direction::Egress,
+                },
                 data: d.payload,
                 total_len: d.header.total_len.max(d.payload.len() as u64),
                 ts_ns: d.header.ts_ns,

@@ -128,7 +128,7 @@ impl Internal {
     pub fn publish_profiler(
         &self,
         store: &crate::profiles::store::StoreStats,
-        sampler: &crate::profiling::Sampler,
+        sampler: &crate::run::stack_sampler::StackSampler,
     ) {
         self.profile_store_bytes.store(store.bytes as u64, Relaxed);
         self.profile_store_evicted

@@ -290,7 +290,7 @@ impl Pipeline {
             }
         }
         let seg = Segment {
-            direction: d.direction,
+            direction: d.direction.into(),
             data: d.payload,
             total_len: h.total_len,
             ts_ns: h.ts_ns,

@@ -12,12 +12,11 @@ use axum::{
 use serde::Deserialize;
 
 use crate::{
-    ebpf::drain::lock,
     export::prometheus,
     internal::Internal,
     metrics::red::Red,
+    os::{lock, unix_now},
     profiles::{flamegraph, folded, pprof, store::Store},
-    profiling::unix_now,
     ui,
 };
 

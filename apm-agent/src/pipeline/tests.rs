@@ -5,6 +5,7 @@ use apm_common::{ConnEvent, DataEventHeader, direction, kind, role, syscall};
 use super::*;
 use crate::{
     discovery::selectors::Selectors,
+    ebpf::records,
     metrics::{db::DbConfig, red::RedConfig},
     protocols::Direction,
 };
@@ -91,7 +92,10 @@ impl Harness {
         };
         let event = Event::Data(DataEvent {
             header,
-            direction: dir,
+            direction: match dir {
+                Direction::Ingress => records::Direction::Ingress,
+                Direction::Egress => records::Direction::Egress,
+            },
             payload,
         });
         self.pipeline.handle(event, &mut self.red, &self.internal);

@@ -99,7 +99,7 @@ pub fn node_name() -> String {
         .ok()
         .map(|n| n.trim().to_owned())
         .filter(|n| !n.is_empty())
-        .unwrap_or_else(super::resource::host_name)
+        .unwrap_or_else(super::host::host_name)
 }
 
 /// A started watcher.

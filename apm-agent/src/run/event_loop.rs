@@ -1,10 +1,12 @@
-//! The event thread: waits on the ring buffer, drains it in batches through the pipeline,
-//! applies the pipeline's kernel-table decisions, and refreshes the kernel counters.
+//! The event loop, the agent's main loop on its own thread: waits on the ring buffer, drains
+//! it in batches through the pipeline, applies the pipeline's kernel-table decisions,
+//! refreshes the kernel counters, and on its schedule hands spans and metric points to the
+//! export queues, reads the runtime metrics and sweeps dead processes.
 use std::{
     collections::HashMap,
     os::fd::AsRawFd,
     sync::{
-        Arc, Mutex, MutexGuard, PoisonError,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering::Relaxed},
     },
     time::{Duration, Instant},
@@ -12,14 +14,15 @@ use std::{
 
 use apm_common::{SockInfo, SockKey, sock_flags, stat};
 
-use super::{
-    KernelMaps,
-    decode::{DecodeError, decode},
-};
 use crate::{
+    ebpf::{
+        KernelMaps,
+        decode::{DecodeError, decode},
+    },
     export::otlp::{encode_metrics, metrics_task},
     internal::{Internal, METRICS, TRACES},
-    metrics::{process_runtime::Collector as ProcessRuntime, red::Red},
+    metrics::{process_runtime::RuntimeCollector, red::Red},
+    os::{lock, monotonic_ns, wait_readable},
     pipeline::Pipeline,
 };
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -30,7 +33,7 @@ const EVENTS_PER_LOCK: usize = 4096;
 const BPF_EXIST: u64 = 2;
 
 /// Everything the event thread owns.
-pub struct Drain {
+pub struct EventLoop {
     pub maps: KernelMaps,
     pub pipeline: Pipeline,
     pub red: Arc<Mutex<Red>>,
@@ -47,38 +50,10 @@ pub struct Drain {
         Duration,
     )>,
     /// Runtime metrics of the observed processes and their period, when on.
-    pub runtime: Option<(ProcessRuntime, Duration)>,
+    pub runtime: Option<(RuntimeCollector, Duration)>,
 }
 
-/// Locks a mutex, recovering the data if a panicking holder poisoned it.
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Waits until `fd` is readable or `timeout` passes (an interrupted wait returns early).
-pub fn wait_readable(fd: std::os::fd::RawFd, timeout: Duration) {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: one valid pollfd.
-    unsafe { libc::poll(&mut pfd, 1, ms) };
-}
-
-/// Kernel monotonic clock, the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-impl Drain {
+impl EventLoop {
     /// Runs until `stop` is set.
     pub fn run(mut self) {
         let fd = self.maps.events.as_raw_fd();
