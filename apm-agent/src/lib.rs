@@ -25,8 +25,6 @@ pub mod export;
 #[cfg(any(test, fuzzing))]
 pub mod fuzzing;
 #[cfg(feature = "agent")]
-pub mod internal;
-#[cfg(feature = "agent")]
 pub mod metrics;
 #[cfg(feature = "agent")]
 pub mod os;
@@ -44,6 +42,7 @@ pub mod routes;
 pub mod run;
 #[cfg(feature = "agent")]
 pub mod server;
+pub mod telemetry;
 #[cfg(feature = "agent")]
 pub mod tls;
 #[cfg(feature = "agent")]

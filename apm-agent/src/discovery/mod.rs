@@ -8,3 +8,4 @@ pub mod resource;
 pub mod selection;
 pub mod selectors;
 pub mod service_name;
+pub mod stats;

@@ -7,6 +7,7 @@ pub mod mysql;
 pub mod postgres;
 pub mod redis;
 pub mod sql;
+pub mod stats;
 
 use crate::request::{Protocol, Request, Started};
 

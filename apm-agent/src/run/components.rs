@@ -3,19 +3,18 @@
 //! listener and the export tasks, the Kubernetes watch, the profile store.
 use std::{
     net::TcpListener,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, atomic::AtomicBool},
     time::Duration,
 };
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use tokio::sync::mpsc;
 
-use super::RunError;
+use super::{RunError, stats::StageStats};
 use crate::{
     config::Checked,
     discovery::kubernetes,
-    export::otlp::{metrics_task, traces_task, transport::Transport},
-    internal::Internal,
+    export::otlp::{metrics_task, stats::ExportStats, traces_task, transport::Transport},
     metrics::{
         db::DbConfig,
         otel::OtelConfig,
@@ -31,7 +30,10 @@ const SPAN_HOLD_NS: u64 = 1_000_000_000;
 
 /// What the later steps share.
 pub struct Components {
-    pub internal: Arc<Internal>,
+    /// Every stage's statistics.
+    pub stats: StageStats,
+    /// Set once every kernel program is attached (`/readyz`).
+    pub ready: Arc<AtomicBool>,
     pub red: Arc<Mutex<Red>>,
     /// The listener's and the exporters' runtime.
     pub runtime: tokio::runtime::Runtime,
@@ -54,7 +56,8 @@ impl Components {
     /// Builds them and starts the listener on `listener` and the export tasks.
     pub fn build(checked: &Checked, listener: TcpListener) -> Result<Self, RunError> {
         let cfg = &checked.cfg;
-        let internal = Arc::new(Internal::default());
+        let stats = StageStats::default();
+        let ready = Arc::new(AtomicBool::new(false));
         let red = Arc::new(Mutex::new(Red::new(RedConfig {
             apdex_threshold_ns: cfg.apdex_threshold_ms.saturating_mul(1_000_000),
             max_services: cfg.max_services,
@@ -81,7 +84,7 @@ impl Components {
                 max_pods: cfg.kubernetes_max_pods,
             },
             &runtime,
-            &internal,
+            &stats.k8s,
         );
         let store = cfg.profiling.then(|| {
             Arc::new(Mutex::new(Store::new(
@@ -92,7 +95,8 @@ impl Components {
         });
         let shared = Shared {
             red: red.clone(),
-            internal: internal.clone(),
+            stats: stats.registry(),
+            ready: ready.clone(),
             window_secs: cfg.window_secs,
             slow_queries_top: cfg.slow_queries_top,
             profiles: store.clone(),
@@ -107,9 +111,10 @@ impl Components {
                 log::error!("listener on {listen} stopped: {e}");
             }
         });
-        let exports = start_export(checked, &runtime, &internal)?;
+        let exports = start_export(checked, &runtime, &stats.export)?;
         Ok(Self {
-            internal,
+            stats,
+            ready,
             red,
             runtime,
             kube,
@@ -125,7 +130,7 @@ impl Components {
 fn start_export(
     checked: &Checked,
     runtime: &tokio::runtime::Runtime,
-    internal: &Arc<Internal>,
+    stats: &Arc<ExportStats>,
 ) -> Result<Exports, RunError> {
     let cfg = &checked.cfg;
     let mut exports = Exports {
@@ -145,7 +150,7 @@ fn start_export(
         let (tx, rx) = mpsc::channel(metrics_task::QUEUE);
         exports
             .tasks
-            .push(runtime.spawn(metrics_task::run(rx, transport, internal.clone())));
+            .push(runtime.spawn(metrics_task::run(rx, transport, stats.clone())));
         let every = Duration::from_millis(cfg.metric_export_interval_ms.max(100));
         exports.metrics_config = Some(checked.otel_metrics);
         exports.metrics = Some((tx, every));
@@ -162,7 +167,7 @@ fn start_export(
     let (tx, rx) = mpsc::channel(capacity);
     exports
         .tasks
-        .push(runtime.spawn(traces_task::run(rx, transport, internal.clone())));
+        .push(runtime.spawn(traces_task::run(rx, transport, stats.clone())));
     log::info!("exporting spans to {url} ({:?})", settings.protocol);
     exports.tracing = Some(TracerConfig {
         sampler: checked.trace_sampler,

@@ -10,9 +10,11 @@ use std::{
 
 use super::stack_sampler::StackSampler;
 use crate::{
-    internal::Internal,
     os::{lock, unix_now},
-    profiles::store::Store,
+    profiles::{
+        stats::ProfileStats,
+        store::{Store, StoreStats},
+    },
 };
 
 /// Nice value of the profiler's thread.
@@ -40,7 +42,7 @@ fn yield_to_applications() {
 pub fn run_continuous(
     mut sampler: StackSampler,
     store: Arc<Mutex<Store>>,
-    internal: Arc<Internal>,
+    stats: Arc<ProfileStats>,
     stop: Arc<AtomicBool>,
     every: Duration,
 ) {
@@ -58,7 +60,7 @@ pub fn run_continuous(
             Ok(samples) => {
                 let mut store = lock(&store);
                 store.add(unix_now(), &samples);
-                internal.publish_profiler(&store.stats(), &sampler);
+                publish(&stats, &store.stats(), &sampler);
             }
             Err(e) => log::warn!("profiler drain failed: {e}"),
         }
@@ -67,4 +69,21 @@ pub fn run_continuous(
             sampler.forget_exited();
         }
     }
+}
+
+/// Takes the profiler's own figures.
+fn publish(stats: &ProfileStats, store: &StoreStats, sampler: &StackSampler) {
+    stats.store_bytes.store(store.bytes as u64, Relaxed);
+    stats.store_evicted.store(store.evicted_buckets, Relaxed);
+    stats.store_dropped.store(store.dropped_samples, Relaxed);
+    stats
+        .processes_overflow
+        .store(sampler.processes_overflowed(), Relaxed);
+    let sym = sampler.symbolizer_stats();
+    stats.unresolved_frames.store(sym.unresolved, Relaxed);
+    stats
+        .symbol_cache_entries
+        .store(sym.cached_addresses as u64, Relaxed);
+    stats.symbol_cache_resets.store(sym.cache_resets, Relaxed);
+    stats.symbolize_ns.store(sampler.symbolize_ns, Relaxed);
 }

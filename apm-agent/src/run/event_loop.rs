@@ -14,14 +14,17 @@ use std::{
 
 use apm_common::{SockInfo, SockKey, sock_flags, stat};
 
+use super::kernel_stats::KernelStats;
 use crate::{
     ebpf::{
         KernelMaps,
         decode::{DecodeError, decode},
     },
-    export::otlp::{encode_metrics, metrics_task},
-    internal::{Internal, METRICS, TRACES},
-    metrics::{process_runtime::RuntimeCollector, red::Red},
+    export::otlp::{
+        encode_metrics, metrics_task,
+        stats::{ExportStats, METRICS, TRACES},
+    },
+    metrics::{process_runtime::RuntimeCollector, red::Red, stats::MetricsStats},
     os::{lock, monotonic_ns, wait_readable},
     pipeline::Pipeline,
 };
@@ -37,7 +40,12 @@ pub struct EventLoop {
     pub maps: KernelMaps,
     pub pipeline: Pipeline,
     pub red: Arc<Mutex<Red>>,
-    pub internal: Arc<Internal>,
+    /// The kernel side's counters (refreshed from the kernel's maps every second).
+    pub kernel_stats: Arc<KernelStats>,
+    /// Spans and points dropped at a full export queue are counted here.
+    pub export_stats: Arc<ExportStats>,
+    /// The runtime-metrics budget's overflow is published here.
+    pub metrics_stats: Arc<MetricsStats>,
     pub stop: Arc<AtomicBool>,
     pub poll_interval: Duration,
     /// The span export queue, when traces are exported.
@@ -100,17 +108,17 @@ impl EventLoop {
     }
 
     fn drain_batch(&mut self) {
-        let internal = &*self.internal;
+        let kernel = &*self.kernel_stats;
         let mut red = lock(&self.red);
         let mut handled = 0;
         while let Some(item) = self.maps.events.next() {
             match decode(&item) {
-                Ok(event) => self.pipeline.handle(event, &mut red, internal),
+                Ok(event) => self.pipeline.handle(event, &mut red),
                 Err(DecodeError::UnknownKind(_)) => {
-                    internal.unknown_kinds.fetch_add(1, Relaxed);
+                    kernel.unknown_kinds.fetch_add(1, Relaxed);
                 }
                 Err(_) => {
-                    internal.decode_errors.fetch_add(1, Relaxed);
+                    kernel.decode_errors.fetch_add(1, Relaxed);
                 }
             }
             handled += 1;
@@ -119,9 +127,9 @@ impl EventLoop {
                 red = lock(&self.red);
             }
         }
-        self.pipeline.end_batch(&mut red, internal);
+        self.pipeline.end_batch(&mut red);
         drop(red);
-        self.pipeline.publish(internal);
+        self.pipeline.publish();
     }
 
     /// Hands spans whose hold time is up to the export queue; a full queue drops them
@@ -140,7 +148,7 @@ impl EventLoop {
             }
         }
         if dropped > 0 {
-            self.internal.export_dropped[TRACES].fetch_add(dropped, Relaxed);
+            self.export_stats.dropped[TRACES].fetch_add(dropped, Relaxed);
         }
     }
 
@@ -164,7 +172,7 @@ impl EventLoop {
         if let Some(request) = request {
             let n = metrics_task::points(&request);
             if tx.try_send(request).is_err() {
-                self.internal.export_dropped[METRICS].fetch_add(n, Relaxed);
+                self.export_stats.dropped[METRICS].fetch_add(n, Relaxed);
             }
         }
     }
@@ -176,7 +184,7 @@ impl EventLoop {
             return;
         };
         let readings = collector.collect(self.pipeline.runtime_targets());
-        self.internal
+        self.metrics_stats
             .process_metrics_overflow
             .store(collector.overflowed(), Relaxed);
         lock(&self.red).runtime = readings;
@@ -193,9 +201,9 @@ impl EventLoop {
                         ..info
                     };
                     if self.maps.sockets.insert(key, muted, BPF_EXIST).is_ok() {
-                        self.internal.muted_connections.fetch_add(1, Relaxed);
+                        self.kernel_stats.muted_connections.fetch_add(1, Relaxed);
                     } else {
-                        self.internal.mute_failures.fetch_add(1, Relaxed);
+                        self.kernel_stats.mute_failures.fetch_add(1, Relaxed);
                     }
                 }
                 _ => {}
@@ -215,7 +223,9 @@ impl EventLoop {
         for i in 0..stat::COUNT {
             if let Ok(values) = self.maps.stats.get(&i, 0) {
                 let sum: u64 = values.iter().sum();
-                self.internal.kernel[i as usize].store(sum, Relaxed);
+                if let Some(counter) = self.kernel_stats.kernel.get(i as usize) {
+                    counter.store(sum, Relaxed);
+                }
             }
         }
     }
@@ -225,7 +235,7 @@ impl EventLoop {
     fn sweep(&mut self) {
         {
             let mut red = lock(&self.red);
-            self.pipeline.sweep_dead(&mut red, &self.internal);
+            self.pipeline.sweep_dead(&mut red);
         }
         let mut alive: HashMap<u32, bool> = HashMap::new();
         let dead: Vec<SockKey> = self

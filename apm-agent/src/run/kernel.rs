@@ -2,7 +2,7 @@
 //! table with the connections that were open before the agent started.
 use std::sync::atomic::Ordering::Relaxed;
 
-use super::RunError;
+use super::{RunError, kernel_stats::KernelStats};
 use crate::{
     config::Config,
     ebpf::{
@@ -10,7 +10,6 @@ use crate::{
         profiler::{ProfilerMaps, SamplingOptions},
         seed,
     },
-    internal::Internal,
 };
 
 /// The loaded kernel object and the maps the agent's threads read.
@@ -22,7 +21,7 @@ pub struct Kernel {
 }
 
 /// Loads and attaches every program the configuration asks for.
-pub fn attach(cfg: &Config, internal: &Internal) -> Result<Kernel, RunError> {
+pub fn attach(cfg: &Config, stats: &KernelStats) -> Result<Kernel, RunError> {
     let mut probes = Probes::load(&LoadOptions {
         agent_tgid: std::process::id(),
         capture_bytes: cfg.capture_bytes,
@@ -53,10 +52,10 @@ pub fn attach(cfg: &Config, internal: &Internal) -> Result<Kernel, RunError> {
     };
     let mut maps = probes.take_maps()?;
     let seeded = seed::seed_existing(&mut maps.sockets, std::process::id(), cfg.listen.port());
-    internal
+    stats
         .programs_attached
         .store(probes.attached().len() as u64, Relaxed);
-    internal
+    stats
         .seeded_connections
         .store(u64::from(seeded.seeded), Relaxed);
     log::info!(

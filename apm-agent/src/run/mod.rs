@@ -16,11 +16,13 @@ pub mod components;
 pub mod cpu_profiler;
 pub mod event_loop;
 pub mod kernel;
+pub mod kernel_stats;
 pub mod preflight;
 pub mod profile_once;
 pub mod shutdown;
 pub mod spawn;
 pub mod stack_sampler;
+pub mod stats;
 
 /// Why the agent could not run.
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +51,7 @@ pub enum RunError {
 pub fn run(checked: Checked) -> Result<(), RunError> {
     let listener = preflight::prepare(&checked.cfg)?;
     let mut components = components::Components::build(&checked, listener)?;
-    let kernel = kernel::attach(&checked.cfg, &components.internal)?;
+    let kernel = kernel::attach(&checked.cfg, &components.stats.kernel)?;
     let running = spawn::start(&checked, &mut components, kernel)?;
     shutdown::run_until_signal(&checked.cfg, components, running)
 }

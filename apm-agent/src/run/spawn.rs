@@ -21,10 +21,9 @@ use crate::{
     config::Checked,
     discovery::kubernetes,
     ebpf::Probes,
-    internal::Internal,
     metrics::process_runtime::RuntimeCollector,
-    pipeline::{Pipeline, PipelineConfig},
-    tls::TlsRequests,
+    pipeline::{Pipeline, PipelineConfig, stats::Published},
+    tls::{TlsRequests, stats::TlsStats},
 };
 
 /// Longest wait for the first list of the node's pods before events are read: processes are
@@ -46,7 +45,7 @@ pub fn start(
     kernel: Kernel,
 ) -> Result<Running, RunError> {
     let cfg = &checked.cfg;
-    let internal = &components.internal;
+    let stats = &components.stats;
     if let Some(kube) = components.kube.as_mut()
         && components
             .runtime
@@ -60,26 +59,38 @@ pub fn start(
     let stop = Arc::new(AtomicBool::new(false));
     // The TLS thread takes the loaded object (hooking a library needs it) and hands it back
     // at the end.
-    let holder = start_tls(checked, kernel.probes, internal, &stop)?;
+    let holder = start_tls(checked, kernel.probes, &stats.tls, &stop)?;
     // Ready once every program is loaded, the TLS ones included.
-    internal.ready.store(true, Relaxed);
+    components.ready.store(true, Relaxed);
     let exports = &mut components.exports;
     let event_loop = EventLoop {
         maps: kernel.maps,
-        pipeline: Pipeline::new(PipelineConfig {
-            detect_attempts: cfg.detect_attempts,
-            idle_timeout_ns: cfg.response_idle_timeout_secs.saturating_mul(1_000_000_000),
-            max_connections: cfg.max_connections,
-            max_processes: cfg.max_processes,
-            max_inventory_processes: cfg.max_inventory_processes,
-            exec_names_per_sec: cfg.exec_names_per_sec,
-            selectors: checked.selectors.clone(),
-            tracing: exports.tracing.take(),
-            metrics: exports.metrics_config.take(),
-            n_plus_one_threshold: cfg.n_plus_one_threshold,
-        }),
+        pipeline: Pipeline::new(
+            PipelineConfig {
+                detect_attempts: cfg.detect_attempts,
+                idle_timeout_ns: cfg.response_idle_timeout_secs.saturating_mul(1_000_000_000),
+                max_connections: cfg.max_connections,
+                max_processes: cfg.max_processes,
+                max_inventory_processes: cfg.max_inventory_processes,
+                exec_names_per_sec: cfg.exec_names_per_sec,
+                selectors: checked.selectors.clone(),
+                tracing: exports.tracing.take(),
+                metrics: exports.metrics_config.take(),
+                n_plus_one_threshold: cfg.n_plus_one_threshold,
+            },
+            Published {
+                pipeline: stats.pipeline.clone(),
+                protocols: stats.protocols.clone(),
+                discovery: stats.discovery.clone(),
+                traces: stats.traces.clone(),
+                metrics: stats.metrics.clone(),
+                tls: stats.tls.clone(),
+            },
+        ),
         red: components.red.clone(),
-        internal: internal.clone(),
+        kernel_stats: stats.kernel.clone(),
+        export_stats: stats.export.clone(),
+        metrics_stats: stats.metrics.clone(),
         stop: stop.clone(),
         poll_interval: Duration::from_millis(cfg.poll_interval_ms),
         spans: exports.spans.take(),
@@ -98,7 +109,7 @@ pub fn start(
         .map_err(RunError::Runtime)?;
     let profiler = match (kernel.profiler, components.store.clone()) {
         (Some(pmaps), Some(store)) => {
-            let (internal, stop) = (internal.clone(), stop.clone());
+            let (profile_stats, stop) = (stats.profiles.clone(), stop.clone());
             let every = Duration::from_secs(cfg.profile_drain_secs);
             let max_processes = cfg.max_processes;
             let debug_info = cfg.profile_debug_info;
@@ -113,7 +124,7 @@ pub fn start(
                     .spawn(move || {
                         // The symbolizer is not Send: it is made here, in its thread.
                         let sampler = StackSampler::new(pmaps, max_processes, filter, debug_info);
-                        cpu_profiler::run_continuous(sampler, store, internal, stop, every);
+                        cpu_profiler::run_continuous(sampler, store, profile_stats, stop, every);
                     })
                     .map_err(RunError::Runtime)?,
             )
@@ -157,7 +168,7 @@ impl Holder {
 fn start_tls(
     checked: &Checked,
     mut probes: Probes,
-    internal: &Arc<Internal>,
+    stats: &Arc<TlsStats>,
     stop: &Arc<AtomicBool>,
 ) -> Result<Holder, RunError> {
     if !checked.cfg.tls {
@@ -170,7 +181,7 @@ fn start_tls(
     let (requests, thread) = crate::tls::start(
         probes,
         checked.cfg.max_tls_libraries,
-        internal.clone(),
+        stats.clone(),
         stop.clone(),
     )
     .map_err(RunError::Runtime)?;
