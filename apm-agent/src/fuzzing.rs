@@ -174,7 +174,7 @@ fn segment<'a>(step: &Step<'a>, i: usize) -> Segment<'a> {
     }
 }
 
-/// Detection as `pipeline.rs` does it, then the detected parser until it gives up.
+/// Detection as `pipeline/feed.rs` does it, then the detected parser until it gives up.
 fn as_the_agent_does(steps: &[Step<'_>]) -> usize {
     let mut n = 0;
     let mut parser: Option<Parser> = None;

@@ -15,8 +15,8 @@ use std::{
 /// A module path from the crate root (`["discovery", "kubernetes"]`).
 type Module = Vec<String>;
 
-#[test]
-fn no_import_cycle_between_modules() {
+/// The agent's module graph: each file's module, and the modules its paths lead to.
+fn agent_graph() -> BTreeMap<Module, BTreeSet<Module>> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
     collect(&src, &mut files);
@@ -42,6 +42,12 @@ fn no_import_cycle_between_modules() {
             }
         }
     }
+    graph
+}
+
+#[test]
+fn no_import_cycle_between_modules() {
+    let graph = agent_graph();
     let cycles: Vec<String> = strongly_connected(&graph)
         .into_iter()
         .filter(|c| c.len() > 1)
@@ -57,6 +63,26 @@ fn no_import_cycle_between_modules() {
         "import cycles between modules:\n{}",
         cycles.join("\n")
     );
+}
+
+/// The kernel adapter is a leaf: `ebpf/` imports only itself and the OS helpers (and
+/// `apm-common`, aya, std, which are not modules of the agent).
+#[test]
+fn the_kernel_adapter_is_a_leaf() {
+    let graph = agent_graph();
+    let mut outside = Vec::new();
+    for (module, deps) in &graph {
+        if module.first().map(String::as_str) != Some("ebpf") {
+            continue;
+        }
+        for d in deps {
+            if !matches!(d.first().map(String::as_str), Some("ebpf" | "os")) {
+                outside.push(format!("{} -> {}", module.join("::"), d.join("::")));
+            }
+        }
+    }
+    assert!(graph.contains_key(&module("ebpf::decode")));
+    assert!(outside.is_empty(), "ebpf/ imports from above: {outside:?}");
 }
 
 /// The checker finds a cycle where there is one, through `use` trees and inline paths.
