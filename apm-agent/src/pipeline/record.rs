@@ -22,7 +22,7 @@ use crate::{
 };
 
 /// Consumers of completed requests beyond RED: the exporters' views, present only when their
-/// export is on, and the N+1 detector. (Not the export sinks of `export/`: these feed them.)
+/// export is on, and the N+1 detector. (Not the sinks of `export/`: these feed them.)
 pub(super) struct Consumers {
     pub(super) tracer: Option<Tracer>,
     pub(super) otel: Option<OtelMetrics>,
@@ -52,14 +52,12 @@ impl Consumers {
         out: &mut ParserOut,
     ) {
         let Origin { conn, peer, comm } = *origin;
-        let sinks = self;
         for s in out.started.drain(..) {
             if s.side == Side::Server {
-                sinks
-                    .n_plus_one
+                self.n_plus_one
                     .on_server_start(conn.tgid, s.tid, conn.fd, s.seq);
             }
-            if let Some(t) = sinks.tracer.as_mut() {
+            if let Some(t) = self.tracer.as_mut() {
                 t.on_start(conn, &s);
             }
         }
@@ -76,7 +74,7 @@ impl Consumers {
                 id
             }
         };
-        let exporting = sinks.tracer.is_some() || sinks.otel.is_some();
+        let exporting = self.tracer.is_some() || self.otel.is_some();
         let resource = exporting.then(|| procs.resource(tgid)).flatten();
         let mut peer_ip: Option<String> = None;
         for req in out.done.drain(..) {
@@ -108,7 +106,7 @@ impl Consumers {
                         }),
                     };
                     let series = red.record(service, server, &req, http);
-                    if let (Some(m), Some(resource)) = (sinks.otel.as_mut(), &resource) {
+                    if let (Some(m), Some(resource)) = (self.otel.as_mut(), &resource) {
                         let local_port = match req.side {
                             Side::Server => conn.endpoints.map_or(0, |e| e.local.port()),
                             Side::Client => 0,
@@ -119,14 +117,14 @@ impl Consumers {
                             local_port,
                             http.version_minor,
                             req.duration_ns(),
-                            sinks.clock.to_unix(req.end_ns),
+                            self.clock.to_unix(req.end_ns),
                         );
                     }
                     let mut extra = Vec::new();
                     if req.side == Side::Server {
-                        sinks.server_done(red, conn, &req, series, &mut extra);
+                        self.server_done(red, conn, &req, series, &mut extra);
                     }
-                    if let (Some(t), Some(resource)) = (sinks.tracer.as_mut(), &resource) {
+                    if let (Some(t), Some(resource)) = (self.tracer.as_mut(), &resource) {
                         // The route as RED interned it: templated once, and bounded like the
                         // metrics (span names must stay low-cardinality too).
                         let route = red.service(series.service).routes.name(series.route);
@@ -145,22 +143,21 @@ impl Consumers {
                     let (series, statement) =
                         red.db
                             .record(service, req.side, server, db, req.duration_ns());
-                    if let (Some(m), Some(resource)) = (sinks.otel.as_mut(), &resource) {
+                    if let (Some(m), Some(resource)) = (self.otel.as_mut(), &resource) {
                         m.record(
                             resource,
                             series,
                             0,
                             0,
                             req.duration_ns(),
-                            sinks.clock.to_unix(req.end_ns),
+                            self.clock.to_unix(req.end_ns),
                         );
                     }
                     if req.side == Side::Client {
-                        sinks
-                            .n_plus_one
+                        self.n_plus_one
                             .on_statement(tgid, req.tid, service, statement);
                     }
-                    if let (Some(t), Some(resource)) = (sinks.tracer.as_mut(), &resource) {
+                    if let (Some(t), Some(resource)) = (self.tracer.as_mut(), &resource) {
                         t.on_done(conn, &req, "", (remote, local), resource, Vec::new());
                     }
                 }
