@@ -3,7 +3,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Checked, Config, ConfigError};
 
 /// Zero-instrumentation APM agent: HTTP RED metrics from eBPF socket capture.
 #[derive(Debug, Parser)]
@@ -178,7 +178,7 @@ pub struct RunArgs {
     /// Trace head sampler, as OTEL_TRACES_SAMPLER [default: parentbased_always_on].
     #[arg(long, env = "OTEL_TRACES_SAMPLER")]
     pub traces_sampler: Option<String>,
-    /// Sampler argument (the ratio).
+    /// TraceSampler argument (the ratio).
     #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG")]
     pub traces_sampler_arg: Option<String>,
     /// Requests at least this slow (ms) are always exported [default: 1000].
@@ -212,8 +212,9 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    /// The effective configuration: defaults, then the file, then env/flags.
-    pub fn into_config(self) -> Result<Config, ConfigError> {
+    /// The effective configuration (defaults, then the file, then env/flags), checked into
+    /// typed values.
+    pub fn into_config(self) -> Result<Checked, ConfigError> {
         let mut cfg = match &self.config {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
@@ -282,7 +283,6 @@ impl RunArgs {
         if self.no_console {
             cfg.console = false;
         }
-        cfg.validate()?;
-        Ok(cfg)
+        cfg.check()
     }
 }

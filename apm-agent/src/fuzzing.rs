@@ -30,10 +30,12 @@
 //! while undecided, then the detected parser until it gives up) and straight into the
 //! target's parser on both sides, each with the directions as given and swapped.
 use crate::{
-    ebpf::decode::{self, Event, KIND_NAMES},
+    ebpf::{
+        decode::{self, Event, KIND_NAMES},
+        records,
+    },
     protocols::{
-        Detection, Direction, ParseStats, Parser, ParserOut, Segment, http1, memcached, mysql,
-        postgres, redis,
+        Detection, Direction, ParseStats, Parser, ParserOut, Segment,
         sql::{self, Dialect},
     },
     request::{DbSystem, Detail, Protocol, Side},
@@ -148,14 +150,10 @@ pub fn protocol(protocol: Protocol, input: &[u8]) -> Exercised {
             .collect();
         exercised.detected += as_the_agent_does(&steps);
         for side in [Side::Client, Side::Server] {
-            let parser = match protocol {
-                Protocol::Http1 => Parser::Http1(http1::Http1Parser::new(side)),
-                Protocol::Postgres => Parser::Postgres(postgres::PostgresParser::new(side)),
-                Protocol::Mysql => Parser::Mysql(mysql::MysqlParser::new(side)),
-                Protocol::Redis => Parser::Redis(redis::RedisParser::new(side)),
-                Protocol::Memcached => Parser::Memcached(memcached::MemcachedParser::new(side)),
-            };
-            exercised.straight += straight(parser, side, &steps);
+            // Every protocol is registered (a test in `protocols` says so).
+            if let Some(parser) = Parser::new(protocol, side) {
+                exercised.straight += straight(parser, side, &steps);
+            }
         }
     }
     exercised
@@ -176,7 +174,7 @@ fn segment<'a>(step: &Step<'a>, i: usize) -> Segment<'a> {
     }
 }
 
-/// Detection as `pipeline.rs` does it, then the detected parser until it gives up.
+/// Detection as `pipeline/feed.rs` does it, then the detected parser until it gives up.
 fn as_the_agent_does(steps: &[Step<'_>]) -> usize {
     let mut n = 0;
     let mut parser: Option<Parser> = None;
@@ -390,7 +388,10 @@ pub fn decode(input: &[u8]) {
             assert_eq!(d.payload, &input[header..]);
             // The pipeline's next step with the payload.
             let _ = Parser::detect(&Segment {
-                direction: d.direction,
+                direction: match d.direction {
+                    records::Direction::Ingress => Direction::Ingress,
+                    records::Direction::Egress => Direction::Egress,
+                },
                 data: d.payload,
                 total_len: d.header.total_len.max(d.payload.len() as u64),
                 ts_ns: d.header.ts_ns,

@@ -6,8 +6,6 @@
 //! and the kernel-record decoder are compiled: they depend on no I/O, runtime or eBPF crate.
 //! A new module that needs the agent's dependencies goes under `#[cfg(feature = "agent")]`.
 #[cfg(feature = "agent")]
-pub mod agent;
-#[cfg(feature = "agent")]
 pub mod check;
 #[cfg(feature = "agent")]
 pub mod cli;
@@ -27,25 +25,24 @@ pub mod export;
 #[cfg(any(test, fuzzing))]
 pub mod fuzzing;
 #[cfg(feature = "agent")]
-pub mod internal;
-#[cfg(feature = "agent")]
 pub mod metrics;
+#[cfg(feature = "agent")]
+pub mod os;
 #[cfg(feature = "agent")]
 pub mod pipeline;
 #[cfg(feature = "agent")]
 pub mod privileges;
 #[cfg(feature = "agent")]
-pub mod profile_cmd;
-#[cfg(feature = "agent")]
 pub mod profiles;
-#[cfg(feature = "agent")]
-pub mod profiling;
 pub mod protocols;
 pub mod request;
 #[cfg(feature = "agent")]
 pub mod routes;
 #[cfg(feature = "agent")]
+pub mod run;
+#[cfg(feature = "agent")]
 pub mod server;
+pub mod telemetry;
 #[cfg(feature = "agent")]
 pub mod tls;
 #[cfg(feature = "agent")]
@@ -58,4 +55,5 @@ pub mod ui;
 #[cfg(not(feature = "agent"))]
 pub mod ebpf {
     pub mod decode;
+    pub mod records;
 }

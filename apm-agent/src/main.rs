@@ -5,7 +5,7 @@
 //! is the command line only.
 use std::process::ExitCode;
 
-use apm_agent::{agent, check, cli, profile_cmd};
+use apm_agent::{check, cli, run};
 
 use clap::Parser as _;
 
@@ -22,7 +22,7 @@ fn main() -> ExitCode {
             let result = args
                 .into_config()
                 .map_err(anyhow::Error::from)
-                .and_then(|cfg| agent::run(cfg).map_err(anyhow::Error::from));
+                .and_then(|cfg| run::run(cfg).map_err(anyhow::Error::from));
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -31,7 +31,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        cli::Command::Profile(args) => match profile_cmd::run(&args) {
+        cli::Command::Profile(args) => match run::profile_once::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("apm-agent: {e}");

@@ -1,6 +1,9 @@
 //! The local listener: `/metrics`, `/healthz`, `/readyz`, `/api/routes`,
 //! `/api/slow-queries`, the profile pages, and an index page.
-use std::sync::{Arc, Mutex, atomic::Ordering::Relaxed};
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicBool, Ordering::Relaxed},
+};
 
 use axum::{
     Router,
@@ -12,12 +15,11 @@ use axum::{
 use serde::Deserialize;
 
 use crate::{
-    ebpf::drain::lock,
     export::prometheus,
-    internal::Internal,
     metrics::red::Red,
+    os::{lock, unix_now},
     profiles::{flamegraph, folded, pprof, store::Store},
-    profiling::unix_now,
+    telemetry::Registry,
     ui,
 };
 
@@ -25,7 +27,10 @@ use crate::{
 #[derive(Clone)]
 pub struct Shared {
     pub red: Arc<Mutex<Red>>,
-    pub internal: Arc<Internal>,
+    /// Every stage's own statistics.
+    pub stats: Registry,
+    /// Set once every kernel program is attached.
+    pub ready: Arc<AtomicBool>,
     pub window_secs: u64,
     /// Rows of each slow-query ranking.
     pub slow_queries_top: usize,
@@ -54,13 +59,13 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Shared) -> std::io
 async fn metrics(State(s): State<Shared>) -> Response {
     let body = {
         let red = lock(&s.red);
-        prometheus::render(&red, &s.internal, s.slow_queries_top)
+        prometheus::render(&red, &s.stats, s.slow_queries_top)
     };
     ([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], body).into_response()
 }
 
 async fn readyz(State(s): State<Shared>) -> Response {
-    if s.internal.ready.load(Relaxed) {
+    if s.ready.load(Relaxed) {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (

@@ -12,10 +12,20 @@ use apm_common::DataEventHeader;
 use rustc_hash::FxHashMap;
 
 use crate::{
-    ebpf::decode::DataEvent,
+    ebpf::{decode::DataEvent, records},
     protocols::{Direction, ParseStats, Parser},
     request::Protocol,
 };
+
+/// The kernel's direction of a record is the parsers' direction of its segment.
+impl From<records::Direction> for Direction {
+    fn from(d: records::Direction) -> Self {
+        match d {
+            records::Direction::Ingress => Self::Ingress,
+            records::Direction::Egress => Self::Egress,
+        }
+    }
+}
 
 /// Protocol state of a connection.
 #[derive(Debug)]
@@ -162,7 +172,7 @@ pub struct Admission {
 #[derive(Debug)]
 pub struct HeldRecord {
     pub header: DataEventHeader,
-    pub direction: Direction,
+    pub direction: records::Direction,
     pub payload: Vec<u8>,
 }
 
@@ -520,7 +530,7 @@ mod tests {
                 };
                 c.held = Some(HeldRecord::new(&DataEvent {
                     header,
-                    direction: Direction::Ingress,
+                    direction: records::Direction::Ingress,
                     payload: b"x",
                 }));
             }

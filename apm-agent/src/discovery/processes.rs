@@ -42,7 +42,7 @@ impl Processes {
                 service_id: None,
                 resource: None,
             },
-            host_name: resource::host_name(),
+            host_name: super::host::host_name(),
         }
     }
 

@@ -91,24 +91,6 @@ fn merge_below(own: &mut Vec<(String, String)>, defaults: &[(String, String)]) {
     }
 }
 
-/// This host's name: `K8S_NODE_NAME` when set (a DaemonSet pod has a UTS namespace of its
-/// own, whose hostname is the pod's name, not the node's), else the kernel's hostname.
-pub fn host_name() -> String {
-    pick_host_name(
-        std::env::var("K8S_NODE_NAME").ok(),
-        std::fs::read_to_string("/proc/sys/kernel/hostname").ok(),
-    )
-}
-
-fn pick_host_name(node_name: Option<String>, kernel: Option<String>) -> String {
-    [node_name, kernel]
-        .into_iter()
-        .flatten()
-        .map(|h| h.trim().to_owned())
-        .find(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned())
-}
-
 /// Field 22 of `/proc/<pid>/stat` (start time in clock ticks since boot). The command name
 /// (field 2) may hold spaces and parentheses: fields are counted after its last `)`.
 pub fn start_time(stat: &str) -> Option<u64> {
@@ -190,18 +172,6 @@ mod tests {
         );
         let many: Vec<String> = (0..100).map(|i| format!("k{i}=v")).collect();
         assert_eq!(parse_resource_attributes(&many.join(",")).len(), MAX_EXTRA);
-    }
-
-    #[test]
-    fn node_name_wins_over_the_pods_hostname() {
-        let some = |s: &str| Some(s.to_owned());
-        assert_eq!(
-            pick_host_name(some("node-1"), some("apm-agent-x7\n")),
-            "node-1"
-        );
-        assert_eq!(pick_host_name(some(" "), some("web-1\n")), "web-1");
-        assert_eq!(pick_host_name(None, some("web-1\n")), "web-1");
-        assert_eq!(pick_host_name(None, None), "localhost");
     }
 
     #[test]

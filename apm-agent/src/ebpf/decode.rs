@@ -5,7 +5,7 @@
 //! never a panic.
 use apm_common::{ConnEvent, DataEventHeader, ProcEvent, TupleEvent, direction, kind, role};
 
-pub use crate::protocols::Direction;
+pub use super::records::Direction;
 
 /// A decoded kernel record, borrowing the payload from the ring buffer.
 #[derive(Debug)]

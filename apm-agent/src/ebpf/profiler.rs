@@ -15,8 +15,8 @@ use aya::{
     util::online_cpus,
 };
 
+use super::records::RawSample;
 use super::{LoadError, Probes};
-use crate::profiles::model::RawSample;
 
 /// How to sample.
 #[derive(Debug, Clone, Copy)]

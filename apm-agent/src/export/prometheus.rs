@@ -6,20 +6,21 @@
 use std::fmt::Write as _;
 
 use crate::{
-    internal::Internal,
     metrics::{
         db::{DB_BUCKETS_S, DbSeriesKey},
         process_runtime::Sample,
         red::{BUCKETS_S, Red, SeriesKey},
     },
     request::Side,
+    telemetry::{Exposition, MAP_OVERFLOWS, Registry},
 };
 
 /// Content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Renders everything.
-pub fn render(red: &Red, internal: &Internal, slow_queries_top: usize) -> String {
+/// Renders everything: the RED series, then every stage's own statistics (`stats`), with
+/// RED's budget overflows among the other tables' in `apm_map_overflows_total`.
+pub fn render(red: &Red, stats: &Registry, slow_queries_top: usize) -> String {
     let mut out = String::with_capacity(16 * 1024);
     render_red(red, &mut out);
     render_db(red, &mut out);
@@ -27,19 +28,21 @@ pub fn render(red: &Red, internal: &Internal, slow_queries_top: usize) -> String
     render_runtime(red, &mut out);
     let o = red.overflows();
     let d = red.db.overflows();
-    internal.render(
-        &[
-            ("services", o.services),
-            ("series", o.series),
-            ("server_addresses", o.peers),
-            ("route_windows", o.route_windows),
-            ("db_series", d.series),
-            ("db_names", d.names),
-            ("db_statements", d.statements),
-            ("n_plus_one", d.n_plus_one),
-        ],
-        &mut out,
-    );
+    let mut own = Exposition::default();
+    stats.render(&mut own);
+    for (map, value) in [
+        ("services", o.services),
+        ("series", o.series),
+        ("server_addresses", o.peers),
+        ("route_windows", o.route_windows),
+        ("db_series", d.series),
+        ("db_names", d.names),
+        ("db_statements", d.statements),
+        ("n_plus_one", d.n_plus_one),
+    ] {
+        own.add(&MAP_OVERFLOWS, format!("map=\"{map}\""), value);
+    }
+    own.write(&mut out);
     out
 }
 
@@ -393,7 +396,11 @@ mod tests {
         record_http(&mut red, svc, None, &req);
         req.side = Side::Client;
         record_http(&mut red, svc, Some(("10.0.0.1", 8080)), &req);
-        let text = render(&red, &Internal::default(), 10);
+        let text = render(
+            &red,
+            &crate::run::stats::StageStats::default().registry(),
+            10,
+        );
         let server = "http_server_request_duration_seconds_bucket{service_name=\"web\\\"1\",http_request_method=\"GET\",http_route=\"/a\\\\b\",http_response_status_code=\"404\",le=\"0.01\"} 1";
         assert!(text.contains(server), "{text}");
         assert!(text.contains("http_server_request_duration_seconds_bucket{service_name=\"web\\\"1\",http_request_method=\"GET\",http_route=\"/a\\\\b\",http_response_status_code=\"404\",le=\"0.005\"} 0"));
@@ -435,7 +442,11 @@ mod tests {
             },
             start_unix_ns: 0,
         });
-        let text = render(&red, &Internal::default(), 10);
+        let text = render(
+            &red,
+            &crate::run::stats::StageStats::default().registry(),
+            10,
+        );
         for line in [
             "# TYPE process_cpu_time_seconds_total counter",
             "process_cpu_time_seconds_total{service_name=\"shop\",process_pid=\"42\",cpu_mode=\"user\"} 1.5",

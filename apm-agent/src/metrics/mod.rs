@@ -5,3 +5,4 @@ pub mod n_plus_one;
 pub mod otel;
 pub mod process_runtime;
 pub mod red;
+pub mod stats;

@@ -80,7 +80,7 @@ pub type Target = (u32, Box<str>, Option<Arc<Resource>>);
 
 /// Chooses which processes are read (bounded) and reads them.
 #[derive(Debug)]
-pub struct Collector {
+pub struct RuntimeCollector {
     budget: usize,
     /// Admitted pids (true: seen in this round).
     admitted: FxHashMap<u32, bool>,
@@ -92,7 +92,7 @@ pub struct Collector {
     boot_unix_ns: u64,
 }
 
-impl Collector {
+impl RuntimeCollector {
     pub fn new(budget: usize) -> Self {
         Self {
             budget,
@@ -204,7 +204,7 @@ Threads:\t3\nVmRSS:\t   20480 kB\nvoluntary_ctxt_switches:\t1234\nnonvoluntary_c
     #[test]
     fn budget_is_stable_and_counted_once() {
         let me = std::process::id();
-        let mut c = Collector::new(1);
+        let mut c = RuntimeCollector::new(1);
         let t = |pid: u32| (pid, Box::<str>::from("svc"), None);
         // The first comer keeps its place; the other is refused once, however often asked.
         assert_eq!(c.collect(vec![t(me), t(u32::MAX)]).len(), 1);

@@ -5,8 +5,10 @@ use apm_common::{ConnEvent, DataEventHeader, direction, kind, role, syscall};
 use super::*;
 use crate::{
     discovery::selectors::Selectors,
+    ebpf::records,
     metrics::{db::DbConfig, red::RedConfig},
     protocols::Direction,
+    request::Side,
 };
 
 /// A pid no test process has: the service is named from the `comm` of the open event.
@@ -18,25 +20,29 @@ const OK_5: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
 struct Harness {
     pipeline: Pipeline,
     red: Red,
-    internal: Internal,
+    published: Published,
 }
 
 impl Harness {
     /// A server connection accepted while the agent runs (so numbered from its first record).
     fn server() -> Self {
+        let published = Published::default();
         let mut h = Self {
-            pipeline: Pipeline::new(PipelineConfig {
-                detect_attempts: 4,
-                idle_timeout_ns: 10_000_000_000,
-                max_connections: 100,
-                max_processes: 100,
-                max_inventory_processes: 100,
-                exec_names_per_sec: 0,
-                selectors: Selectors::default(),
-                tracing: None,
-                metrics: None,
-                n_plus_one_threshold: 10,
-            }),
+            pipeline: Pipeline::new(
+                PipelineConfig {
+                    detect_attempts: 4,
+                    idle_timeout_ns: 10_000_000_000,
+                    max_connections: 100,
+                    max_processes: 100,
+                    max_inventory_processes: 100,
+                    exec_names_per_sec: 0,
+                    selectors: Selectors::default(),
+                    tracing: None,
+                    metrics: None,
+                    n_plus_one_threshold: 10,
+                },
+                published.clone(),
+            ),
             red: Red::new(RedConfig {
                 apdex_threshold_ns: 100_000_000,
                 max_services: 10,
@@ -50,7 +56,7 @@ impl Harness {
                     max_statements_per_service: 100,
                 },
             }),
-            internal: Internal::default(),
+            published,
         };
         let mut comm = [0u8; 16];
         comm[..8].copy_from_slice(b"testserv");
@@ -67,7 +73,6 @@ impl Harness {
                 ..Default::default()
             }),
             &mut h.red,
-            &h.internal,
         );
         h
     }
@@ -91,14 +96,17 @@ impl Harness {
         };
         let event = Event::Data(DataEvent {
             header,
-            direction: dir,
+            direction: match dir {
+                Direction::Ingress => records::Direction::Ingress,
+                Direction::Egress => records::Direction::Egress,
+            },
             payload,
         });
-        self.pipeline.handle(event, &mut self.red, &self.internal);
+        self.pipeline.handle(event, &mut self.red);
     }
 
     fn end_batch(&mut self) {
-        self.pipeline.end_batch(&mut self.red, &self.internal);
+        self.pipeline.end_batch(&mut self.red);
     }
 
     /// (route, count, sum of durations in ns) of every server series, sorted.
@@ -119,8 +127,8 @@ impl Harness {
 
     /// (resyncs, incomplete exchanges) of HTTP/1, as published.
     fn http1_counters(&mut self) -> (u64, u64) {
-        self.pipeline.publish(&self.internal);
-        let c = &self.internal.protocols[Protocol::Http1.index()];
+        self.pipeline.publish();
+        let c = &self.published.protocols.protocols[Protocol::Http1.index()];
         (c.resyncs.load(Relaxed), c.incomplete.load(Relaxed))
     }
 }

@@ -8,10 +8,13 @@ use std::{
 
 use super::{
     maps::MapsSnapshot,
-    model::{Frame, FrameKind, ProcessSamples, RawSample},
+    model::{Frame, FrameKind, ProcessSamples},
     symbolize::Symbolizer,
 };
-use crate::{discovery::service_name, ebpf::decode::comm_str};
+use crate::{
+    discovery::service_name,
+    ebpf::{decode::comm_str, records::RawSample},
+};
 
 /// What the collector knows of a process.
 struct ProcessInfo {
@@ -34,7 +37,7 @@ fn lost_frame() -> Arc<Frame> {
 }
 
 /// The collector.
-pub struct Collector {
+pub struct StackCollector {
     symbolizer: Symbolizer,
     processes: HashMap<u32, ProcessInfo>,
     budget: usize,
@@ -44,7 +47,7 @@ pub struct Collector {
     lost: Arc<Frame>,
 }
 
-impl Collector {
+impl StackCollector {
     /// `budget`: processes remembered at once; `debug_info`: see [`Symbolizer::new`].
     pub fn new(budget: usize, debug_info: bool) -> Self {
         Self {

@@ -7,5 +7,6 @@ pub mod folded;
 pub mod maps;
 pub mod model;
 pub mod pprof;
+pub mod stats;
 pub mod store;
 pub mod symbolize;

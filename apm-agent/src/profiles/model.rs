@@ -1,18 +1,6 @@
 //! The profiler's data model, shared by every output (folded, SVG, pprof, the store, OTLP):
-//! raw samples from the kernel, symbolized frames, and stacks with counts.
+//! symbolized frames and stacks with counts (the raw samples are `ebpf::records::RawSample`).
 use std::sync::Arc;
-
-/// One drained group of identical samples, as the kernel counted them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RawSample {
-    pub tgid: u32,
-    pub pid: u32,
-    /// User-space instruction pointers, innermost first (empty: none or lost).
-    pub user: Vec<u64>,
-    /// Kernel instruction pointers, innermost first (empty: none, off, or lost).
-    pub kernel: Vec<u64>,
-    pub count: u64,
-}
 
 /// What a frame is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

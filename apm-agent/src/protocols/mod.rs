@@ -1,14 +1,21 @@
 //! Protocol parsers: one stateful parser per connection behind one trait, dispatched through
 //! an enum (no boxing, no vtables on the hot path). Parsers do no I/O and know nothing about
 //! eBPF or tokio: they see [`Segment`]s (what one syscall moved) and emit [`Request`]s.
+//!
+//! Adding a protocol: its module here (the parser, implementing [`ProtocolParser`] with its
+//! `detect`), one line in the registration list (`parsers!` below), its golden byte streams,
+//! its fuzz target. What every parser shares about the two directions (readers, the error
+//! streak) is in `duplex.rs`.
+pub mod duplex;
 pub mod http1;
 pub mod memcached;
 pub mod mysql;
 pub mod postgres;
 pub mod redis;
 pub mod sql;
+pub mod stats;
 
-use crate::request::{Protocol, Request, Started};
+use crate::request::{Protocol, Request, Side, Started};
 
 /// What parsers produce while they work: requests as their heads are parsed (so their spans
 /// exist before the calls they make are seen), and completed exchanges. The pipeline empties
@@ -72,8 +79,25 @@ pub struct ParseStats {
     pub head_truncated: u64,
 }
 
+/// What a connection's first segment says about one protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detected {
+    /// This protocol, and the observed process is this side.
+    Side(Side),
+    /// A prefix too short to tell.
+    Undecided,
+    No,
+}
+
 /// The interface every protocol parser implements.
-pub trait ProtocolParser {
+pub trait ProtocolParser: Sized {
+    /// The protocol it follows.
+    const PROTOCOL: Protocol;
+    /// Whether a connection's first segment is this protocol, and which side the observed
+    /// process is.
+    fn detect(seg: &Segment<'_>) -> Detected;
+    /// A parser for a connection whose observed process is `side`.
+    fn new(side: Side) -> Self;
     /// Feeds one segment; completed exchanges are appended to `out`.
     fn on_segment(&mut self, seg: &Segment<'_>, out: &mut ParserOut, stats: &mut ParseStats);
     /// The connection closed at `ts_ns`: finish what can be finished, count the rest.
@@ -106,104 +130,120 @@ pub enum Detection {
     NoMatch,
 }
 
-/// All parsers, statically dispatched.
-#[derive(Debug)]
-pub enum Parser {
-    Http1(http1::Http1Parser),
-    Redis(redis::RedisParser),
-    Memcached(memcached::MemcachedParser),
-    Mysql(mysql::MysqlParser),
-    Postgres(postgres::PostgresParser),
-}
+/// Generates [`Parser`] from the registration list: the enum, detection in list order, and
+/// the forwarding of every call to the parser a connection holds.
+macro_rules! parsers {
+    ($($variant:ident => $parser:ty,)*) => {
+        /// All parsers, statically dispatched.
+        #[derive(Debug)]
+        pub enum Parser {
+            $($variant($parser),)*
+        }
 
-/// Forwards a call to whichever parser `self` holds.
-macro_rules! each {
-    ($self:expr, $p:ident => $call:expr) => {
-        match $self {
-            Parser::Http1($p) => $call,
-            Parser::Redis($p) => $call,
-            Parser::Memcached($p) => $call,
-            Parser::Mysql($p) => $call,
-            Parser::Postgres($p) => $call,
+        /// The registered protocols, in detection order.
+        pub const REGISTERED: [Protocol; [$(stringify!($variant)),*].len()] =
+            [$(<$parser as ProtocolParser>::PROTOCOL,)*];
+
+        impl Parser {
+            /// Tries every protocol on the first segment of a connection, in the order of the
+            /// registration list: the first that recognises it wins; if none does but one may
+            /// with more bytes, the answer is undecided.
+            pub fn detect(seg: &Segment<'_>) -> Detection {
+                let mut undecided = false;
+                $(
+                    match <$parser as ProtocolParser>::detect(seg) {
+                        Detected::Side(side) => {
+                            return Detection::Match(Self::$variant(<$parser>::new(side)));
+                        }
+                        Detected::Undecided => undecided = true,
+                        Detected::No => {}
+                    }
+                )*
+                if undecided {
+                    Detection::Undecided
+                } else {
+                    Detection::NoMatch
+                }
+            }
+
+            /// The parser of `protocol` for a connection whose observed process is `side`
+            /// (None for a protocol not registered).
+            pub fn new(protocol: Protocol, side: Side) -> Option<Self> {
+                $(
+                    if protocol == <$parser as ProtocolParser>::PROTOCOL {
+                        return Some(Self::$variant(<$parser>::new(side)));
+                    }
+                )*
+                None
+            }
+
+            pub fn on_segment(
+                &mut self,
+                seg: &Segment<'_>,
+                out: &mut ParserOut,
+                stats: &mut ParseStats,
+            ) {
+                match self {
+                    $(Self::$variant(p) => p.on_segment(seg, out, stats),)*
+                }
+            }
+
+            pub fn on_close(&mut self, ts_ns: u64, out: &mut ParserOut, stats: &mut ParseStats) {
+                match self {
+                    $(Self::$variant(p) => p.on_close(ts_ns, out, stats),)*
+                }
+            }
+
+            pub fn on_idle(&mut self, out: &mut ParserOut) {
+                match self {
+                    $(Self::$variant(p) => p.on_idle(out),)*
+                }
+            }
+
+            pub fn on_gap(&mut self, stats: &mut ParseStats) {
+                match self {
+                    $(Self::$variant(p) => p.on_gap(stats),)*
+                }
+            }
+
+            pub fn gave_up(&self) -> bool {
+                match self {
+                    $(Self::$variant(p) => p.gave_up(),)*
+                }
+            }
+
+            /// The protocol this parser follows.
+            pub fn protocol(&self) -> Protocol {
+                match self {
+                    $(Self::$variant(_) => <$parser as ProtocolParser>::PROTOCOL,)*
+                }
+            }
         }
     };
 }
 
-impl Parser {
-    /// Tries every protocol on the first segment of a connection: the first that recognises
-    /// it wins; if none does but one may with more bytes, the answer is undecided.
-    pub fn detect(seg: &Segment<'_>) -> Detection {
-        let mut undecided = false;
-        match http1::detect(seg) {
-            http1::Detected::Side(side) => {
-                return Detection::Match(Self::Http1(http1::Http1Parser::new(side)));
-            }
-            http1::Detected::Undecided => undecided = true,
-            http1::Detected::No => {}
-        }
-        match redis::detect(seg) {
-            redis::Detected::Side(side) => {
-                return Detection::Match(Self::Redis(redis::RedisParser::new(side)));
-            }
-            redis::Detected::Undecided => undecided = true,
-            redis::Detected::No => {}
-        }
-        match memcached::detect(seg) {
-            memcached::Detected::Side(side) => {
-                return Detection::Match(Self::Memcached(memcached::MemcachedParser::new(side)));
-            }
-            memcached::Detected::Undecided => undecided = true,
-            memcached::Detected::No => {}
-        }
-        match mysql::detect(seg) {
-            mysql::Detected::Side(side) => {
-                return Detection::Match(Self::Mysql(mysql::MysqlParser::new(side)));
-            }
-            mysql::Detected::Undecided => undecided = true,
-            mysql::Detected::No => {}
-        }
-        match postgres::detect(seg) {
-            postgres::Detected::Side(side) => {
-                return Detection::Match(Self::Postgres(postgres::PostgresParser::new(side)));
-            }
-            postgres::Detected::Undecided => undecided = true,
-            postgres::Detected::No => {}
-        }
-        if undecided {
-            Detection::Undecided
-        } else {
-            Detection::NoMatch
-        }
-    }
+// The registration list, in detection order.
+parsers! {
+    Http1 => http1::Http1Parser,
+    Redis => redis::RedisParser,
+    Memcached => memcached::MemcachedParser,
+    Mysql => mysql::MysqlParser,
+    Postgres => postgres::PostgresParser,
+}
 
-    pub fn on_segment(&mut self, seg: &Segment<'_>, out: &mut ParserOut, stats: &mut ParseStats) {
-        each!(self, p => p.on_segment(seg, out, stats))
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    pub fn on_close(&mut self, ts_ns: u64, out: &mut ParserOut, stats: &mut ParseStats) {
-        each!(self, p => p.on_close(ts_ns, out, stats))
-    }
-
-    pub fn on_idle(&mut self, out: &mut ParserOut) {
-        each!(self, p => p.on_idle(out))
-    }
-
-    pub fn on_gap(&mut self, stats: &mut ParseStats) {
-        each!(self, p => p.on_gap(stats))
-    }
-
-    pub fn gave_up(&self) -> bool {
-        each!(self, p => p.gave_up())
-    }
-
-    /// The protocol this parser follows.
-    pub fn protocol(&self) -> Protocol {
-        match self {
-            Self::Http1(_) => Protocol::Http1,
-            Self::Redis(_) => Protocol::Redis,
-            Self::Memcached(_) => Protocol::Memcached,
-            Self::Mysql(_) => Protocol::Mysql,
-            Self::Postgres(_) => Protocol::Postgres,
+    #[test]
+    fn every_protocol_is_registered_once() {
+        let mut registered = REGISTERED.to_vec();
+        registered.sort_by_key(|p| p.index());
+        registered.dedup();
+        assert_eq!(registered, Protocol::ALL);
+        for p in Protocol::ALL {
+            let parser = Parser::new(p, Side::Server).map(|parser| parser.protocol());
+            assert_eq!(parser, Some(p));
         }
     }
 }

@@ -8,6 +8,7 @@
 //! event thread must not spend.
 pub mod libraries;
 pub mod loader;
+pub mod stats;
 
 use std::{
     collections::HashSet,
@@ -23,8 +24,9 @@ use std::{
     time::Duration,
 };
 
-use crate::{ebpf::Probes, internal::Internal, privileges};
+use crate::{ebpf::Probes, privileges};
 use libraries::{MappedLibrary, tls_libraries};
+use stats::TlsStats;
 
 /// The root directory the host's own processes see: the loader's search path is read there.
 const HOST_ROOT: &str = "/proc/1/root";
@@ -36,14 +38,14 @@ const QUEUE: usize = 4096;
 #[derive(Debug, Clone)]
 pub struct TlsRequests {
     tx: SyncSender<u32>,
-    internal: Arc<Internal>,
+    stats: Arc<TlsStats>,
 }
 
 impl TlsRequests {
     /// Asks for `tgid`'s maps to be checked; never blocks.
     pub fn scan(&self, tgid: u32) {
         if let Err(TrySendError::Full(_)) = self.tx.try_send(tgid) {
-            self.internal.tls_scans_dropped.fetch_add(1, Relaxed);
+            self.stats.scans_dropped.fetch_add(1, Relaxed);
         }
     }
 }
@@ -54,7 +56,7 @@ struct Attacher {
     /// Library files already handled (hooked or failed), by identity.
     seen: HashSet<(String, u64)>,
     budget: usize,
-    internal: Arc<Internal>,
+    stats: Arc<TlsStats>,
 }
 
 /// Starts the thread that hooks libraries; `probes` must have its TLS programs loaded
@@ -63,7 +65,7 @@ struct Attacher {
 pub fn start(
     probes: Probes,
     budget: usize,
-    internal: Arc<Internal>,
+    stats: Arc<TlsStats>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<(TlsRequests, JoinHandle<Probes>)> {
     let (tx, rx) = sync_channel(QUEUE);
@@ -71,12 +73,12 @@ pub fn start(
         probes,
         seen: HashSet::new(),
         budget,
-        internal: internal.clone(),
+        stats: stats.clone(),
     };
     let handle = std::thread::Builder::new()
         .name("apm-tls".to_owned())
         .spawn(move || attacher.run(&rx, &stop))?;
-    Ok((TlsRequests { tx, internal }, handle))
+    Ok((TlsRequests { tx, stats }, handle))
 }
 
 impl Attacher {
@@ -128,7 +130,7 @@ impl Attacher {
                 continue;
             }
             if self.seen.len() >= self.budget {
-                self.internal.tls_libraries_overflow.fetch_add(1, Relaxed);
+                self.stats.libraries_overflow.fetch_add(1, Relaxed);
                 continue;
             }
             if self.hook(tgid, &lib) {
@@ -160,7 +162,7 @@ impl Attacher {
                 continue;
             }
             if self.seen.len() >= self.budget {
-                self.internal.tls_libraries_overflow.fetch_add(1, Relaxed);
+                self.stats.libraries_overflow.fetch_add(1, Relaxed);
                 continue;
             }
             if self.attach(&file, &path, "in the loader's search path") {
@@ -191,12 +193,12 @@ impl Attacher {
         let target = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
         match self.probes.attach_tls(&target) {
             Ok(functions) => {
-                self.internal.tls_libraries_hooked.fetch_add(1, Relaxed);
+                self.stats.libraries_hooked.fetch_add(1, Relaxed);
                 log::info!("TLS: hooked {functions} OpenSSL functions in {path} ({origin})");
                 true
             }
             Err(e) => {
-                self.internal.tls_hook_failures.fetch_add(1, Relaxed);
+                self.stats.hook_failures.fetch_add(1, Relaxed);
                 let hint = if privileges::holds(privileges::UPROBES) {
                     String::new()
                 } else {

@@ -17,7 +17,7 @@
 //! are counted and the request falls back to a new trace.
 use rustc_hash::FxHashMap;
 
-use super::{sampling::Sampler, span::Ids};
+use super::{sampling::TraceSampler, span::Ids};
 use crate::{
     conn::Endpoints,
     request::{Side, Started},
@@ -26,7 +26,7 @@ use crate::{
 /// Settings.
 #[derive(Debug, Clone)]
 pub struct AssemblerConfig {
-    pub sampler: Sampler,
+    pub sampler: TraceSampler,
     /// Requests in flight tracked at once.
     pub max_open: usize,
     /// Finished spans held for late links before they are handed on.
@@ -371,7 +371,7 @@ mod tests {
 
     fn asm() -> Assembler {
         Assembler::new(AssemblerConfig {
-            sampler: Sampler::ParentBased(Root::AlwaysOn),
+            sampler: TraceSampler::ParentBased(Root::AlwaysOn),
             max_open: 100,
             hold_ns: 1_000_000_000,
         })
@@ -471,7 +471,7 @@ mod tests {
     #[test]
     fn requests_that_never_complete_expire_and_tables_stay_bounded() {
         let mut a = Assembler::new(AssemblerConfig {
-            sampler: Sampler::AlwaysOn,
+            sampler: TraceSampler::AlwaysOn,
             max_open: 2,
             hold_ns: 1,
         });

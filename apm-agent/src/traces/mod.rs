@@ -7,4 +7,5 @@ pub mod build;
 pub mod hold;
 pub mod sampling;
 pub mod span;
+pub mod stats;
 pub mod tracer;

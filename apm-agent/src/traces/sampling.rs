@@ -7,7 +7,7 @@
 
 /// Which sampler.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Sampler {
+pub enum TraceSampler {
     AlwaysOn,
     AlwaysOff,
     /// Keep a trace when its id falls under the ratio (the same decision on every host).
@@ -29,12 +29,11 @@ pub enum Root {
 #[error("unknown trace sampler {0:?}")]
 pub struct UnknownSampler(pub String);
 
-impl Sampler {
-    /// From `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` (the ratio, default 1.0).
-    pub fn parse(name: &str, arg: Option<&str>) -> Result<Self, UnknownSampler> {
-        let ratio = arg
-            .and_then(|a| a.trim().parse::<f64>().ok())
-            .map_or(1.0, |r| r.clamp(0.0, 1.0));
+impl TraceSampler {
+    /// From `OTEL_TRACES_SAMPLER` and the ratio of `OTEL_TRACES_SAMPLER_ARG` (default 1.0;
+    /// clamped to 0..=1).
+    pub fn parse(name: &str, ratio: Option<f64>) -> Result<Self, UnknownSampler> {
+        let ratio = ratio.map_or(1.0, |r| r.clamp(0.0, 1.0));
         Ok(match name.trim() {
             "always_on" => Self::AlwaysOn,
             "always_off" => Self::AlwaysOff,
@@ -81,19 +80,19 @@ mod tests {
 
     #[test]
     fn parsing_and_decisions() {
-        let s = Sampler::parse("parentbased_traceidratio", Some("0")).unwrap();
+        let s = TraceSampler::parse("parentbased_traceidratio", Some(0.0)).unwrap();
         let id = [7u8; 16];
         assert!(!s.decide(&id, None), "root, ratio 0");
         assert!(s.decide(&id, Some(true)), "follows a sampled parent");
         assert!(!s.decide(&id, Some(false)));
         assert!(
-            Sampler::parse("always_on", None)
+            TraceSampler::parse("always_on", None)
                 .unwrap()
                 .decide(&id, Some(false))
         );
-        assert!(Sampler::parse("nope", None).is_err());
+        assert!(TraceSampler::parse("nope", None).is_err());
         // A ratio keeps about that share of random trace ids.
-        let half = Sampler::TraceIdRatio(0.5);
+        let half = TraceSampler::TraceIdRatio(0.5);
         let mut ids = crate::traces::span::Ids::new();
         let kept = (0..10_000)
             .filter(|_| half.decide(&ids.trace_id(), None))

@@ -6,7 +6,7 @@ use super::{
     assembler::{Assembler, AssemblerConfig, AssemblerStats, ConnRef},
     build::{self, Peer},
     hold::{Hold, HoldStats},
-    sampling::Sampler,
+    sampling::TraceSampler,
     span::{Attributes, Clock, Resource, Span},
 };
 use crate::request::{Request, Started};
@@ -14,7 +14,7 @@ use crate::request::{Request, Started};
 /// Settings.
 #[derive(Debug, Clone)]
 pub struct TracerConfig {
-    pub sampler: Sampler,
+    pub sampler: TraceSampler,
     /// Requests at least this slow are exported whatever the head decision.
     pub slow_ns: u64,
     /// Requests in flight tracked at once.

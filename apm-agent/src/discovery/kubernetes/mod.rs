@@ -14,6 +14,7 @@ pub mod cache;
 pub mod model;
 pub mod owners;
 pub mod pod;
+pub mod stats;
 pub mod watch;
 
 #[cfg(test)]
@@ -28,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 pub use model::ContainerMeta;
 
-use crate::internal::Internal;
+use stats::K8sStats;
 
 /// Whether to look for Kubernetes metadata.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -99,7 +100,7 @@ pub fn node_name() -> String {
         .ok()
         .map(|n| n.trim().to_owned())
         .filter(|n| !n.is_empty())
-        .unwrap_or_else(super::resource::host_name)
+        .unwrap_or_else(super::host::host_name)
 }
 
 /// A started watcher.
@@ -136,7 +137,7 @@ impl Started {
 pub fn start(
     settings: &Settings,
     runtime: &tokio::runtime::Runtime,
-    internal: &Arc<Internal>,
+    stats: &Arc<K8sStats>,
 ) -> Option<Started> {
     let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
     if !settings.enabled(in_cluster) {
@@ -146,7 +147,7 @@ pub fn start(
     CACHE.set(cache.clone()).ok()?;
     let (tx, rx) = tokio::sync::watch::channel(false);
     let node = node_name();
-    let internal = internal.clone();
+    let stats = stats.clone();
     let max_pods = settings.max_pods;
     runtime.spawn(async move {
         let client = match kube::Client::try_default().await.map_err(KubeError::Client) {
@@ -161,7 +162,7 @@ pub fn start(
             client,
             node,
             cache,
-            internal,
+            stats,
             synced: tx,
             max_replicasets: max_pods,
         })

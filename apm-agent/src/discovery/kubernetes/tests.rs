@@ -18,13 +18,13 @@ use axum::{
 };
 use serde_json::{Value, json};
 
+use super::stats::{K8S_GET_REPLICASET, K8S_WATCH, K8sStats};
 use super::{
     cache::Cache,
     find,
     model::{ContainerMeta, OwnerKind},
     watch::{Watch, run},
 };
-use crate::internal::{self, Internal};
 
 const POD_DEPLOYMENT: &str = include_str!("../../../tests/fixtures/k8s/pod-deployment.json");
 const REPLICASET: &str = include_str!("../../../tests/fixtures/k8s/replicaset-checkout.json");
@@ -233,21 +233,21 @@ fn start(
     max_pods: usize,
 ) -> (
     Arc<Cache>,
-    Arc<Internal>,
+    Arc<K8sStats>,
     tokio::sync::watch::Receiver<bool>,
 ) {
     let cache = Arc::new(Cache::new(max_pods));
-    let internal = Arc::new(Internal::default());
+    let stats = Arc::new(K8sStats::default());
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(run(Watch {
         client,
         node: "node-a".to_owned(),
         cache: cache.clone(),
-        internal: internal.clone(),
+        stats: stats.clone(),
         synced: tx,
         max_replicasets: max_pods,
     }));
-    (cache, internal, rx)
+    (cache, stats, rx)
 }
 
 /// Waits (10 s at most) for `cond`.
@@ -310,7 +310,7 @@ async fn pods_of_the_node_with_their_workloads() {
         orphaned_deployment_pod(),
     ]);
     let client = serve(fake.clone()).await;
-    let (cache, internal, mut rx) = start(client, 64);
+    let (cache, stats, mut rx) = start(client, 64);
     synced(&mut rx).await;
 
     // Pod -> ReplicaSet -> Deployment, and each container by its id.
@@ -391,10 +391,7 @@ async fn pods_of_the_node_with_their_workloads() {
             (OwnerKind::Deployment, "cart".into())
         ]
     );
-    assert_eq!(
-        internal.k8s_api_errors[internal::K8S_GET_REPLICASET].load(Relaxed),
-        1
-    );
+    assert_eq!(stats.api_errors[K8S_GET_REPLICASET].load(Relaxed), 1);
 
     // Processes are found from their cgroup: by container id, else by pod UID.
     let uid_ = CHECKOUT_UID.replace('-', "_");
@@ -437,7 +434,7 @@ async fn pods_of_the_node_with_their_workloads() {
             .any(|r| r.contains(&format!("resourceVersion={LIST_RV}")) && r.contains("watch=true")),
         "the watch resumes from the list: {pod_requests:?}"
     );
-    assert_eq!(internal.k8s_pods_cached.load(Relaxed), 6);
+    assert_eq!(stats.pods_cached.load(Relaxed), 6);
 
     // DELETED removes the pod and its containers.
     fake.push("DELETED", fixture(POD_BARE));
@@ -480,11 +477,8 @@ async fn pods_of_the_node_with_their_workloads() {
             .is_some()
     })
     .await;
-    assert_eq!(
-        internal.k8s_api_errors[internal::K8S_WATCH].load(Relaxed),
-        0
-    );
-    assert_eq!(internal.k8s_pods_overflow.load(Relaxed), 0);
+    assert_eq!(stats.api_errors[K8S_WATCH].load(Relaxed), 0);
+    assert_eq!(stats.pods_overflow.load(Relaxed), 0);
 }
 
 /// A bare pod with its own UID, name and container id.
@@ -500,17 +494,17 @@ fn numbered_pod(i: usize) -> Value {
 async fn the_pod_budget_holds() {
     let fake = fake((0..8).map(numbered_pod).collect());
     let client = serve(fake.clone()).await;
-    let (cache, internal, mut rx) = start(client, 3);
+    let (cache, stats, mut rx) = start(client, 3);
     synced(&mut rx).await;
     assert_eq!(cache.pods(), 3);
     assert_eq!(cache.containers(), 3);
-    assert_eq!(internal.k8s_pods_overflow.load(Relaxed), 5);
-    assert_eq!(internal.k8s_pods_cached.load(Relaxed), 3);
+    assert_eq!(stats.pods_overflow.load(Relaxed), 5);
+    assert_eq!(stats.pods_cached.load(Relaxed), 3);
 
     // Still full: a new pod is refused and counted.
     fake.push("ADDED", numbered_pod(8));
     eventually("the refused pod counted", || {
-        internal.k8s_pods_overflow.load(Relaxed) == 6
+        stats.pods_overflow.load(Relaxed) == 6
     })
     .await;
     assert_eq!(cache.pods(), 3);
@@ -522,7 +516,7 @@ async fn the_pod_budget_holds() {
     })
     .await;
     assert_eq!(cache.pods(), 3);
-    assert_eq!(internal.k8s_pods_overflow.load(Relaxed), 6);
+    assert_eq!(stats.pods_overflow.load(Relaxed), 6);
 }
 
 #[tokio::test]
@@ -534,18 +528,18 @@ async fn a_dead_api_server_is_counted_not_fatal() {
     };
     let client = client_for(&format!("http://127.0.0.1:{port}"));
     let cache = Arc::new(Cache::new(4));
-    let internal = Arc::new(Internal::default());
+    let stats = Arc::new(K8sStats::default());
     let (tx, rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(run(Watch {
         client,
         node: "node-a".to_owned(),
         cache: cache.clone(),
-        internal: internal.clone(),
+        stats: stats.clone(),
         synced: tx,
         max_replicasets: 4,
     }));
     eventually("watch errors counted", || {
-        internal.k8s_api_errors[internal::K8S_WATCH].load(Relaxed) >= 2
+        stats.api_errors[K8S_WATCH].load(Relaxed) >= 2
     })
     .await;
     assert!(!task.is_finished(), "the watcher keeps retrying");

@@ -10,13 +10,13 @@ use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client, runtime::watcher};
 
+use super::stats::{K8S_GET_REPLICASET, K8S_WATCH, K8sStats};
 use super::{
     backoff::Backoff,
     cache::Cache,
     owners::{Cost, ReplicaSets},
     pod,
 };
-use crate::internal::{self, Internal};
 
 /// What the watcher needs.
 pub struct Watch {
@@ -24,7 +24,7 @@ pub struct Watch {
     /// This node's name: only its pods are watched.
     pub node: String,
     pub cache: Arc<Cache>,
-    pub internal: Arc<Internal>,
+    pub stats: Arc<K8sStats>,
     /// Set to true once the first complete list is in the cache.
     pub synced: tokio::sync::watch::Sender<bool>,
     /// ReplicaSets remembered (their Deployment).
@@ -58,7 +58,7 @@ pub async fn run(w: Watch) {
                 handle(&w, &mut replicasets, event).await;
             }
             Err(e) => {
-                w.internal.k8s_api_errors[internal::K8S_WATCH].fetch_add(1, Relaxed);
+                w.stats.api_errors[K8S_WATCH].fetch_add(1, Relaxed);
                 if failing {
                     log::debug!("Kubernetes: watching pods: {e}");
                 } else {
@@ -91,9 +91,7 @@ async fn handle(w: &Watch, replicasets: &mut ReplicaSets, event: watcher::Event<
             }
         }
     }
-    w.internal
-        .k8s_pods_cached
-        .store(w.cache.pods() as u64, Relaxed);
+    w.stats.pods_cached.store(w.cache.pods() as u64, Relaxed);
 }
 
 async fn apply(w: &Watch, replicasets: &mut ReplicaSets, p: &Pod) {
@@ -106,19 +104,19 @@ async fn apply(w: &Watch, replicasets: &mut ReplicaSets, p: &Pod) {
     let mut cost = Cost::default();
     let owners = replicasets.owners(p, &mut cost).await;
     if cost.api_error {
-        w.internal.k8s_api_errors[internal::K8S_GET_REPLICASET].fetch_add(1, Relaxed);
+        w.stats.api_errors[K8S_GET_REPLICASET].fetch_add(1, Relaxed);
     }
     if cost.cache_reset {
-        w.internal.k8s_replicasets_overflow.fetch_add(1, Relaxed);
+        w.stats.replicasets_overflow.fetch_add(1, Relaxed);
     }
     let Some(entry) = pod::entry(p, owners, &w.node) else {
         return;
     };
     let stored = w.cache.upsert(entry);
     if stored.pod_refused {
-        w.internal.k8s_pods_overflow.fetch_add(1, Relaxed);
+        w.stats.pods_overflow.fetch_add(1, Relaxed);
     }
-    w.internal
-        .k8s_containers_overflow
+    w.stats
+        .containers_overflow
         .fetch_add(stored.containers_refused as u64, Relaxed);
 }

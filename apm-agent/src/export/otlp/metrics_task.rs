@@ -8,11 +8,11 @@ use std::sync::{Arc, atomic::Ordering::Relaxed};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use tokio::sync::mpsc;
 
+use super::stats::{ExportStats, METRICS};
 use super::{
     retry::{Outcome, send_with_retry},
     transport::Transport,
 };
-use crate::internal::{Internal, METRICS};
 
 /// Requests waiting at most (the event thread drops, counted, beyond).
 pub const QUEUE: usize = 2;
@@ -37,19 +37,19 @@ pub fn points(req: &ExportMetricsServiceRequest) -> u64 {
 pub async fn run(
     mut rx: mpsc::Receiver<ExportMetricsServiceRequest>,
     transport: Transport,
-    internal: Arc<Internal>,
+    stats: Arc<ExportStats>,
 ) {
     while let Some(request) = rx.recv().await {
         let n = points(&request);
-        let outcome = send_with_retry(&internal.export_failures[METRICS], || {
+        let outcome = send_with_retry(&stats.failures[METRICS], || {
             transport.send_metrics(request.clone())
         })
         .await;
         match outcome {
-            Outcome::Sent => internal.export_sent[METRICS].fetch_add(n, Relaxed),
+            Outcome::Sent => stats.sent[METRICS].fetch_add(n, Relaxed),
             Outcome::Dropped(e) => {
                 log::warn!("dropping {n} metric points: {e}");
-                internal.export_dropped[METRICS].fetch_add(n, Relaxed)
+                stats.dropped[METRICS].fetch_add(n, Relaxed)
             }
         };
     }

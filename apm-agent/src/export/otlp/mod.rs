@@ -5,5 +5,6 @@ pub mod encode_traces;
 pub mod metrics_task;
 pub mod retry;
 pub mod settings;
+pub mod stats;
 pub mod traces_task;
 pub mod transport;

@@ -9,15 +9,13 @@ use std::{
 
 use tokio::sync::mpsc;
 
+use super::stats::{ExportStats, TRACES};
 use super::{
     encode_traces,
     retry::{Outcome, send_with_retry},
     transport::Transport,
 };
-use crate::{
-    internal::{Internal, TRACES},
-    traces::span::Span,
-};
+use crate::traces::span::Span;
 
 /// Spans per export request at most.
 pub const MAX_BATCH: usize = 512;
@@ -25,7 +23,7 @@ pub const MAX_BATCH: usize = 512;
 const BATCH_WINDOW: Duration = Duration::from_millis(500);
 
 /// Runs until the queue's senders are gone and the queue is empty.
-pub async fn run(mut rx: mpsc::Receiver<Span>, transport: Transport, internal: Arc<Internal>) {
+pub async fn run(mut rx: mpsc::Receiver<Span>, transport: Transport, stats: Arc<ExportStats>) {
     let mut batch: Vec<Span> = Vec::with_capacity(MAX_BATCH);
     loop {
         if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
@@ -42,15 +40,15 @@ pub async fn run(mut rx: mpsc::Receiver<Span>, transport: Transport, internal: A
         }
         let n = batch.len() as u64;
         let request = encode_traces::request(&mut batch);
-        let outcome = send_with_retry(&internal.export_failures[TRACES], || {
+        let outcome = send_with_retry(&stats.failures[TRACES], || {
             transport.send_traces(request.clone())
         })
         .await;
         match outcome {
-            Outcome::Sent => internal.export_sent[TRACES].fetch_add(n, Relaxed),
+            Outcome::Sent => stats.sent[TRACES].fetch_add(n, Relaxed),
             Outcome::Dropped(e) => {
                 log::warn!("dropping {n} spans: {e}");
-                internal.export_dropped[TRACES].fetch_add(n, Relaxed)
+                stats.dropped[TRACES].fetch_add(n, Relaxed)
             }
         };
     }

@@ -16,17 +16,10 @@ use opentelemetry_proto::tonic::collector::{
 };
 use prost::Message;
 
-use super::settings::Settings;
+use super::settings::{Protocol, Settings};
 
 /// The HTTP client: `http://` and `https://` alike.
 type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
-
-/// Which wire protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    Grpc,
-    HttpProtobuf,
-}
 
 /// An export attempt failed.
 #[derive(Debug, thiserror::Error)]

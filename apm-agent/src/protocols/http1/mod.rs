@@ -15,7 +15,10 @@ use std::collections::VecDeque;
 use framing::{Body, Chunk, Progress};
 use head::{Head, Kind, Parsed};
 
-use super::{Direction, ParseStats, ParserOut, ProtocolParser, Segment};
+use super::{
+    Detected, Direction, ParseStats, ParserOut, ProtocolParser, Segment,
+    duplex::{Duplex, ErrorStreak, Half, walk},
+};
 use crate::request::{
     Detail, HttpInfo, Method, Protocol, Request, Side, Started, TraceParent, Trust,
 };
@@ -32,37 +35,6 @@ const MAX_HOST_BYTES: usize = 255;
 const MAX_USER_AGENT_BYTES: usize = 256;
 /// Longest tracestate kept (bytes; the W3C limit is 512).
 const MAX_TRACESTATE_BYTES: usize = 512;
-/// Consecutive parse errors after which the connection is given up.
-const MAX_ERRORS_IN_A_ROW: u32 = 3;
-
-/// What a connection's first segment says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Detected {
-    /// HTTP/1.x, and the observed process is this side.
-    Side(Side),
-    /// A prefix too short to tell.
-    Undecided,
-    No,
-}
-
-/// Which side a connection's first segment reveals, if it is HTTP/1.x at all.
-pub fn detect(seg: &Segment<'_>) -> Detected {
-    let response = head::looks_like_start(Kind::Response, seg.data);
-    let request = !response && head::looks_like_start(Kind::Request, seg.data);
-    match (seg.direction, request, response) {
-        (Direction::Ingress, true, _) | (Direction::Egress, _, true) => {
-            Detected::Side(Side::Server)
-        }
-        (Direction::Egress, true, _) | (Direction::Ingress, _, true) => {
-            Detected::Side(Side::Client)
-        }
-        _ if head::could_start(seg.data) => Detected::Undecided,
-        // A request line cut before its target ended, all of it captured: wait for the rest
-        // (the pipeline joins the next bytes to these, a few segments at most).
-        _ if !seg.is_truncated() && head::partial_request_line(seg.data) => Detected::Undecided,
-        _ => Detected::No,
-    }
-}
 
 /// Reading state of one direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,47 +137,28 @@ struct HeadInfo {
 #[derive(Debug)]
 pub struct Http1Parser {
     side: Side,
-    requests: Reader,
-    responses: Reader,
+    readers: Duplex<Reader>,
     pending: VecDeque<Pending>,
     open: Option<Open>,
-    errors_in_a_row: u32,
+    errors: ErrorStreak,
     upgraded: bool,
     /// Sequence number of the next request head.
     next_seq: u64,
 }
 
+impl From<Half> for Kind {
+    fn from(half: Half) -> Self {
+        match half {
+            Half::Requests => Self::Request,
+            Half::Responses => Self::Response,
+        }
+    }
+}
+
 impl Http1Parser {
-    pub fn new(side: Side) -> Self {
-        Self {
-            side,
-            requests: Reader::new(Kind::Request),
-            responses: Reader::new(Kind::Response),
-            pending: VecDeque::new(),
-            open: None,
-            errors_in_a_row: 0,
-            upgraded: false,
-            next_seq: 0,
-        }
-    }
-
-    fn kind_of(&self, direction: Direction) -> Kind {
-        match (self.side, direction) {
-            (Side::Server, Direction::Ingress) | (Side::Client, Direction::Egress) => Kind::Request,
-            _ => Kind::Response,
-        }
-    }
-
-    fn reader_mut(&mut self, kind: Kind) -> &mut Reader {
-        match kind {
-            Kind::Request => &mut self.requests,
-            Kind::Response => &mut self.responses,
-        }
-    }
-
     fn error(&mut self, r: &mut Reader, stats: &mut ParseStats) {
         stats.parse_errors += 1;
-        self.errors_in_a_row += 1;
+        self.errors.hit();
         r.state = State::Resync { after_error: true };
         r.head_buf.clear();
     }
@@ -229,7 +182,7 @@ impl Http1Parser {
                         continue;
                     }
                     if after_error {
-                        self.errors_in_a_row += 1;
+                        self.errors.hit();
                     }
                     return;
                 }
@@ -276,7 +229,7 @@ impl Http1Parser {
                             return;
                         }
                         Some(Ok(info)) => {
-                            self.errors_in_a_row = 0;
+                            self.errors.clear();
                             pos += used as u64;
                             let kind = r.kind;
                             let head_ts = r.head_ts;
@@ -390,12 +343,12 @@ impl Http1Parser {
                 // captured, or garbage): the open response ended with the last bytes seen, and
                 // the responses to the requests still waiting went by unseen. Writing those
                 // off keeps every later response matched with its own request.
-                if self.responses.end_unknown() {
+                if self.readers.responses.end_unknown() {
                     if self.open.is_some() {
-                        let end = self.responses.last_ts;
+                        let end = self.readers.responses.last_ts;
                         self.message_end(Kind::Response, end, Trust::END_INFERRED, out);
                     }
-                    self.responses.state = State::Idle;
+                    self.readers.responses.state = State::Idle;
                     stats.incomplete += self.pending.len() as u64;
                     self.pending.clear();
                 }
@@ -519,24 +472,66 @@ impl Http1Parser {
 }
 
 impl ProtocolParser for Http1Parser {
+    const PROTOCOL: Protocol = Protocol::Http1;
+
+    /// Which side a connection's first segment reveals, if it is HTTP/1.x at all.
+    fn detect(seg: &Segment<'_>) -> Detected {
+        let response = head::looks_like_start(Kind::Response, seg.data);
+        let request = !response && head::looks_like_start(Kind::Request, seg.data);
+        match (seg.direction, request, response) {
+            (Direction::Ingress, true, _) | (Direction::Egress, _, true) => {
+                Detected::Side(Side::Server)
+            }
+            (Direction::Egress, true, _) | (Direction::Ingress, _, true) => {
+                Detected::Side(Side::Client)
+            }
+            _ if head::could_start(seg.data) => Detected::Undecided,
+            // A request line cut before its target ended, all of it captured: wait for the rest
+            // (the pipeline joins the next bytes to these, a few segments at most).
+            _ if !seg.is_truncated() && head::partial_request_line(seg.data) => Detected::Undecided,
+            _ => Detected::No,
+        }
+    }
+
+    fn new(side: Side) -> Self {
+        Self {
+            side,
+            readers: Duplex {
+                requests: Reader::new(Kind::Request),
+                responses: Reader::new(Kind::Response),
+            },
+            pending: VecDeque::new(),
+            open: None,
+            errors: ErrorStreak::default(),
+            upgraded: false,
+            next_seq: 0,
+        }
+    }
+
     fn on_segment(&mut self, seg: &Segment<'_>, out: &mut ParserOut, stats: &mut ParseStats) {
         if self.gave_up() {
             return;
         }
-        let kind = self.kind_of(seg.direction);
-        // Take the reader out so that it and the rest of the parser borrow separately.
-        let mut reader = std::mem::replace(self.reader_mut(kind), Reader::new(kind));
-        self.feed(&mut reader, seg, out, stats);
-        reader.last_ts = seg.ts_ns;
-        *self.reader_mut(kind) = reader;
+        let half = Half::of(self.side, seg.direction);
+        let placeholder = Reader::new(Kind::from(half));
+        walk(
+            self,
+            |p| &mut p.readers,
+            half,
+            placeholder,
+            |p, reader| {
+                p.feed(reader, seg, out, stats);
+                reader.last_ts = seg.ts_ns;
+            },
+        );
     }
 
     fn on_close(&mut self, ts_ns: u64, out: &mut ParserOut, stats: &mut ParseStats) {
-        if self.open.is_some() && self.responses.end_unknown() {
+        if self.open.is_some() && self.readers.responses.end_unknown() {
             // Delimited by the close (or framing lost): it ended with its last bytes.
-            let inferred = !matches!(self.responses.state, State::Body(Body::UntilClose));
-            let end = if self.responses.last_ts != 0 {
-                self.responses.last_ts
+            let inferred = !matches!(self.readers.responses.state, State::Body(Body::UntilClose));
+            let end = if self.readers.responses.last_ts != 0 {
+                self.readers.responses.last_ts
             } else {
                 ts_ns
             };
@@ -550,14 +545,14 @@ impl ProtocolParser for Http1Parser {
         stats.incomplete += self.pending.len() as u64;
         self.pending.clear();
         self.open = None;
-        self.requests.state = State::Idle;
-        self.responses.state = State::Idle;
+        self.readers.requests.state = State::Idle;
+        self.readers.responses.state = State::Idle;
     }
 
     fn on_idle(&mut self, out: &mut ParserOut) {
-        if self.open.is_some() && self.responses.end_unknown() {
-            let end = self.responses.last_ts;
-            self.responses.state = State::Resync { after_error: false };
+        if self.open.is_some() && self.readers.responses.end_unknown() {
+            let end = self.readers.responses.last_ts;
+            self.readers.responses.state = State::Resync { after_error: false };
             self.message_end(Kind::Response, end, Trust::END_INFERRED, out);
         }
     }
@@ -567,14 +562,14 @@ impl ProtocolParser for Http1Parser {
         stats.incomplete += self.pending.len() as u64;
         self.pending.clear();
         self.open = None;
-        for r in [&mut self.requests, &mut self.responses] {
+        for r in self.readers.both_mut() {
             r.state = State::Resync { after_error: false };
             r.head_buf.clear();
         }
     }
 
     fn gave_up(&self) -> bool {
-        self.upgraded || self.errors_in_a_row >= MAX_ERRORS_IN_A_ROW
+        self.upgraded || self.errors.too_long()
     }
 }
 

@@ -530,30 +530,54 @@ fn detection() {
     };
     let server = Detected::Side(Side::Server);
     let client = Detected::Side(Side::Client);
-    assert_eq!(detect(&seg(IN, b"GET / HTTP/1.1\r\n")), server);
-    assert_eq!(detect(&seg(OUT, b"GET / HTTP/1.1\r\n")), client);
-    assert_eq!(detect(&seg(OUT, b"HTTP/1.1 200 OK\r\n")), server);
-    assert_eq!(detect(&seg(IN, b"HTTP/1.0 200 OK\r\n")), client);
-    assert_eq!(detect(&seg(IN, b"\x16\x03\x01\x00\xa5\x01")), Detected::No);
-    assert_eq!(detect(&seg(IN, b"SSH-2.0-OpenSSH_9.2\r\n")), Detected::No);
-    assert_eq!(detect(&seg(IN, b"*3\r\n$3\r\nSET\r\n")), Detected::No);
-    assert_eq!(detect(&seg(IN, b"GETTING")), Detected::No);
-    assert_eq!(detect(&seg(IN, b"")), Detected::No);
+    assert_eq!(Http1Parser::detect(&seg(IN, b"GET / HTTP/1.1\r\n")), server);
+    assert_eq!(
+        Http1Parser::detect(&seg(OUT, b"GET / HTTP/1.1\r\n")),
+        client
+    );
+    assert_eq!(
+        Http1Parser::detect(&seg(OUT, b"HTTP/1.1 200 OK\r\n")),
+        server
+    );
+    assert_eq!(
+        Http1Parser::detect(&seg(IN, b"HTTP/1.0 200 OK\r\n")),
+        client
+    );
+    assert_eq!(
+        Http1Parser::detect(&seg(IN, b"\x16\x03\x01\x00\xa5\x01")),
+        Detected::No
+    );
+    assert_eq!(
+        Http1Parser::detect(&seg(IN, b"SSH-2.0-OpenSSH_9.2\r\n")),
+        Detected::No
+    );
+    assert_eq!(
+        Http1Parser::detect(&seg(IN, b"*3\r\n$3\r\nSET\r\n")),
+        Detected::No
+    );
+    assert_eq!(Http1Parser::detect(&seg(IN, b"GETTING")), Detected::No);
+    assert_eq!(Http1Parser::detect(&seg(IN, b"")), Detected::No);
     // Too short to tell: wait for the next segment.
-    assert_eq!(detect(&seg(IN, b"GE")), Detected::Undecided);
-    assert_eq!(detect(&seg(IN, b"HTTP/")), Detected::Undecided);
+    assert_eq!(Http1Parser::detect(&seg(IN, b"GE")), Detected::Undecided);
+    assert_eq!(Http1Parser::detect(&seg(IN, b"HTTP/")), Detected::Undecided);
     // A request line written in pieces, cut before its target ended.
-    assert_eq!(detect(&seg(IN, b"GET ")), Detected::Undecided);
-    assert_eq!(detect(&seg(OUT, b"GET /users/")), Detected::Undecided);
-    assert_eq!(detect(&seg(IN, b"DELETE /a/b")), Detected::Undecided);
-    assert_eq!(detect(&seg(IN, b"GET /\x00")), Detected::No);
-    assert_eq!(detect(&seg(IN, b"GET /a\r\n")), Detected::No);
+    assert_eq!(Http1Parser::detect(&seg(IN, b"GET ")), Detected::Undecided);
+    assert_eq!(
+        Http1Parser::detect(&seg(OUT, b"GET /users/")),
+        Detected::Undecided
+    );
+    assert_eq!(
+        Http1Parser::detect(&seg(IN, b"DELETE /a/b")),
+        Detected::Undecided
+    );
+    assert_eq!(Http1Parser::detect(&seg(IN, b"GET /\x00")), Detected::No);
+    assert_eq!(Http1Parser::detect(&seg(IN, b"GET /a\r\n")), Detected::No);
     // ... unless bytes after it were not captured: it can never be completed.
     let cut = Segment {
         total_len: 10_000,
         ..seg(IN, b"GET /users/")
     };
-    assert_eq!(detect(&cut), Detected::No);
+    assert_eq!(Http1Parser::detect(&cut), Detected::No);
 }
 
 #[test]

@@ -4,258 +4,28 @@
 //! (storage commands, `VALUE`/`VA` responses) are skipped by counting, past the captured
 //! prefix too: values are never buffered. Keys and values never leave the parser: the query
 //! text is the command with `?` in place of its arguments.
+mod lines;
 #[cfg(test)]
 mod tests;
 
 use std::collections::VecDeque;
 
-use super::{Direction, ParseStats, ParserOut, ProtocolParser, Segment};
+use lines::{
+    COMMANDS, Cmd, Resp, line_byte, lookup, parse_command, parse_response, parse_truncated,
+};
+
+use super::{
+    Detected, Direction, ParseStats, ParserOut, ProtocolParser, Segment,
+    duplex::{Duplex, ErrorStreak, Half, walk},
+};
 use crate::request::{DbInfo, DbSystem, Detail, Protocol, Request, Side, Started, Trust};
 
 /// Commands that may await their response at once.
 const MAX_PENDING: usize = 4096;
 /// Longest line buffered across segments.
 const MAX_LINE_BYTES: usize = 8 * 1024;
-/// Consecutive segments with garbage after which the connection is given up.
-const MAX_ERRORS_IN_A_ROW: u32 = 3;
-/// Longest unknown command word still taken for a command (reported as `_OTHER`).
-const MAX_OTHER_WORD: usize = 32;
 /// `END\r\n`.
 const END_LINE_LEN: u64 = 5;
-
-/// What a connection's first segment says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Detected {
-    /// memcached text protocol, and the observed process is this side.
-    Side(Side),
-    /// A prefix too short to tell.
-    Undecided,
-    No,
-}
-
-/// Which side a connection's first segment reveals, if it starts with a memcached command.
-pub fn detect(seg: &Segment<'_>) -> Detected {
-    let d = seg.data;
-    let side = match seg.direction {
-        Direction::Egress => Side::Client,
-        Direction::Ingress => Side::Server,
-    };
-    if d.first() == Some(&0x80) {
-        return Detected::No; // binary protocol
-    }
-    if let Some(i) = d.iter().position(|&b| b == b'\n') {
-        let line = d.get(..i).unwrap_or(&[]);
-        return match line.strip_suffix(b"\r") {
-            Some(line) if parse_command(line, true).is_some() => Detected::Side(side),
-            _ => Detected::No,
-        };
-    }
-    // No line end yet: a prefix of a command line?
-    let body = d.strip_suffix(b"\r").unwrap_or(d);
-    if d.len() > MAX_LINE_BYTES || !body.iter().all(|&b| line_byte(b)) {
-        return Detected::No;
-    }
-    match body.iter().position(|&b| b == b' ') {
-        None if COMMANDS
-            .iter()
-            .any(|(name, _)| name.as_bytes().starts_with(body)) =>
-        {
-            Detected::Undecided
-        }
-        None => Detected::No,
-        Some(sp) => match lookup(body.get(..sp).unwrap_or(&[])) {
-            Some(_) if seg.is_truncated() && parse_truncated(body).is_some() => {
-                Detected::Side(side)
-            }
-            Some(_) => Detected::Undecided,
-            None => Detected::No,
-        },
-    }
-}
-
-/// How a command's arguments are laid out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Shape {
-    /// At least this many arguments (keys and others), optional `noreply`.
-    Args(usize),
-    /// `<key> <flags> <exptime> <bytes> [noreply]` (or with `<cas>` before `noreply` when
-    /// true), then a data block.
-    Storage { cas: bool },
-    /// No response at all.
-    Quit,
-    /// Meta command: `<key> <flags>*`, `q` = quiet mode.
-    Meta,
-    /// `ms <key> <datalen> <flags>*`, then a data block.
-    MetaSet,
-}
-
-const COMMANDS: &[(&str, Shape)] = &[
-    ("get", Shape::Args(1)),
-    ("gets", Shape::Args(1)),
-    ("gat", Shape::Args(2)),
-    ("gats", Shape::Args(2)),
-    ("set", Shape::Storage { cas: false }),
-    ("add", Shape::Storage { cas: false }),
-    ("replace", Shape::Storage { cas: false }),
-    ("append", Shape::Storage { cas: false }),
-    ("prepend", Shape::Storage { cas: false }),
-    ("cas", Shape::Storage { cas: true }),
-    ("delete", Shape::Args(1)),
-    ("incr", Shape::Args(2)),
-    ("decr", Shape::Args(2)),
-    ("touch", Shape::Args(2)),
-    ("flush_all", Shape::Args(0)),
-    ("version", Shape::Args(0)),
-    ("stats", Shape::Args(0)),
-    ("verbosity", Shape::Args(1)),
-    ("quit", Shape::Quit),
-    ("mg", Shape::Meta),
-    ("md", Shape::Meta),
-    ("ma", Shape::Meta),
-    ("me", Shape::Meta),
-    ("ms", Shape::MetaSet),
-    ("mn", Shape::Args(0)),
-    ("shutdown", Shape::Args(0)),
-    ("cache_memlimit", Shape::Args(1)),
-];
-
-fn lookup(word: &[u8]) -> Option<(&'static str, Shape)> {
-    COMMANDS
-        .iter()
-        .find(|(name, _)| name.as_bytes() == word)
-        .copied()
-}
-
-/// Bytes allowed in a command line: printable, keys may hold non-ASCII bytes.
-fn line_byte(b: u8) -> bool {
-    b >= b' ' && b != 0x7f
-}
-
-fn number(tok: &[u8]) -> Option<u64> {
-    if tok.is_empty() || tok.len() > 20 || !tok.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(tok).ok()?.parse().ok()
-}
-
-/// A parsed command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Cmd {
-    op: &'static str,
-    has_args: bool,
-    /// Length of the data block that follows (without its `\r\n`).
-    data: Option<u64>,
-    /// `noreply` or `quit`: no response will come.
-    no_response: bool,
-    /// Meta quiet mode: the response may be left out.
-    quiet: bool,
-    /// The line ran past the captured bytes.
-    truncated: bool,
-}
-
-/// Parses a command line (without its line end). `strict`: only known commands.
-fn parse_command(line: &[u8], strict: bool) -> Option<Cmd> {
-    if !line.iter().all(|&b| line_byte(b)) {
-        return None;
-    }
-    let mut toks = line.split(|&b| b == b' ').filter(|t| !t.is_empty());
-    let word = toks.next()?;
-    let args = toks;
-    let nargs = args.clone().count();
-    let noreply = args.clone().next_back() == Some(b"noreply".as_slice());
-    let mut cmd = Cmd {
-        op: "_OTHER",
-        has_args: nargs > 0,
-        data: None,
-        no_response: false,
-        quiet: false,
-        truncated: false,
-    };
-    let Some((op, shape)) = lookup(word) else {
-        let wordy = word.len() <= MAX_OTHER_WORD
-            && word.iter().all(|&b| b.is_ascii_lowercase() || b == b'_');
-        return (!strict && wordy).then_some(cmd);
-    };
-    cmd.op = op;
-    match shape {
-        Shape::Args(min) => {
-            if nargs < min {
-                return None;
-            }
-            cmd.no_response = noreply;
-        }
-        Shape::Storage { cas } => {
-            let need = if cas { 5 } else { 4 };
-            if nargs != need && !(nargs == need + 1 && noreply) {
-                return None;
-            }
-            cmd.data = Some(number(args.clone().nth(3)?)?);
-            cmd.no_response = noreply;
-        }
-        Shape::Quit => cmd.no_response = true,
-        Shape::Meta | Shape::MetaSet => {
-            if nargs < 1 {
-                return None;
-            }
-            if shape == Shape::MetaSet {
-                cmd.data = Some(number(args.clone().nth(1)?)?);
-            }
-            cmd.quiet = args.clone().any(|t| t == b"q");
-        }
-    }
-    Some(cmd)
-}
-
-/// A command line cut by the capture: its known word and that it has arguments.
-fn parse_truncated(line: &[u8]) -> Option<Cmd> {
-    let sp = line.iter().position(|&b| b == b' ')?;
-    let (op, _) = lookup(line.get(..sp)?)?;
-    line.iter().all(|&b| line_byte(b)).then_some(Cmd {
-        op,
-        has_args: true,
-        data: None,
-        no_response: false,
-        quiet: false,
-        truncated: true,
-    })
-}
-
-/// A parsed response line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Resp {
-    /// `VALUE <key> <flags> <bytes> [<cas>]`: an item of a retrieval, data follows.
-    Value(u64),
-    /// `VA <size> <flags>*`: a meta response with data; it ends with its data.
-    Va(u64),
-    /// `STAT ...` / `ITEM ...`: a line of a multi-line response.
-    Item,
-    /// `END`: the end of a multi-line response (or a miss).
-    End,
-    /// `MN`: meta no-op, the end of a batch of quiet commands.
-    Mn,
-    /// A one-line response, with the error word if it is one.
-    Done(Option<&'static str>),
-}
-
-fn parse_response(line: &[u8]) -> Option<Resp> {
-    let mut toks = line.split(|&b| b == b' ');
-    let word = toks.next()?;
-    let mut args = toks.filter(|t| !t.is_empty());
-    Some(match word {
-        b"VALUE" => Resp::Value(number(args.nth(2)?)?),
-        b"VA" => Resp::Va(number(args.next()?)?),
-        b"STAT" | b"ITEM" => Resp::Item,
-        b"END" => Resp::End,
-        b"MN" => Resp::Mn,
-        b"STORED" | b"NOT_STORED" | b"EXISTS" | b"NOT_FOUND" | b"DELETED" | b"TOUCHED" | b"OK"
-        | b"RESET" | b"VERSION" | b"HD" | b"EN" | b"NF" | b"NS" | b"EX" | b"ME" => Resp::Done(None),
-        b"ERROR" => Resp::Done(Some("ERROR")),
-        b"CLIENT_ERROR" => Resp::Done(Some("CLIENT_ERROR")),
-        b"SERVER_ERROR" => Resp::Done(Some("SERVER_ERROR")),
-        w if number(w).is_some() => Resp::Done(None),
-        _ => return None,
-    })
-}
 
 /// Does a segment start with a line of `kind` (resynchronization after lost bytes)?
 fn looks_like_start(kind: Kind, data: &[u8]) -> bool {
@@ -350,41 +120,23 @@ enum Parsed {
 #[derive(Debug)]
 pub struct MemcachedParser {
     side: Side,
-    commands: Reader,
-    responses: Reader,
+    readers: Duplex<Reader>,
     pending: VecDeque<Pending>,
     open: Option<Open>,
-    errors_in_a_row: u32,
+    errors: ErrorStreak,
     next_seq: u64,
 }
 
+impl From<Half> for Kind {
+    fn from(half: Half) -> Self {
+        match half {
+            Half::Requests => Self::Command,
+            Half::Responses => Self::Response,
+        }
+    }
+}
+
 impl MemcachedParser {
-    pub fn new(side: Side) -> Self {
-        Self {
-            side,
-            commands: Reader::new(Kind::Command),
-            responses: Reader::new(Kind::Response),
-            pending: VecDeque::new(),
-            open: None,
-            errors_in_a_row: 0,
-            next_seq: 0,
-        }
-    }
-
-    fn kind_of(&self, direction: Direction) -> Kind {
-        match (self.side, direction) {
-            (Side::Server, Direction::Ingress) | (Side::Client, Direction::Egress) => Kind::Command,
-            _ => Kind::Response,
-        }
-    }
-
-    fn reader_mut(&mut self, kind: Kind) -> &mut Reader {
-        match kind {
-            Kind::Command => &mut self.commands,
-            Kind::Response => &mut self.responses,
-        }
-    }
-
     /// Walks one segment through reader `r` (taken out of `self` by the caller).
     fn feed(
         &mut self,
@@ -468,12 +220,12 @@ impl MemcachedParser {
                     match parsed {
                         Parsed::Cmd(cmd) => {
                             r.strict = false;
-                            self.errors_in_a_row = 0;
+                            self.errors.clear();
                             self.on_command(cmd, r, out, stats);
                         }
                         Parsed::Resp(resp) => {
                             r.strict = false;
-                            self.errors_in_a_row = 0;
+                            self.errors.clear();
                             self.on_response(resp, r, seg.ts_ns, out, stats);
                         }
                         Parsed::Bad => {
@@ -508,7 +260,7 @@ impl MemcachedParser {
             r.buf.clear();
             r.state = State::Lost;
             if let Some(cmd) = cmd {
-                self.errors_in_a_row = 0;
+                self.errors.clear();
                 self.on_command(cmd, r, out, stats);
             }
         } else if too_long {
@@ -526,7 +278,7 @@ impl MemcachedParser {
         if !*bad_seen {
             *bad_seen = true;
             stats.parse_errors += 1;
-            self.errors_in_a_row += 1;
+            self.errors.hit();
         }
     }
 
@@ -537,18 +289,18 @@ impl MemcachedParser {
         out: &mut ParserOut,
         stats: &mut ParseStats,
     ) {
-        if self.responses.state == State::Lost {
+        if self.readers.responses.state == State::Lost {
             // The response side lost track: the open response ended with its last bytes, and
             // the responses to the commands still waiting went by unseen.
             if self.open.is_some() {
-                let end = self.responses.last_ts;
+                let end = self.readers.responses.last_ts;
                 self.complete_with(end, None, Trust::END_INFERRED, out, stats);
             }
             stats.incomplete += self.pending.len() as u64;
             self.pending.clear();
             self.open = None;
-            self.responses.state = State::Line;
-            self.responses.buf.clear();
+            self.readers.responses.state = State::Line;
+            self.readers.responses.buf.clear();
         }
         if let Some(n) = cmd.data {
             r.state = match n.checked_add(2) {
@@ -721,16 +473,79 @@ fn parse_line(kind: Kind, strict: bool, line: &[u8]) -> Parsed {
 }
 
 impl ProtocolParser for MemcachedParser {
+    const PROTOCOL: Protocol = Protocol::Memcached;
+
+    /// Which side a connection's first segment reveals, if it starts with a memcached
+    /// command.
+    fn detect(seg: &Segment<'_>) -> Detected {
+        let d = seg.data;
+        let side = match seg.direction {
+            Direction::Egress => Side::Client,
+            Direction::Ingress => Side::Server,
+        };
+        if d.first() == Some(&0x80) {
+            return Detected::No; // binary protocol
+        }
+        if let Some(i) = d.iter().position(|&b| b == b'\n') {
+            let line = d.get(..i).unwrap_or(&[]);
+            return match line.strip_suffix(b"\r") {
+                Some(line) if parse_command(line, true).is_some() => Detected::Side(side),
+                _ => Detected::No,
+            };
+        }
+        // No line end yet: a prefix of a command line?
+        let body = d.strip_suffix(b"\r").unwrap_or(d);
+        if d.len() > MAX_LINE_BYTES || !body.iter().all(|&b| line_byte(b)) {
+            return Detected::No;
+        }
+        match body.iter().position(|&b| b == b' ') {
+            None if COMMANDS
+                .iter()
+                .any(|(name, _)| name.as_bytes().starts_with(body)) =>
+            {
+                Detected::Undecided
+            }
+            None => Detected::No,
+            Some(sp) => match lookup(body.get(..sp).unwrap_or(&[])) {
+                Some(_) if seg.is_truncated() && parse_truncated(body).is_some() => {
+                    Detected::Side(side)
+                }
+                Some(_) => Detected::Undecided,
+                None => Detected::No,
+            },
+        }
+    }
+
+    fn new(side: Side) -> Self {
+        Self {
+            side,
+            readers: Duplex {
+                requests: Reader::new(Kind::Command),
+                responses: Reader::new(Kind::Response),
+            },
+            pending: VecDeque::new(),
+            open: None,
+            errors: ErrorStreak::default(),
+            next_seq: 0,
+        }
+    }
+
     fn on_segment(&mut self, seg: &Segment<'_>, out: &mut ParserOut, stats: &mut ParseStats) {
         if self.gave_up() {
             return;
         }
-        let kind = self.kind_of(seg.direction);
-        // Take the reader out so that it and the rest of the parser borrow separately.
-        let mut reader = std::mem::replace(self.reader_mut(kind), Reader::new(kind));
-        self.feed(&mut reader, seg, out, stats);
-        reader.last_ts = seg.ts_ns;
-        *self.reader_mut(kind) = reader;
+        let half = Half::of(self.side, seg.direction);
+        let placeholder = Reader::new(Kind::from(half));
+        walk(
+            self,
+            |p| &mut p.readers,
+            half,
+            placeholder,
+            |p, reader| {
+                p.feed(reader, seg, out, stats);
+                reader.last_ts = seg.ts_ns;
+            },
+        );
     }
 
     fn on_close(&mut self, _ts_ns: u64, out: &mut ParserOut, stats: &mut ParseStats) {
@@ -738,16 +553,18 @@ impl ProtocolParser for MemcachedParser {
         stats.incomplete += self.pending.len() as u64;
         self.pending.clear();
         self.open = None;
-        self.commands = Reader::new(Kind::Command);
-        self.responses = Reader::new(Kind::Response);
+        self.readers = Duplex {
+            requests: Reader::new(Kind::Command),
+            responses: Reader::new(Kind::Response),
+        };
     }
 
     fn on_idle(&mut self, out: &mut ParserOut) {
         // A response whose end went by uncaptured ended with its last bytes seen.
-        if self.responses.state == State::Lost && self.open.is_some_and(|o| !o.orphan) {
+        if self.readers.responses.state == State::Lost && self.open.is_some_and(|o| !o.orphan) {
             self.open = None;
             if let Some(p) = self.pending.pop_front() {
-                let end = self.responses.last_ts;
+                let end = self.readers.responses.last_ts;
                 self.emit(p, end, None, Trust::END_INFERRED, out);
             }
         }
@@ -757,7 +574,7 @@ impl ProtocolParser for MemcachedParser {
         stats.incomplete += self.pending.len() as u64;
         self.pending.clear();
         self.open = None;
-        for r in [&mut self.commands, &mut self.responses] {
+        for r in self.readers.both_mut() {
             r.state = State::Lost;
             r.buf.clear();
             r.strict = true;
@@ -765,6 +582,6 @@ impl ProtocolParser for MemcachedParser {
     }
 
     fn gave_up(&self) -> bool {
-        self.errors_in_a_row >= MAX_ERRORS_IN_A_ROW
+        self.errors.too_long()
     }
 }

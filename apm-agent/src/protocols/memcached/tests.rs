@@ -498,7 +498,7 @@ fn seg_of(direction: Direction, data: &[u8]) -> Segment<'_> {
 
 #[test]
 fn detection() {
-    let d = |dir, data: &[u8]| detect(&seg_of(dir, data));
+    let d = |dir, data: &[u8]| MemcachedParser::detect(&seg_of(dir, data));
     assert_eq!(d(OUT, b"get k\r\n"), Detected::Side(Side::Client));
     assert_eq!(d(IN, b"get k\r\n"), Detected::Side(Side::Server));
     assert_eq!(
@@ -555,7 +555,7 @@ fn detection() {
         total_len: 9000,
         ..seg_of(OUT, &w)
     };
-    assert_eq!(detect(&seg), Detected::Side(Side::Client));
+    assert_eq!(MemcachedParser::detect(&seg), Detected::Side(Side::Client));
 }
 
 #[test]
@@ -624,11 +624,11 @@ proptest! {
         let mut c = Conn::new(if server { Side::Server } else { Side::Client });
         for (ingress, data, extra) in &chunks {
             let dir = if *ingress { IN } else { OUT };
-            let _ = detect(&seg_of(dir, data));
+            let _ = MemcachedParser::detect(&seg_of(dir, data));
             c.seg_total(dir, data, data.len() as u64 + extra);
             prop_assert!(c.p.pending.len() <= MAX_PENDING);
-            prop_assert!(c.p.commands.buf.len() <= MAX_LINE_BYTES);
-            prop_assert!(c.p.responses.buf.len() <= MAX_LINE_BYTES);
+            prop_assert!(c.p.readers.requests.buf.len() <= MAX_LINE_BYTES);
+            prop_assert!(c.p.readers.responses.buf.len() <= MAX_LINE_BYTES);
         }
         c.p.on_idle(&mut c.out);
         c.close();
@@ -650,14 +650,14 @@ proptest! {
         let cs = cut(cmds, cmd_cuts, cap);
         let rs = cut(resps, resp_cuts, cap);
         for (data, total) in &cs {
-            let _ = detect(&Segment { total_len: *total, ..seg_of(cmd_dir, data) });
+            let _ = MemcachedParser::detect(&Segment { total_len: *total, ..seg_of(cmd_dir, data) });
             c.seg_total(cmd_dir, data, *total);
             if interleave {
                 c.p.on_idle(&mut c.out);
             }
         }
         for (data, total) in &rs {
-            let _ = detect(&Segment { total_len: *total, ..seg_of(resp_dir, data) });
+            let _ = MemcachedParser::detect(&Segment { total_len: *total, ..seg_of(resp_dir, data) });
             c.seg_total(resp_dir, data, *total);
         }
         prop_assert!(c.p.pending.len() <= MAX_PENDING);

@@ -28,7 +28,10 @@ use std::collections::{HashMap, VecDeque};
 use packets::{Meta, Reader, Step};
 
 use super::sql::{self, Dialect, Statement};
-use super::{Direction, ParseStats, ParserOut, ProtocolParser, Segment};
+use super::{
+    Detected, Direction, ParseStats, ParserOut, ProtocolParser, Segment,
+    duplex::{Duplex, ErrorStreak, Half, walk},
+};
 use crate::request::{DbInfo, DbSystem, Detail, Protocol, Request, Side, Started, Trust};
 
 /// Commands that may await their response at once (MySQL clients do not pipeline).
@@ -41,49 +44,8 @@ const MAX_COMMAND_BYTES: usize = 16 * 1024;
 const MAX_RESPONSE_BYTES: usize = 256;
 /// Longest database name kept.
 const MAX_NAMESPACE_BYTES: usize = 64;
-/// Consecutive parse errors after which the connection is given up.
-const MAX_ERRORS_IN_A_ROW: u32 = 3;
 /// Most columns a result set may announce (MySQL allows 4096).
 const MAX_COLUMNS: u64 = 0xffff;
-
-/// What a connection's first segment says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Detected {
-    /// MySQL, and the observed process is this side.
-    Side(Side),
-    /// A prefix too short to tell.
-    Undecided,
-    No,
-}
-
-/// Which side a connection's first segment reveals, if it is MySQL at all: a server greeting
-/// (the server speaks first), or for connections seen mid-stream a command packet filling
-/// the segment exactly.
-pub fn detect(seg: &Segment<'_>) -> Detected {
-    let d = seg.data;
-    if packets::is_greeting(d, seg.total_len) {
-        return Detected::Side(match seg.direction {
-            Direction::Egress => Side::Server,
-            Direction::Ingress => Side::Client,
-        });
-    }
-    if packets::is_command(d, seg.total_len) {
-        return Detected::Side(match seg.direction {
-            Direction::Egress => Side::Client,
-            Direction::Ingress => Side::Server,
-        });
-    }
-    // A header (length < 64 KiB, sequence 0) cut short.
-    let could_start = !d.is_empty()
-        && d.len() < 6
-        && d.get(2).is_none_or(|&b| b == 0)
-        && d.get(3).is_none_or(|&b| b == 0);
-    if could_start {
-        Detected::Undecided
-    } else {
-        Detected::No
-    }
-}
 
 /// Where the connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,13 +134,42 @@ enum Outcome {
 #[derive(Debug)]
 pub struct MysqlParser(Box<Inner>);
 
-impl MysqlParser {
-    pub fn new(side: Side) -> Self {
+impl ProtocolParser for MysqlParser {
+    const PROTOCOL: Protocol = Protocol::Mysql;
+
+    /// Which side a connection's first segment reveals, if it is MySQL at all: a server
+    /// greeting (the server speaks first), or for connections seen mid-stream a command
+    /// packet filling the segment exactly.
+    fn detect(seg: &Segment<'_>) -> Detected {
+        let d = seg.data;
+        if packets::is_greeting(d, seg.total_len) {
+            return Detected::Side(match seg.direction {
+                Direction::Egress => Side::Server,
+                Direction::Ingress => Side::Client,
+            });
+        }
+        if packets::is_command(d, seg.total_len) {
+            return Detected::Side(match seg.direction {
+                Direction::Egress => Side::Client,
+                Direction::Ingress => Side::Server,
+            });
+        }
+        // A header (length < 64 KiB, sequence 0) cut short.
+        let could_start = !d.is_empty()
+            && d.len() < 6
+            && d.get(2).is_none_or(|&b| b == 0)
+            && d.get(3).is_none_or(|&b| b == 0);
+        if could_start {
+            Detected::Undecided
+        } else {
+            Detected::No
+        }
+    }
+
+    fn new(side: Side) -> Self {
         Self(Box::new(Inner::new(side)))
     }
-}
 
-impl ProtocolParser for MysqlParser {
     fn on_segment(&mut self, seg: &Segment<'_>, out: &mut ParserOut, stats: &mut ParseStats) {
         self.0.on_segment(seg, out, stats);
     }
@@ -203,8 +194,8 @@ impl ProtocolParser for MysqlParser {
 #[derive(Debug)]
 struct Inner {
     side: Side,
-    commands: Reader,
-    responses: Reader,
+    /// The commands (the requests) and the responses.
+    readers: Duplex<Reader>,
     phase: Phase,
     system: DbSystem,
     server_caps: Option<u32>,
@@ -222,7 +213,7 @@ struct Inner {
     maybe_eof: Option<u8>,
     command_error: bool,
     response_error: bool,
-    errors_in_a_row: u32,
+    errors: ErrorStreak,
     /// TLS, compression or replication: nothing more to follow.
     quit: bool,
     next_seq: u64,
@@ -232,8 +223,10 @@ impl Inner {
     fn new(side: Side) -> Self {
         Self {
             side,
-            commands: Reader::new(MAX_COMMAND_BYTES, true),
-            responses: Reader::new(MAX_RESPONSE_BYTES, false),
+            readers: Duplex {
+                requests: Reader::new(MAX_COMMAND_BYTES, true),
+                responses: Reader::new(MAX_RESPONSE_BYTES, false),
+            },
             phase: Phase::Start,
             system: DbSystem::Mysql,
             server_caps: None,
@@ -248,7 +241,7 @@ impl Inner {
             maybe_eof: None,
             command_error: false,
             response_error: false,
-            errors_in_a_row: 0,
+            errors: ErrorStreak::default(),
             quit: false,
             next_seq: 0,
         }
@@ -259,13 +252,6 @@ impl Inner {
             (Some(c), Some(s)) => Some(c & s),
             (c, _) => c,
         }
-    }
-
-    fn is_command_direction(&self, direction: Direction) -> bool {
-        matches!(
-            (self.side, direction),
-            (Side::Server, Direction::Ingress) | (Side::Client, Direction::Egress)
-        )
     }
 
     fn feed_commands(
@@ -281,7 +267,7 @@ impl Inner {
                 self.command_error = false;
             } else {
                 if self.command_error {
-                    self.errors_in_a_row += 1;
+                    self.errors.hit();
                 }
                 return;
             }
@@ -301,7 +287,7 @@ impl Inner {
                         }
                         Outcome::Error => {
                             stats.parse_errors += 1;
-                            self.errors_in_a_row += 1;
+                            self.errors.hit();
                             self.command_error = true;
                             r.set_lost();
                             return;
@@ -321,7 +307,7 @@ impl Inner {
     ) {
         if r.is_lost() {
             if self.response_error {
-                self.errors_in_a_row += 1;
+                self.errors.hit();
             }
             return;
         }
@@ -345,7 +331,7 @@ impl Inner {
                         }
                         Outcome::Error => {
                             stats.parse_errors += 1;
-                            self.errors_in_a_row += 1;
+                            self.errors.hit();
                             self.response_error = true;
                             self.response_lost();
                             r.set_lost();
@@ -370,7 +356,7 @@ impl Inner {
     /// response bytes seen, the others never got theirs.
     fn settle_lost(&mut self, out: &mut ParserOut, stats: &mut ParseStats) {
         if self.pending.front().is_some_and(|p| p.lost) {
-            let end = self.responses.last_ts;
+            let end = self.readers.responses.last_ts;
             self.complete(end, None, out);
         }
         stats.incomplete += self.pending.len() as u64;
@@ -460,11 +446,11 @@ impl Inner {
             _ => return Outcome::Error,
         };
         self.phase = Phase::Command;
-        self.errors_in_a_row = 0;
+        self.errors.clear();
         self.maybe_eof = None;
-        if self.responses.is_lost() || self.pending.front().is_some_and(|p| p.lost) {
+        if self.readers.responses.is_lost() || self.pending.front().is_some_and(|p| p.lost) {
             self.settle_lost(out, stats);
-            self.responses.reset();
+            self.readers.responses.reset();
             self.response_error = false;
         }
         if self.pending.len() >= MAX_PENDING {
@@ -552,7 +538,7 @@ impl Inner {
             return;
         };
         if !p.lost {
-            self.errors_in_a_row = 0;
+            self.errors.clear();
         }
         if let Some(ns) = p.set_namespace.filter(|_| error.is_none()) {
             self.namespace = Some(ns);
@@ -584,22 +570,26 @@ impl Inner {
     }
 }
 
-impl ProtocolParser for Inner {
+/// The connection's calls, forwarded by [`MysqlParser`].
+impl Inner {
     fn on_segment(&mut self, seg: &Segment<'_>, out: &mut ParserOut, stats: &mut ParseStats) {
         if self.gave_up() {
             return;
         }
-        if self.is_command_direction(seg.direction) {
-            let mut r = std::mem::replace(&mut self.commands, Reader::new(0, false));
-            self.feed_commands(&mut r, seg, out, stats);
-            r.last_ts = seg.ts_ns;
-            self.commands = r;
-        } else {
-            let mut r = std::mem::replace(&mut self.responses, Reader::new(0, false));
-            self.feed_responses(&mut r, seg, out, stats);
-            r.last_ts = seg.ts_ns;
-            self.responses = r;
-        }
+        let half = Half::of(self.side, seg.direction);
+        walk(
+            self,
+            |p| &mut p.readers,
+            half,
+            Reader::new(0, false),
+            |p, r| {
+                match half {
+                    Half::Requests => p.feed_commands(r, seg, out, stats),
+                    Half::Responses => p.feed_responses(r, seg, out, stats),
+                }
+                r.last_ts = seg.ts_ns;
+            },
+        );
     }
 
     fn on_close(&mut self, _ts_ns: u64, out: &mut ParserOut, stats: &mut ParseStats) {
@@ -608,7 +598,7 @@ impl ProtocolParser for Inner {
 
     fn on_idle(&mut self, out: &mut ParserOut) {
         if self.pending.front().is_some_and(|p| p.lost) {
-            let end = self.responses.last_ts;
+            let end = self.readers.responses.last_ts;
             self.complete(end, None, out);
         }
     }
@@ -620,14 +610,14 @@ impl ProtocolParser for Inner {
         self.maybe_eof = None;
         // The commands side picks up at a segment that starts with a command; the responses
         // side at the next command (see `on_command`).
-        self.commands.set_lost();
-        self.responses.set_lost();
+        self.readers.requests.set_lost();
+        self.readers.responses.set_lost();
         self.command_error = false;
         self.response_error = false;
     }
 
     fn gave_up(&self) -> bool {
-        self.quit || self.errors_in_a_row >= MAX_ERRORS_IN_A_ROW
+        self.quit || self.errors.too_long()
     }
 }
 

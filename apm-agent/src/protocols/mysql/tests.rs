@@ -648,7 +648,7 @@ fn statement_table_is_bounded() {
 #[test]
 fn detection() {
     let seg = |direction, data: &[u8]| {
-        detect(&Segment {
+        MysqlParser::detect(&Segment {
             direction,
             data,
             total_len: data.len() as u64,

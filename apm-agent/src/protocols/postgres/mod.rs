@@ -16,60 +16,18 @@ use std::sync::Arc;
 use framing::{Dir, Msg, Reader, State, Step};
 
 use super::sql::{self, Dialect};
-use super::{Direction, ParseStats, ParserOut, ProtocolParser, Segment};
+use super::{
+    Detected, Direction, ParseStats, ParserOut, ProtocolParser, Segment,
+    duplex::{Duplex, ErrorStreak, Half, walk},
+};
 use crate::request::{DbInfo, DbSystem, Detail, Protocol, Request, Side, Started, Trust};
 
 /// Operations and Sync markers that may await replies at once.
 const MAX_PENDING: usize = 4096;
 /// Named prepared statements (and portals) remembered per connection.
 const MAX_STATEMENTS: usize = 1024;
-/// Consecutive parse errors after which the connection is given up.
-const MAX_ERRORS_IN_A_ROW: u32 = 3;
 /// Longest namespace (database name) kept.
 const MAX_NAMESPACE_BYTES: usize = 128;
-
-/// What a connection's first segment says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Detected {
-    /// PostgreSQL, and the observed process is this side.
-    Side(Side),
-    /// A prefix too short to tell.
-    Undecided,
-    No,
-}
-
-/// Which side a connection's first segment reveals, if it is PostgreSQL client traffic: a
-/// startup-phase message, or (connection seen mid-stream) frontend messages whose lengths
-/// chain exactly through the segment.
-pub fn detect(seg: &Segment<'_>) -> Detected {
-    let side = match seg.direction {
-        Direction::Egress => Side::Client,
-        Direction::Ingress => Side::Server,
-    };
-    let d = seg.data;
-    match framing::untyped_start(d) {
-        Some(true) => return Detected::Side(side),
-        None => return Detected::Undecided,
-        Some(false) => {}
-    }
-    let first = d.first().copied().unwrap_or(0);
-    if !matches!(first, b'Q' | b'P' | b'B' | b'E' | b'S' | b'D' | b'H' | b'C') {
-        return Detected::No;
-    }
-    match framing::chain(Dir::Front, d) {
-        (framing::Chain::Exact, n) if n > 0 => Detected::Side(side),
-        // The last message runs past the captured prefix but ends within the syscall.
-        (framing::Chain::Open(end), n) if end <= seg.total_len && (n > 0 || first == b'Q') => {
-            if d.len() >= 5 {
-                Detected::Side(side)
-            } else {
-                Detected::Undecided
-            }
-        }
-        (framing::Chain::Open(_), _) if d.len() < 5 => Detected::Undecided,
-        _ => Detected::No,
-    }
-}
 
 /// A normalized statement.
 #[derive(Debug)]
@@ -134,8 +92,8 @@ struct Named {
 #[derive(Debug)]
 pub struct PostgresParser {
     side: Side,
-    front: Reader,
-    back: Reader,
+    /// The frontend's messages (the requests) and the backend's.
+    readers: Duplex<Reader>,
     pending: VecDeque<Item>,
     /// Prepared statements and portals by name (boxed: most connections never use them,
     /// and the parser stays small).
@@ -147,40 +105,20 @@ pub struct PostgresParser {
     /// A ReadyForQuery was seen (the startup phase is over) since the start or the last lost
     /// records.
     ready: bool,
-    errors_in_a_row: u32,
+    errors: ErrorStreak,
     next_seq: u64,
 }
 
+impl From<Half> for Dir {
+    fn from(half: Half) -> Self {
+        match half {
+            Half::Requests => Self::Front,
+            Half::Responses => Self::Back,
+        }
+    }
+}
+
 impl PostgresParser {
-    pub fn new(side: Side) -> Self {
-        Self {
-            side,
-            front: Reader::new(Dir::Front),
-            back: Reader::new(Dir::Back),
-            pending: VecDeque::new(),
-            named: Box::default(),
-            expect_encryption_reply: false,
-            encrypted: false,
-            ready: false,
-            errors_in_a_row: 0,
-            next_seq: 0,
-        }
-    }
-
-    fn dir_of(&self, direction: Direction) -> Dir {
-        match (self.side, direction) {
-            (Side::Server, Direction::Ingress) | (Side::Client, Direction::Egress) => Dir::Front,
-            _ => Dir::Back,
-        }
-    }
-
-    fn reader_mut(&mut self, dir: Dir) -> &mut Reader {
-        match dir {
-            Dir::Front => &mut self.front,
-            Dir::Back => &mut self.back,
-        }
-    }
-
     fn feed(
         &mut self,
         r: &mut Reader,
@@ -212,17 +150,17 @@ impl PostgresParser {
             match r.next(seg, &mut pos, total) {
                 Step::End => return,
                 Step::SkippedAfterError => {
-                    self.errors_in_a_row += 1;
+                    self.errors.hit();
                     return;
                 }
                 Step::Invalid => {
                     st.parse_errors += 1;
-                    self.errors_in_a_row += 1;
+                    self.errors.hit();
                     r.lose(true);
                     return;
                 }
                 Step::Message(m) => {
-                    self.errors_in_a_row = 0;
+                    self.errors.clear();
                     let body = std::mem::take(&mut r.buf);
                     match r.dir {
                         Dir::Front => self.on_frontend(r, m, &body, out, st),
@@ -332,7 +270,7 @@ impl PostgresParser {
             }
             _ => {
                 st.parse_errors += 1;
-                self.errors_in_a_row += 1;
+                self.errors.hit();
                 r.untyped = false;
                 r.lose(true);
             }
@@ -341,8 +279,8 @@ impl PostgresParser {
 
     /// The server's next bytes start a message (it answers the startup-phase message just read).
     fn at_boundary_back(&mut self) {
-        if matches!(self.back.state, State::Resync { .. }) {
-            self.back.state = State::Header;
+        if matches!(self.readers.responses.state, State::Resync { .. }) {
+            self.readers.responses.state = State::Header;
         }
     }
 
@@ -368,10 +306,10 @@ impl PostgresParser {
     }
 
     fn push(&mut self, item: Item, out: &mut ParserOut, st: &mut ParseStats) {
-        if self.back.state == (State::Resync { after_error: false }) && self.ready {
+        if self.readers.responses.state == (State::Resync { after_error: false }) && self.ready {
             // The server's replies went past the capture: what awaited them was answered
             // unseen (a client waits for ReadyForQuery before its next query).
-            let end = self.back.last_ts;
+            let end = self.readers.responses.last_ts;
             while let Some(item) = self.pending.pop_front() {
                 if let Item::Op(op) = item {
                     self.complete(op, end, Trust::END_INFERRED, out);
@@ -494,16 +432,74 @@ impl PostgresParser {
 }
 
 impl ProtocolParser for PostgresParser {
+    const PROTOCOL: Protocol = Protocol::Postgres;
+
+    /// Which side a connection's first segment reveals, if it is PostgreSQL client traffic:
+    /// a startup-phase message, or (connection seen mid-stream) frontend messages whose
+    /// lengths chain exactly through the segment.
+    fn detect(seg: &Segment<'_>) -> Detected {
+        let side = match seg.direction {
+            Direction::Egress => Side::Client,
+            Direction::Ingress => Side::Server,
+        };
+        let d = seg.data;
+        match framing::untyped_start(d) {
+            Some(true) => return Detected::Side(side),
+            None => return Detected::Undecided,
+            Some(false) => {}
+        }
+        let first = d.first().copied().unwrap_or(0);
+        if !matches!(first, b'Q' | b'P' | b'B' | b'E' | b'S' | b'D' | b'H' | b'C') {
+            return Detected::No;
+        }
+        match framing::chain(Dir::Front, d) {
+            (framing::Chain::Exact, n) if n > 0 => Detected::Side(side),
+            // The last message runs past the captured prefix but ends within the syscall.
+            (framing::Chain::Open(end), n) if end <= seg.total_len && (n > 0 || first == b'Q') => {
+                if d.len() >= 5 {
+                    Detected::Side(side)
+                } else {
+                    Detected::Undecided
+                }
+            }
+            (framing::Chain::Open(_), _) if d.len() < 5 => Detected::Undecided,
+            _ => Detected::No,
+        }
+    }
+
+    fn new(side: Side) -> Self {
+        Self {
+            side,
+            readers: Duplex {
+                requests: Reader::new(Dir::Front),
+                responses: Reader::new(Dir::Back),
+            },
+            pending: VecDeque::new(),
+            named: Box::default(),
+            expect_encryption_reply: false,
+            encrypted: false,
+            ready: false,
+            errors: ErrorStreak::default(),
+            next_seq: 0,
+        }
+    }
+
     fn on_segment(&mut self, seg: &Segment<'_>, out: &mut ParserOut, stats: &mut ParseStats) {
         if self.gave_up() {
             return;
         }
-        let dir = self.dir_of(seg.direction);
-        // Take the reader out so that it and the rest of the parser borrow separately.
-        let mut reader = std::mem::replace(self.reader_mut(dir), Reader::new(dir));
-        self.feed(&mut reader, seg, out, stats);
-        reader.last_ts = seg.ts_ns;
-        *self.reader_mut(dir) = reader;
+        let half = Half::of(self.side, seg.direction);
+        let placeholder = Reader::new(Dir::from(half));
+        walk(
+            self,
+            |p| &mut p.readers,
+            half,
+            placeholder,
+            |p, reader| {
+                p.feed(reader, seg, out, stats);
+                reader.last_ts = seg.ts_ns;
+            },
+        );
     }
 
     fn on_close(&mut self, _ts_ns: u64, _out: &mut ParserOut, stats: &mut ParseStats) {
@@ -526,8 +522,8 @@ impl ProtocolParser for PostgresParser {
             .count();
         stats.incomplete += ops as u64;
         self.pending.clear();
-        self.front.lose(false);
-        self.back.lose(false);
+        self.readers.requests.lose(false);
+        self.readers.responses.lose(false);
         // Until the server's next ReadyForQuery, a new query does not mean that the server
         // answered what came before it unseen (see `push`): with nothing pending that would
         // only end the Execute of a Parse/Bind/Execute/Sync group at its own Sync.
@@ -535,7 +531,7 @@ impl ProtocolParser for PostgresParser {
     }
 
     fn gave_up(&self) -> bool {
-        self.encrypted || self.errors_in_a_row >= MAX_ERRORS_IN_A_ROW
+        self.encrypted || self.errors.too_long()
     }
 }
 

@@ -19,40 +19,18 @@ use std::collections::VecDeque;
 
 use resp::{Reader, Role, Small, State, Step};
 
-use super::{Direction, ParseStats, ParserOut, ProtocolParser, Segment};
+use super::{
+    Detected, Direction, ParseStats, ParserOut, ProtocolParser, Segment,
+    duplex::{Duplex, ErrorStreak, Half, walk},
+};
 use crate::request::{DbInfo, DbSystem, Detail, Protocol, Request, Side, Started, Trust};
 
 /// Commands that may await their reply at once (pipelining depth).
 const MAX_PENDING: usize = 4096;
-/// Consecutive parse errors after which the connection is given up.
-const MAX_ERRORS_IN_A_ROW: u32 = 3;
 /// Longest command name or error prefix kept.
 const MAX_WORD: usize = 32;
 /// Arguments written as `?` in the query text; more are written as `? ? ...`.
 const MAX_QUERY_ARGS: u64 = 8;
-
-/// What a connection's first segment says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Detected {
-    /// Redis, and the observed process is this side.
-    Side(Side),
-    /// A prefix too short to tell.
-    Undecided,
-    No,
-}
-
-/// Which side a connection's first segment reveals, if it starts with a RESP command (inline
-/// commands are not recognized).
-pub fn detect(seg: &Segment<'_>) -> Detected {
-    match resp::command_start(seg.data) {
-        Some(true) => Detected::Side(match seg.direction {
-            Direction::Egress => Side::Client,
-            Direction::Ingress => Side::Server,
-        }),
-        None => Detected::Undecided,
-        Some(false) => Detected::No,
-    }
-}
 
 /// The pub/sub command families; their confirmations carry the family name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,14 +87,12 @@ struct Pending {
 #[derive(Debug)]
 pub struct RedisParser {
     side: Side,
-    /// The two directions' readers, boxed to keep the parser small; taken out while one
-    /// walks a segment.
-    commands: Option<Box<Reader>>,
-    replies: Option<Box<Reader>>,
+    /// The two directions' readers (commands, replies), boxed to keep the parser small.
+    readers: Duplex<Option<Box<Reader>>>,
     pending: VecDeque<Pending>,
     /// Replies to swallow: their commands were dropped from a full queue.
     skip_replies: u64,
-    errors_in_a_row: u32,
+    errors: ErrorStreak,
     next_seq: u64,
     /// Database index after a successful `SELECT`.
     db: Option<u32>,
@@ -126,36 +102,16 @@ pub struct RedisParser {
     monitor: bool,
 }
 
+impl From<Half> for Role {
+    fn from(half: Half) -> Self {
+        match half {
+            Half::Requests => Self::Command,
+            Half::Responses => Self::Reply,
+        }
+    }
+}
+
 impl RedisParser {
-    pub fn new(side: Side) -> Self {
-        Self {
-            side,
-            commands: Some(Box::new(Reader::new(Role::Command))),
-            replies: Some(Box::new(Reader::new(Role::Reply))),
-            pending: VecDeque::new(),
-            skip_replies: 0,
-            errors_in_a_row: 0,
-            next_seq: 0,
-            db: None,
-            subscriptions: 0,
-            monitor: false,
-        }
-    }
-
-    fn role_of(&self, direction: Direction) -> Role {
-        match (self.side, direction) {
-            (Side::Client, Direction::Egress) | (Side::Server, Direction::Ingress) => Role::Command,
-            _ => Role::Reply,
-        }
-    }
-
-    fn reader_mut(&mut self, role: Role) -> &mut Option<Box<Reader>> {
-        match role {
-            Role::Command => &mut self.commands,
-            Role::Reply => &mut self.replies,
-        }
-    }
-
     /// Walks one segment through reader `r` (taken out of `self` by the caller).
     fn feed(
         &mut self,
@@ -176,7 +132,7 @@ impl RedisParser {
                     continue;
                 }
                 if role == Role::Command && after_error {
-                    self.errors_in_a_row += 1;
+                    self.errors.hit();
                 }
                 return;
             }
@@ -186,7 +142,7 @@ impl RedisParser {
                 Step::More if used == 0 => return,
                 Step::More => {}
                 Step::Done => {
-                    self.errors_in_a_row = 0;
+                    self.errors.clear();
                     match role {
                         Role::Command => self.on_command(r, out, stats),
                         Role::Reply => self.on_reply(r, seg.ts_ns, out, stats),
@@ -198,7 +154,7 @@ impl RedisParser {
                 }
                 Step::Invalid => {
                     stats.parse_errors += 1;
-                    self.errors_in_a_row += 1;
+                    self.errors.hit();
                     r.reset(State::Resync { after_error: true });
                     return;
                 }
@@ -213,7 +169,8 @@ impl RedisParser {
         }
         // The replies lost track: the replies to the commands still waiting went by unseen.
         if let Some(replies) = self
-            .replies
+            .readers
+            .responses
             .as_mut()
             .filter(|r| matches!(r.state, State::Resync { .. }))
         {
@@ -349,27 +306,61 @@ impl RedisParser {
 }
 
 impl ProtocolParser for RedisParser {
+    const PROTOCOL: Protocol = Protocol::Redis;
+
+    /// Which side a connection's first segment reveals, if it starts with a RESP command
+    /// (inline commands are not recognized).
+    fn detect(seg: &Segment<'_>) -> Detected {
+        match resp::command_start(seg.data) {
+            Some(true) => Detected::Side(match seg.direction {
+                Direction::Egress => Side::Client,
+                Direction::Ingress => Side::Server,
+            }),
+            None => Detected::Undecided,
+            Some(false) => Detected::No,
+        }
+    }
+
+    fn new(side: Side) -> Self {
+        Self {
+            side,
+            readers: Duplex {
+                requests: Some(Box::new(Reader::new(Role::Command))),
+                responses: Some(Box::new(Reader::new(Role::Reply))),
+            },
+            pending: VecDeque::new(),
+            skip_replies: 0,
+            errors: ErrorStreak::default(),
+            next_seq: 0,
+            db: None,
+            subscriptions: 0,
+            monitor: false,
+        }
+    }
+
     fn on_segment(&mut self, seg: &Segment<'_>, out: &mut ParserOut, stats: &mut ParseStats) {
         if self.gave_up() {
             return;
         }
-        let role = self.role_of(seg.direction);
-        // Take the reader out so that it and the rest of the parser borrow separately.
-        let Some(mut reader) = self.reader_mut(role).take() else {
-            return;
-        };
-        self.feed(&mut reader, role, seg, out, stats);
-        *self.reader_mut(role) = Some(reader);
+        let half = Half::of(self.side, seg.direction);
+        walk(
+            self,
+            |p| &mut p.readers,
+            half,
+            None,
+            |p, reader| {
+                if let Some(reader) = reader {
+                    p.feed(reader, Role::from(half), seg, out, stats);
+                }
+            },
+        );
     }
 
     fn on_close(&mut self, _ts_ns: u64, _out: &mut ParserOut, stats: &mut ParseStats) {
         stats.incomplete += self.pending.len() as u64;
         self.pending.clear();
         self.skip_replies = 0;
-        for r in [&mut self.commands, &mut self.replies]
-            .into_iter()
-            .flatten()
-        {
+        for r in self.readers.both_mut().into_iter().flatten() {
             r.reset(State::Line);
         }
     }
@@ -382,16 +373,13 @@ impl ProtocolParser for RedisParser {
         self.pending.clear();
         self.skip_replies = 0;
         // The replies side stays in resync until the next command (see `on_command`).
-        for r in [&mut self.commands, &mut self.replies]
-            .into_iter()
-            .flatten()
-        {
+        for r in self.readers.both_mut().into_iter().flatten() {
             r.reset(State::Resync { after_error: false });
         }
     }
 
     fn gave_up(&self) -> bool {
-        self.monitor || self.errors_in_a_row >= MAX_ERRORS_IN_A_ROW
+        self.monitor || self.errors.too_long()
     }
 }
 

@@ -518,7 +518,7 @@ fn overflow_and_unmatched_and_huge_lengths() {
 #[test]
 fn detection() {
     let d = |direction, data: &[u8]| {
-        detect(&Segment {
+        RedisParser::detect(&Segment {
             direction,
             data,
             total_len: data.len() as u64,
@@ -589,7 +589,7 @@ fn feed(side: Side, segs: &[(Direction, Vec<u8>, u64)]) {
             ts_ns: i as u64,
             tid: 1,
         };
-        let _ = detect(&seg);
+        let _ = RedisParser::detect(&seg);
         p.on_segment(&seg, &mut out, &mut stats);
         assert!(p.pending.len() <= MAX_PENDING);
     }

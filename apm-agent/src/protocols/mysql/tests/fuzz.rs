@@ -40,7 +40,7 @@ fn run(side: Side, segs: &[(Direction, Vec<u8>, u64)]) -> MysqlParser {
             ts_ns: i as u64,
             tid: 1,
         };
-        let _ = detect(&seg);
+        let _ = MysqlParser::detect(&seg);
         p.on_segment(&seg, &mut out, &mut stats);
         assert!(p.0.pending.len() <= MAX_PENDING);
         assert!(p.0.statements.len() <= MAX_STATEMENTS);

@@ -417,7 +417,7 @@ fn cancel_request_is_no_operation() {
     m.extend(80_877_102u32.to_be_bytes());
     m.extend([0, 0, 0x30, 0x39, 1, 2, 3, 4]);
     assert_eq!(
-        detect(&Segment {
+        PostgresParser::detect(&Segment {
             direction: OUT,
             data: &m,
             total_len: 16,

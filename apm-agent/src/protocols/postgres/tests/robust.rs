@@ -214,7 +214,7 @@ fn reply_with_nothing_pending_is_unmatched() {
 // ---- Detection ----
 
 fn det(direction: Direction, data: &[u8]) -> Detected {
-    detect(&Segment {
+    PostgresParser::detect(&Segment {
         direction,
         data,
         total_len: data.len() as u64,
@@ -360,8 +360,8 @@ mod prop {
         assert!(p.pending.len() <= MAX_PENDING);
         assert!(p.named.statements.len() <= MAX_STATEMENTS);
         assert!(p.named.portals.len() <= MAX_STATEMENTS);
-        assert!(p.front.buf.capacity() <= 2 * framing::MAX_KEEP + 64);
-        assert!(p.back.buf.capacity() <= 2 * framing::MAX_KEEP + 64);
+        assert!(p.readers.requests.buf.capacity() <= 2 * framing::MAX_KEEP + 64);
+        assert!(p.readers.responses.buf.capacity() <= 2 * framing::MAX_KEEP + 64);
     }
 
     proptest! {

@@ -2,9 +2,18 @@
 //!
 //! Precedence: command-line flags > environment (`APM_*`) > config file (`--config`, TOML)
 //! > defaults. Flags and environment variables are declared in `cli.rs`.
+//!
+//! Before anything is loaded into the kernel, [`Config::check`] (`checked.rs`) turns every
+//! string of it (selectors, OTLP settings, the trace sampler) into typed values, or names the
+//! bad key and value.
 use std::{net::SocketAddr, path::Path};
 
 use serde::{Deserialize, Serialize};
+
+mod checked;
+mod otlp;
+
+pub use checked::Checked;
 
 /// Configuration errors.
 #[derive(Debug, thiserror::Error)]
@@ -21,8 +30,13 @@ pub enum ConfigError {
         #[source]
         source: toml::de::Error,
     },
-    #[error("invalid setting {key}: {reason}")]
-    Invalid { key: &'static str, reason: String },
+    /// A setting's value is not one of the values it allows.
+    #[error("invalid setting {key} = {value:?}: {allowed}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        allowed: String,
+    },
 }
 
 /// Everything the agent can be told.
@@ -173,7 +187,7 @@ pub struct Config {
     pub metrics_histogram: String,
     /// Head sampler (`OTEL_TRACES_SAMPLER`). Default `parentbased_always_on`.
     pub traces_sampler: String,
-    /// Sampler argument: the ratio for `*traceidratio` (`OTEL_TRACES_SAMPLER_ARG`).
+    /// TraceSampler argument: the ratio for `*traceidratio` (`OTEL_TRACES_SAMPLER_ARG`).
     pub traces_sampler_arg: Option<String>,
     /// Requests at least this slow (milliseconds) are always exported, whatever the head
     /// sampler said; errors always are. Default 1000.
@@ -265,15 +279,6 @@ impl Default for Config {
 }
 
 impl Config {
-    /// The include/exclude selectors, parsed.
-    pub fn selectors(
-        &self,
-    ) -> Result<crate::discovery::selectors::Selectors, crate::discovery::selectors::SelectorError>
-    {
-        crate::discovery::selectors::Selectors::parse(&self.include, &self.exclude)
-    }
-
-    /// Reads a TOML file (missing keys keep their defaults, unknown keys are errors).
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
@@ -283,55 +288,6 @@ impl Config {
             path: path.display().to_string(),
             source,
         })
-    }
-
-    /// Checks ranges the kernel or the aggregator depend on.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, reason: &str| {
-            Err(ConfigError::Invalid {
-                key,
-                reason: reason.to_owned(),
-            })
-        };
-        if self.capture_bytes == 0 || self.capture_bytes as usize > apm_common::MAX_CAPTURE {
-            return invalid("capture_bytes", "must be between 1 and 4096");
-        }
-        if !self.ring_buffer_bytes.is_power_of_two() || self.ring_buffer_bytes < 4096 {
-            return invalid(
-                "ring_buffer_bytes",
-                "must be a power of two of at least 4096",
-            );
-        }
-        if let Err(e) = self.selectors() {
-            return invalid("include/exclude", &e.to_string());
-        }
-        if self.max_kernel_sockets == 0
-            || self.max_connections == 0
-            || self.max_processes == 0
-            || self.max_inventory_processes == 0
-            || self.kubernetes_max_pods == 0
-        {
-            return invalid("max_*", "budgets must be at least 1");
-        }
-        if self.window_secs == 0 {
-            return invalid("window_secs", "must be at least 1");
-        }
-        if self.detect_attempts == 0 {
-            return invalid("detect_attempts", "must be at least 1");
-        }
-        if self.profile_frequency_hz == 0 || self.profile_frequency_hz > 10_000 {
-            return invalid("profile_frequency_hz", "must be between 1 and 10000");
-        }
-        if self.profile_bucket_secs == 0 || self.profile_drain_secs == 0 {
-            return invalid(
-                "profile_bucket_secs",
-                "bucket and drain periods must be at least 1 s",
-            );
-        }
-        if self.profile_stack_entries == 0 {
-            return invalid("profile_stack_entries", "must be at least 1");
-        }
-        Ok(())
     }
 }
 
@@ -352,31 +308,5 @@ mod tests {
         assert_eq!(cfg.kubernetes, crate::discovery::kubernetes::Mode::Off);
         assert_eq!(cfg.kubernetes_max_pods, 64);
         assert!(toml::from_str::<Config>("kubernetes = \"maybe\"").is_err());
-    }
-
-    #[test]
-    fn validation() {
-        assert!(Config::default().validate().is_ok());
-        let bad = Config {
-            capture_bytes: 5000,
-            ..Config::default()
-        };
-        assert!(bad.validate().is_err());
-        let bad = Config {
-            ring_buffer_bytes: 5000,
-            ..Config::default()
-        };
-        assert!(bad.validate().is_err());
-        let bad = Config {
-            exclude: vec!["nginx".to_owned()],
-            ..Config::default()
-        };
-        assert!(bad.validate().is_err());
-        let good: Config = toml::from_str(
-            "include = [\"exe=nginx\", \"port=8080\"]\nexclude = [\"k8s.namespace.name=kube-*\"]\n",
-        )
-        .unwrap_or_default();
-        assert_eq!(good.include.len(), 2);
-        assert!(good.validate().is_ok());
     }
 }

@@ -1,10 +1,12 @@
-//! The event thread: waits on the ring buffer, drains it in batches through the pipeline,
-//! applies the pipeline's kernel-table decisions, and refreshes the kernel counters.
+//! The event loop, the agent's main loop on its own thread: waits on the ring buffer, drains
+//! it in batches through the pipeline, applies the pipeline's kernel-table decisions,
+//! refreshes the kernel counters, and on its schedule hands spans and metric points to the
+//! export queues, reads the runtime metrics and sweeps dead processes.
 use std::{
     collections::HashMap,
     os::fd::AsRawFd,
     sync::{
-        Arc, Mutex, MutexGuard, PoisonError,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering::Relaxed},
     },
     time::{Duration, Instant},
@@ -12,14 +14,18 @@ use std::{
 
 use apm_common::{SockInfo, SockKey, sock_flags, stat};
 
-use super::{
-    KernelMaps,
-    decode::{DecodeError, decode},
-};
+use super::kernel_stats::KernelStats;
 use crate::{
-    export::otlp::{encode_metrics, metrics_task},
-    internal::{Internal, METRICS, TRACES},
-    metrics::{process_runtime::Collector as ProcessRuntime, red::Red},
+    ebpf::{
+        KernelMaps,
+        decode::{DecodeError, decode},
+    },
+    export::otlp::{
+        encode_metrics, metrics_task,
+        stats::{ExportStats, METRICS, TRACES},
+    },
+    metrics::{process_runtime::RuntimeCollector, red::Red, stats::MetricsStats},
+    os::{lock, monotonic_ns, wait_readable},
     pipeline::Pipeline,
 };
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -30,11 +36,16 @@ const EVENTS_PER_LOCK: usize = 4096;
 const BPF_EXIST: u64 = 2;
 
 /// Everything the event thread owns.
-pub struct Drain {
+pub struct EventLoop {
     pub maps: KernelMaps,
     pub pipeline: Pipeline,
     pub red: Arc<Mutex<Red>>,
-    pub internal: Arc<Internal>,
+    /// The kernel side's counters (refreshed from the kernel's maps every second).
+    pub kernel_stats: Arc<KernelStats>,
+    /// Spans and points dropped at a full export queue are counted here.
+    pub export_stats: Arc<ExportStats>,
+    /// The runtime-metrics budget's overflow is published here.
+    pub metrics_stats: Arc<MetricsStats>,
     pub stop: Arc<AtomicBool>,
     pub poll_interval: Duration,
     /// The span export queue, when traces are exported.
@@ -47,38 +58,10 @@ pub struct Drain {
         Duration,
     )>,
     /// Runtime metrics of the observed processes and their period, when on.
-    pub runtime: Option<(ProcessRuntime, Duration)>,
+    pub runtime: Option<(RuntimeCollector, Duration)>,
 }
 
-/// Locks a mutex, recovering the data if a panicking holder poisoned it.
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Waits until `fd` is readable or `timeout` passes (an interrupted wait returns early).
-pub fn wait_readable(fd: std::os::fd::RawFd, timeout: Duration) {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: one valid pollfd.
-    unsafe { libc::poll(&mut pfd, 1, ms) };
-}
-
-/// Kernel monotonic clock, the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-impl Drain {
+impl EventLoop {
     /// Runs until `stop` is set.
     pub fn run(mut self) {
         let fd = self.maps.events.as_raw_fd();
@@ -125,17 +108,17 @@ impl Drain {
     }
 
     fn drain_batch(&mut self) {
-        let internal = &*self.internal;
+        let kernel = &*self.kernel_stats;
         let mut red = lock(&self.red);
         let mut handled = 0;
         while let Some(item) = self.maps.events.next() {
             match decode(&item) {
-                Ok(event) => self.pipeline.handle(event, &mut red, internal),
+                Ok(event) => self.pipeline.handle(event, &mut red),
                 Err(DecodeError::UnknownKind(_)) => {
-                    internal.unknown_kinds.fetch_add(1, Relaxed);
+                    kernel.unknown_kinds.fetch_add(1, Relaxed);
                 }
                 Err(_) => {
-                    internal.decode_errors.fetch_add(1, Relaxed);
+                    kernel.decode_errors.fetch_add(1, Relaxed);
                 }
             }
             handled += 1;
@@ -144,9 +127,9 @@ impl Drain {
                 red = lock(&self.red);
             }
         }
-        self.pipeline.end_batch(&mut red, internal);
+        self.pipeline.end_batch(&mut red);
         drop(red);
-        self.pipeline.publish(internal);
+        self.pipeline.publish();
     }
 
     /// Hands spans whose hold time is up to the export queue; a full queue drops them
@@ -165,7 +148,7 @@ impl Drain {
             }
         }
         if dropped > 0 {
-            self.internal.export_dropped[TRACES].fetch_add(dropped, Relaxed);
+            self.export_stats.dropped[TRACES].fetch_add(dropped, Relaxed);
         }
     }
 
@@ -189,7 +172,7 @@ impl Drain {
         if let Some(request) = request {
             let n = metrics_task::points(&request);
             if tx.try_send(request).is_err() {
-                self.internal.export_dropped[METRICS].fetch_add(n, Relaxed);
+                self.export_stats.dropped[METRICS].fetch_add(n, Relaxed);
             }
         }
     }
@@ -201,7 +184,7 @@ impl Drain {
             return;
         };
         let readings = collector.collect(self.pipeline.runtime_targets());
-        self.internal
+        self.metrics_stats
             .process_metrics_overflow
             .store(collector.overflowed(), Relaxed);
         lock(&self.red).runtime = readings;
@@ -218,9 +201,9 @@ impl Drain {
                         ..info
                     };
                     if self.maps.sockets.insert(key, muted, BPF_EXIST).is_ok() {
-                        self.internal.muted_connections.fetch_add(1, Relaxed);
+                        self.kernel_stats.muted_connections.fetch_add(1, Relaxed);
                     } else {
-                        self.internal.mute_failures.fetch_add(1, Relaxed);
+                        self.kernel_stats.mute_failures.fetch_add(1, Relaxed);
                     }
                 }
                 _ => {}
@@ -240,7 +223,9 @@ impl Drain {
         for i in 0..stat::COUNT {
             if let Ok(values) = self.maps.stats.get(&i, 0) {
                 let sum: u64 = values.iter().sum();
-                self.internal.kernel[i as usize].store(sum, Relaxed);
+                if let Some(counter) = self.kernel_stats.kernel.get(i as usize) {
+                    counter.store(sum, Relaxed);
+                }
             }
         }
     }
@@ -250,7 +235,7 @@ impl Drain {
     fn sweep(&mut self) {
         {
             let mut red = lock(&self.red);
-            self.pipeline.sweep_dead(&mut red, &self.internal);
+            self.pipeline.sweep_dead(&mut red);
         }
         let mut alive: HashMap<u32, bool> = HashMap::new();
         let dead: Vec<SockKey> = self

@@ -10,10 +10,12 @@ use std::{
 use crate::{
     cli::{Format, ProfileArgs},
     ebpf::{LoadError, LoadOptions, Probes, ProfilerLoad, profiler::SamplingOptions},
+    os::unix_now,
     privileges,
     profiles::{flamegraph, folded, model::Profile, pprof},
-    profiling::{ProcessFilter, Sampler, unix_now},
 };
+
+use super::stack_sampler::{ProcessFilter, StackSampler};
 
 /// Why a profile could not be taken.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +75,7 @@ pub fn run(args: &ProfileArgs) -> Result<(), ProfileError> {
         hardware_cycles: args.cycles,
     })?;
     maps.set_pids(&args.pids)?;
-    let mut sampler = Sampler::new(
+    let mut sampler = StackSampler::new(
         maps,
         16_384,
         ProcessFilter {
