@@ -41,6 +41,15 @@ const TEST_PACKAGES: &[&str] = &[
     "memcached",
     "mariadb-server",
     "mariadb-client",
+    // Kernel matrix (`cargo xtask test-kernels`): qemu boots Debian's kernels; busybox is the
+    // guests' init; kmod (depmod, modprobe) finds their 9p modules; the kernels and modules
+    // come compressed with xz or zstd; cpio packs the initramfs.
+    "qemu-system-x86",
+    "busybox-static",
+    "kmod",
+    "xz-utils",
+    "zstd",
+    "cpio",
 ];
 /// Debian packages the fuzz targets need: libfuzzer-sys compiles libFuzzer's C++ sources.
 const FUZZ_PACKAGES: &[&str] = &["g++"];

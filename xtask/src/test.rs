@@ -1,19 +1,23 @@
 //! `cargo xtask test`: everything CI runs, in order: formatting, clippy on the host crates and
-//! on the eBPF crate for its own target, unit tests, each fuzz target for a few seconds, then
-//! the integration tests (the real agent against real servers; they need root and are
-//! required, not skipped, when run as root).
+//! on the eBPF crate for its own target, unit tests, each fuzz target for a few seconds, the
+//! integration tests (the real agent against real servers; they need root and are required,
+//! not skipped, when run as root), then the kernel matrix (`cargo xtask test-kernels`: check
+//! and a smoke suite on Debian's 5.10, 6.1, 6.12 and newest 7.x kernels under qemu).
 use std::process::Command;
 
 use anyhow::Result;
 use clap::Args;
 
-use crate::{fuzz, prereq, util};
+use crate::{fuzz, kernels, prereq, util};
 
 #[derive(Debug, Args)]
 pub struct TestArgs {
-    /// Only run integration tests whose name contains this.
+    /// Only run integration tests whose name contains this (and skip the kernel matrix).
     #[arg(long)]
     pub filter: Option<String>,
+    /// Skip the kernel matrix (about 8 minutes).
+    #[arg(long)]
+    pub no_kernels: bool,
 }
 
 pub fn run(args: &TestArgs) -> Result<()> {
@@ -68,14 +72,19 @@ pub fn run(args: &TestArgs) -> Result<()> {
         integration.arg(f);
     }
     integration.env("APM_AGENT_BIN", &agent);
-    if util::is_root() {
-        // As root nothing may be skipped: a test that cannot run fails.
-        integration.env("APM_INTEGRATION", "require");
-    } else {
+    if !util::is_root() {
         eprintln!(
             "\n!!! not root: integration tests need root and a working eBPF load; they will be\n\
-             !!! SKIPPED. Run `sudo -E cargo xtask test` to run them.\n"
+             !!! SKIPPED, and so will the kernel matrix. Run `sudo -E cargo xtask test`.\n"
         );
+        return util::run(&mut integration);
     }
-    util::run(&mut integration)
+    // As root nothing may be skipped: a test that cannot run fails.
+    integration.env("APM_INTEGRATION", "require");
+    util::run(&mut integration)?;
+    if args.filter.is_some() || args.no_kernels {
+        eprintln!("kernel matrix skipped (--filter or --no-kernels)");
+        return Ok(());
+    }
+    kernels::run(&kernels::TestKernelsArgs::default())
 }

@@ -13,6 +13,7 @@ use aya::{
 
 use super::{
     features::{EndpointHooks, Features},
+    program_runs::ProgramRuns,
     verifier,
 };
 
@@ -157,6 +158,8 @@ pub struct KernelMaps {
     pub events: RingBuf<MapData>,
     pub sockets: HashMap<MapData, SockKey, SockInfo>,
     pub stats: PerCpuArray<MapData, u64>,
+    /// The attached programs' skipped runs.
+    pub programs: ProgramRuns,
 }
 
 /// The loaded object; its programs stay attached until it is dropped.
@@ -233,12 +236,9 @@ impl Probes {
     }
 
     /// The variant of a program that numbers data records this kernel accepts.
-    pub(super) fn variant(&self, name: &'static str) -> &'static str {
+    fn variant(&self, name: &'static str) -> &'static str {
         match name {
             SYS_EXIT if !self.features.fetch_add => SYS_EXIT_NOFETCH,
-            super::uprobes::TLS_RETURN if !self.features.fetch_add => {
-                super::uprobes::TLS_RETURN_NOFETCH
-            }
             name => name,
         }
     }
@@ -344,12 +344,13 @@ impl Probes {
         &self.attached
     }
 
-    /// Takes the maps the running agent works with (once).
+    /// Takes the maps the running agent works with (once), after the programs are attached.
     pub fn take_maps(&mut self) -> Result<KernelMaps, LoadError> {
         Ok(KernelMaps {
             events: self.typed_map("EVENTS")?,
             sockets: self.typed_map("SOCKETS")?,
             stats: self.typed_map("STATS")?,
+            programs: ProgramRuns::of(&self.bpf, &self.attached),
         })
     }
 

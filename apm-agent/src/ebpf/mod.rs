@@ -7,6 +7,7 @@ pub mod decode;
 pub mod features;
 pub mod load;
 pub mod profiler;
+pub mod program_runs;
 pub mod records;
 pub mod seed;
 pub mod tracefs;

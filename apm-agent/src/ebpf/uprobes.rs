@@ -39,13 +39,22 @@ impl Probes {
         let names = TLS_FUNCTIONS
             .iter()
             .map(|(_, program)| *program)
-            .chain([self.variant(TLS_RETURN)]);
+            .chain([self.tls_return()]);
         for name in names {
             self.uprobe(name)?
                 .load()
                 .map_err(|source| super::load::program_error(name, "uprobe", source))?;
         }
         Ok(())
+    }
+
+    /// The return program this kernel accepts (see [`TLS_RETURN_NOFETCH`]).
+    fn tls_return(&self) -> &'static str {
+        if self.features.fetch_add {
+            TLS_RETURN
+        } else {
+            TLS_RETURN_NOFETCH
+        }
     }
 
     fn uprobe(&mut self, name: &'static str) -> Result<&mut UProbe, LoadError> {
@@ -68,7 +77,7 @@ impl Probes {
         let mut hooked = 0;
         let mut core_hooked = false;
         let mut first_error = None;
-        let ret = self.variant(TLS_RETURN);
+        let ret = self.tls_return();
         for (function, program) in TLS_FUNCTIONS {
             // The return probe first: an entry without its return would leave a call noted
             // for the thread until the next one replaces it.

@@ -185,6 +185,20 @@ impl Pipeline {
     /// `Connection::admit`), then fed.
     fn on_data(&mut self, d: &DataEvent<'_>, red: &mut Red) {
         let h = &d.header;
+        // Off unless `RUST_LOG=apm_agent::pipeline=trace`: then every record, for following a
+        // connection's stream by hand.
+        log::trace!(
+            "data tgid={} tid={} fd={} seq={} {:?} syscall={} total={} captured={} {:?}",
+            h.tgid,
+            h.tid,
+            h.fd,
+            h.seq,
+            d.direction,
+            h.syscall,
+            h.total_len,
+            h.captured_len,
+            String::from_utf8_lossy(&d.payload[..d.payload.len().min(40)])
+        );
         self.bytes_captured += d.payload.len() as u64;
         let conn = match self
             .conns

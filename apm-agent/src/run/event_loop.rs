@@ -228,6 +228,11 @@ impl EventLoop {
                 }
             }
         }
+        for (index, skipped) in self.maps.programs.missed() {
+            if let Some(counter) = self.kernel_stats.program_runs_skipped.get(index) {
+                counter.store(skipped, Relaxed);
+            }
+        }
     }
 
     /// Removes traces of processes that died without an exit event, in the agent and in the

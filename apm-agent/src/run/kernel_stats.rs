@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use apm_common::stat;
 
+use crate::ebpf::program_runs::TRACKED;
+
 use crate::{
     profiles::stats::PROFILE_LOST,
     telemetry::{Exposition, Family, MAP_OVERFLOWS, Stats, counters},
@@ -27,6 +29,8 @@ counters! {
         pub unknown_kinds: AtomicU64,
         pub muted_connections: AtomicU64,
         pub mute_failures: AtomicU64,
+        /// Skipped runs of each program of `program_runs::TRACKED`.
+        pub program_runs_skipped: [AtomicU64; TRACKED.len()],
     }
 }
 
@@ -132,6 +136,10 @@ const CONNECTIONS_SEEDED: Family = Family::counter(
     "apm_connections_seeded_total",
     "Connections found in /proc at start-up.",
 );
+const PROGRAM_RUNS_SKIPPED: Family = Family::counter(
+    "apm_kernel_program_runs_skipped_total",
+    "Runs of a kernel program the kernel skipped because it was already running on that CPU (preempted mid-run, on kernels whose syscall tracepoints are preemptible): each skipped run of a data program may be an event lost.",
+);
 const PROGRAMS_ATTACHED: Family =
     Family::gauge("apm_programs_attached", "Kernel programs attached.");
 
@@ -162,6 +170,13 @@ impl Stats for KernelStats {
             self.seeded_connections.load(Relaxed),
         );
         out.add(&PROGRAMS_ATTACHED, "", self.programs_attached.load(Relaxed));
+        for (program, skipped) in TRACKED.iter().zip(&self.program_runs_skipped) {
+            out.add(
+                &PROGRAM_RUNS_SKIPPED,
+                format!("program=\"{program}\""),
+                skipped.load(Relaxed),
+            );
+        }
     }
 }
 
