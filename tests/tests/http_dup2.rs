@@ -5,7 +5,7 @@
 //! data moves on was never accepted: the kernel side adopts it at its first data, after the
 //! close of the accepted fd ended the tracked one. Every exchange is counted exactly once, on
 //! the server side and on the client side.
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use tests::{
@@ -72,22 +72,29 @@ fn dup2_sockets_are_followed() -> Result<()> {
         ("/move", "200", 2.0),
         ("/missing", "404", 1.0),
     ];
-    let total: f64 = expected.iter().map(|e| e.2).sum();
-    let server = agent.settle(total, WAIT, |m| m.server_total(&service))?;
-    let client = agent.settle(total, WAIT, |m| m.client_total(port))?;
-
-    // The server did what this test is about (the readiness probe's connection, without
-    // requests, is in the log too).
-    let served: Vec<String> = std::fs::read_to_string(&log)?
-        .lines()
-        .filter(|l| !l.ends_with("requests=0"))
-        .map(|l| l.split_once(" fds=").map_or("", |(_, f)| f).to_owned())
-        .collect();
+    // The server did what this test is about: it logs each connection once the client
+    // closed it (the readiness probe's connection, without requests, is logged too).
+    let served = || -> Vec<String> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.ends_with("requests=0"))
+            .map(|l| l.split_once(" fds=").map_or("", |(_, f)| f).to_owned())
+            .collect()
+    };
+    let deadline = Instant::now() + WAIT;
+    while served().len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(
-        served,
+        served(),
         ["100,101,102 requests=8", "100 requests=2"],
         "connections served by the server"
     );
+
+    let total: f64 = expected.iter().map(|e| e.2).sum();
+    let server = agent.settle(total, WAIT, |m| m.server_total(&service))?;
+    let client = agent.settle(total, WAIT, |m| m.client_total(port))?;
 
     agent.assert_exact_or_counted(server, total, "server exchanges on dup2'd fds")?;
     agent.assert_exact_or_counted(client, total, "client exchanges")?;
