@@ -1,8 +1,9 @@
 """Test application server: HTTP/1.1 with keep-alive, known routes, statuses and timings.
 
-Usage: python3 app.py PORT [--fork]
+Usage: python3 app.py PORT [--fork] [--bind ADDR]
   --fork: a process per connection (accepted by the parent, served by a forked child that
           inherits the socket: the pre-fork model of PostgreSQL, Apache prefork...)
+  --bind: the address to listen on (default 127.0.0.1); an IPv6 one (::1) listens on IPv6
 Routes:
   GET  /users/<id>       200, small JSON
   GET  /error            500
@@ -15,6 +16,7 @@ Routes:
   anything else          404
 """
 import json
+import socket
 import sys
 import time
 import socketserver
@@ -86,8 +88,13 @@ class ForkingHTTPServer(socketserver.ForkingMixIn, HTTPServer):
 
 if __name__ == "__main__":
     port = int(sys.argv[1])
-    if "--fork" in sys.argv[2:]:
-        ForkingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+    options = sys.argv[2:]
+    host = options[options.index("--bind") + 1] if "--bind" in options else "127.0.0.1"
+    if "--fork" in options:
+        cls = ForkingHTTPServer
     else:
-        ThreadingHTTPServer.daemon_threads = True
-        ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+        cls = ThreadingHTTPServer
+        cls.daemon_threads = True
+    if ":" in host:
+        cls = type(cls.__name__ + "6", (cls,), {"address_family": socket.AF_INET6})
+    cls((host, port), Handler).serve_forever()

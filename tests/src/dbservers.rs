@@ -131,13 +131,18 @@ fn wait_server(proc: &mut Proc, dir: &Path, port: u16, what: &str) -> Result<()>
 }
 
 /// PostgreSQL 15 (`postgres` run directly, as the `postgres` user), trust authentication,
-/// TCP on 127.0.0.1 only, every statement logged to `dir/server.log`.
+/// TCP on 127.0.0.1 only (or its unix-domain socket only), every statement logged to
+/// `dir/server.log`.
 pub struct Postgres {
     pub proc: Proc,
+    /// The TCP port, or (unix socket only) the number in the socket's name,
+    /// `dir/.s.PGSQL.<port>`.
     pub port: u16,
     pub dir: PathBuf,
     /// `OTEL_SERVICE_NAME` of the server (the postmaster and its backends).
     pub service: String,
+    /// Listening on 127.0.0.1; when false, on its unix-domain socket in `dir` only.
+    pub tcp: bool,
 }
 
 impl Postgres {
@@ -148,6 +153,16 @@ impl Postgres {
     /// [`Postgres::start`], logging every statement or none (benchmarks: the log's I/O
     /// would dominate the server's work).
     pub fn start_with(service: &str, log_statements: bool) -> Result<Self> {
+        Self::start_listening(service, log_statements, true)
+    }
+
+    /// [`Postgres::start`] without TCP: its only listener is the unix-domain socket in
+    /// `dir`, where [`Postgres::client`] connects.
+    pub fn start_unix_only(service: &str) -> Result<Self> {
+        Self::start_listening(service, true, false)
+    }
+
+    fn start_listening(service: &str, log_statements: bool, tcp: bool) -> Result<Self> {
         let user = system_user("postgres")?;
         let dir = owned_temp_dir("pg", user)?;
         let data = dir.join("data");
@@ -165,7 +180,12 @@ impl Postgres {
                 .arg("-D")
                 .arg(&data)
                 .args(["-p", &port.to_string()])
-                .args(["-c", "listen_addresses=127.0.0.1"])
+                .arg("-c")
+                .arg(if tcp {
+                    "listen_addresses=127.0.0.1"
+                } else {
+                    "listen_addresses="
+                })
                 .arg("-c")
                 .arg(format!("unix_socket_directories={}", dir.display()))
                 .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
@@ -186,11 +206,16 @@ impl Postgres {
             &dir,
         )?;
         // pg_isready sends a startup packet only, no query: nothing the agent would count.
+        let host = if tcp {
+            "127.0.0.1".to_owned()
+        } else {
+            dir.display().to_string()
+        };
         let deadline = Instant::now() + START;
         loop {
             check_alive(&mut proc, &dir, "postgres")?;
             let ready = Command::new(Path::new(PG_BIN).join("pg_isready"))
-                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
+                .args(["-h", &host, "-p", &port.to_string(), "-q"])
                 .status()
                 .context("running pg_isready")?;
             if ready.success() {
@@ -209,6 +234,7 @@ impl Postgres {
             port,
             dir,
             service: service.to_owned(),
+            tcp,
         })
     }
 
@@ -241,8 +267,8 @@ impl Postgres {
             .count()
     }
 
-    /// A command (`pgbench`, `psql`, ...) connecting over TCP as `postgres`, run as
-    /// `service`.
+    /// A command (`pgbench`, `psql`, ...) connecting as `postgres` over TCP (or through the
+    /// unix-domain socket, when the server has no TCP listener), run as `service`.
     pub fn client(&self, program: &str, service: &str) -> Command {
         let path = Path::new(PG_BIN).join(program);
         let mut cmd = Command::new(if path.exists() {
@@ -250,17 +276,15 @@ impl Postgres {
         } else {
             PathBuf::from(program)
         });
-        cmd.args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &self.port.to_string(),
-            "-U",
-            "postgres",
-        ])
-        .env("OTEL_SERVICE_NAME", service)
-        .env("PGCONNECT_TIMEOUT", "10")
-        .current_dir(&self.dir);
+        let host = if self.tcp {
+            "127.0.0.1".to_owned()
+        } else {
+            self.dir.display().to_string()
+        };
+        cmd.args(["-h", &host, "-p", &self.port.to_string(), "-U", "postgres"])
+            .env("OTEL_SERVICE_NAME", service)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .current_dir(&self.dir);
         cmd
     }
 }

@@ -15,17 +15,29 @@ pub fn free_port() -> u16 {
         .unwrap_or(0)
 }
 
-/// Waits until something accepts connections on `port`.
+/// A port of `[::1]` that was free a moment ago.
+pub fn free_port6() -> u16 {
+    TcpListener::bind("[::1]:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// Waits until something accepts connections on `port` of 127.0.0.1.
 pub fn wait_port(port: u16, timeout: Duration) -> Result<()> {
+    wait_addr(SocketAddr::from(([127, 0, 0, 1], port)), timeout)
+}
+
+/// Waits until something accepts connections on `addr` (IPv4 or IPv6).
+pub fn wait_addr(addr: SocketAddr, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
     while Instant::now() < deadline {
         if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bail!("nothing listens on port {port} after {timeout:?}")
+    bail!("nothing listens on {addr} after {timeout:?}")
 }
 
 /// GET `path` on 127.0.0.1:`port` with `Connection: close`; returns (status, body).

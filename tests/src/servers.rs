@@ -1,5 +1,6 @@
 //! Real servers and clients started by the tests: Python servers, nginx, curl.
 use std::{
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::Duration,
@@ -7,7 +8,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::net::wait_port;
+use crate::net::{wait_addr, wait_port};
 
 /// A child process killed (SIGTERM, then SIGKILL) when dropped.
 pub struct Proc {
@@ -59,8 +60,18 @@ pub fn temp_dir(name: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Starts `python3 args...` with `env`, and waits for `port`.
+/// Starts `python3 args...` with `env`, and waits for `port` (of 127.0.0.1).
 pub fn python(args: &[&str], env: &[(&str, &str)], cwd: &Path, port: u16) -> Result<Proc> {
+    python_at(args, env, cwd, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// Like [`python`], waiting for `addr` (an IPv6 listener: `[::1]:port`).
+pub fn python_at(
+    args: &[&str],
+    env: &[(&str, &str)],
+    cwd: &Path,
+    addr: SocketAddr,
+) -> Result<Proc> {
     let child = Command::new("python3")
         .args(args)
         .envs(env.iter().copied())
@@ -71,7 +82,7 @@ pub fn python(args: &[&str], env: &[(&str, &str)], cwd: &Path, port: u16) -> Res
         .spawn()
         .context("starting python3")?;
     let proc = Proc::new(child);
-    wait_port(port, Duration::from_secs(20))?;
+    wait_addr(addr, Duration::from_secs(20))?;
     Ok(proc)
 }
 
@@ -84,6 +95,18 @@ pub fn app_server(port: u16, service: &str) -> Result<Proc> {
         &[("OTEL_SERVICE_NAME", service)],
         &dir,
         port,
+    )
+}
+
+/// [`app_server`] listening on `addr` only (`--bind`: an IPv6 address such as `[::1]:port`).
+pub fn app_server_at(addr: SocketAddr, service: &str) -> Result<Proc> {
+    let dir = crate::servers_dir();
+    let ip = addr.ip().to_string();
+    python_at(
+        &["app.py", &addr.port().to_string(), "--bind", &ip],
+        &[("OTEL_SERVICE_NAME", service)],
+        &dir,
+        addr,
     )
 }
 

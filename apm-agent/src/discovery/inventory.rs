@@ -25,6 +25,9 @@ pub struct Known {
     /// Service name read at exec (while the process surely ran), handed to the traffic
     /// table at the first request.
     pub name: Option<Box<str>>,
+    /// The entry comes from an exec event (not from the start scan or a first socket
+    /// event): the process runs a program of its own, with an environment of its own.
+    pub execd: bool,
 }
 
 /// Bounded inventory.
@@ -81,6 +84,9 @@ impl Inventory {
     pub fn exec(&mut self, tgid: u32, comm: [u8; 16], now_ns: u64) -> bool {
         if !self.insert(tgid, comm) {
             return false;
+        }
+        if let Some(k) = self.map.get_mut(&tgid) {
+            k.execd = true;
         }
         let second = now_ns / 1_000_000_000;
         if second != self.second {
@@ -194,6 +200,11 @@ mod tests {
         inv.exec(10, [1; 16], 2_000_000_000);
         let k = inv.get(10).cloned().unwrap_or_default();
         assert_eq!((k.verdict, k.name, k.comm), (None, None, [1; 16]));
+        assert!(k.execd);
+        // A process first seen at a socket event did not exec (as far as the agent knows).
+        inv.exit(11);
+        inv.set_verdict(11, Verdict::Observed, true, [0; 16]);
+        assert!(inv.get(11).is_some_and(|k| !k.execd));
         inv.exit(10);
         inv.exit(11);
         assert_eq!(inv.len(), 0);

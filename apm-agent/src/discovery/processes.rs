@@ -47,12 +47,18 @@ impl Processes {
     }
 
     /// A process adopted a socket it inherited from `parent` (0: unknown). A process forked
-    /// without exec (an exec would have named it already) runs its parent's program with its
-    /// parent's environment, so it is named after its parent: its own /proc may be gone (a
-    /// child that served one connection and exited) or rewritten (PostgreSQL backends
-    /// overwrite their argv and environ with a status line).
+    /// without exec runs its parent's program with its parent's environment, so it is named
+    /// after its parent: its own /proc may be gone (a child that served one connection and
+    /// exited) or rewritten (PostgreSQL backends overwrite their argv and environ with a
+    /// status line). A process that exec'd since (the inventory saw it: a server started by
+    /// a shell or a supervisor, serving a socket it duplicated or inherited across exec) runs
+    /// its own program and is named after itself, at its first request, as any other.
     pub fn adopted(&mut self, tgid: u32, comm: &str, parent: u32) {
-        if parent == 0 || parent == tgid || self.map.contains_key(&tgid) {
+        if parent == 0
+            || parent == tgid
+            || self.map.contains_key(&tgid)
+            || self.inventory.get(tgid).is_some_and(|k| k.execd)
+        {
             return;
         }
         let service = self.get_or_resolve(parent, comm).service.clone();
@@ -152,5 +158,26 @@ impl Processes {
                 (tgid, entry.service.clone(), resource)
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adopted_sockets_name_forked_children_after_their_parent_and_execd_ones_after_themselves() {
+        let mut procs = Processes::new(16, Inventory::new(16, 100));
+        // The parent exec'd and was named then.
+        procs.inventory.exec(100, [0; 16], 0);
+        procs.inventory.set_name(100, "parent-svc".into());
+        // A child forked without exec adopts a socket: its parent's name.
+        procs.adopted(101, "worker", 100);
+        assert_eq!(&*procs.get_or_resolve(101, "worker").service, "parent-svc");
+        // A child that exec'd (named at exec) adopts a socket: its own name.
+        procs.inventory.exec(102, [0; 16], 0);
+        procs.inventory.set_name(102, "child-svc".into());
+        procs.adopted(102, "python3", 100);
+        assert_eq!(&*procs.get_or_resolve(102, "python3").service, "child-svc");
     }
 }
