@@ -35,7 +35,8 @@ mount -t tmpfs boot $R/boot && cp /config $R/boot/config-$(uname -r)
 mkdir -p $R/dev/pts $R/dev/shm; mount -t devpts pts $R/dev/pts; mount -t tmpfs shm $R/dev/shm
 mount -t tracefs tracefs $R/sys/kernel/tracing; mount -t debugfs debugfs $R/sys/kernel/debug
 mount -t bpf bpf $R/sys/fs/bpf 2>/dev/null; mount -t cgroup2 cgroup2 $R/sys/fs/cgroup 2>/dev/null
-WORK=$(cat /apm-work); mount -t 9p -o $P9 work "$R$WORK" || { echo "mounting the work tree failed"; poweroff -f; }
+WORK=$(cat /apm-work); mkdir -p "$R$WORK" 2>/dev/null  # a tree under /tmp or /run: on the fresh tmpfs
+mount -t 9p -o $P9 work "$R$WORK" || { echo "mounting the work tree failed"; poweroff -f; }
 ip link set lo up
 echo "@@APM-GUEST-START@@"
 chroot $R /bin/sh -c "cd '$WORK' && . '$WORK/$(cat /apm-env)' && sh '$WORK/$(cat /apm-cmd)'"
