@@ -5,8 +5,9 @@ use std::{io, path::Path};
 use crate::{
     ebpf::{
         LoadOptions, Probes,
+        attach::TRACEPOINT_PROGRAMS,
+        capture_path::CapturePath,
         features::{EndpointHooks, Features},
-        load::{OPTIONAL_TRACEPOINTS, RAW_PROGRAMS, TRACEPOINT_PROGRAMS},
         tracefs,
     },
     privileges,
@@ -88,36 +89,53 @@ pub fn run_checks() -> Vec<Item> {
             if present { "present" } else { "absent" },
         ));
     }
-    for &(_, name) in RAW_PROGRAMS {
+    for name in BTF_TRACEPOINTS {
         let present = raw_tracepoint_in_btf(btf, name);
-        let optional = OPTIONAL_TRACEPOINTS.contains(&name);
         items.push(item(
-            if optional {
-                format!("raw tracepoint {name} (BTF, optional)")
-            } else {
-                format!("raw tracepoint {name} (BTF)")
-            },
+            format!("raw tracepoint {name} (BTF)"),
             present,
-            !optional,
-            match (present, optional) {
-                (true, _) => format!("btf_trace_{name} in kernel BTF"),
-                (false, true) => format!("btf_trace_{name} not in kernel BTF (6.4+)"),
-                (false, false) => format!("btf_trace_{name} not in kernel BTF"),
+            false,
+            if present {
+                format!("btf_trace_{name} in kernel BTF")
+            } else {
+                format!("btf_trace_{name} not in kernel BTF")
             },
         ));
     }
-    let attach = load_and_attach();
+    let attach = load_and_attach(CapturePath::Auto);
     items.push(item(
         "capture path",
         attach.is_ok(),
         true,
-        "syscalls: BTF raw tracepoints sys_enter/sys_exit (the one path of this build)",
+        match &attach {
+            Ok(loaded) => format!("{}: {}", loaded.features.capture, loaded.reason),
+            Err(e) => e.clone(),
+        },
     ));
+    // The fallback of this kernel, when auto chose the socket layer: does it load too?
+    if let Ok(loaded) = &attach
+        && loaded.features.capture == CapturePath::Sockets
+    {
+        let fallback = load_and_attach(CapturePath::Syscalls);
+        items.push(item(
+            "capture path syscalls (optional)",
+            fallback.is_ok(),
+            false,
+            match &fallback {
+                Ok(f) => format!(
+                    "{} programs loaded, verified and attached (then detached); capture_path = \
+                     syscalls forces it",
+                    f.attached
+                ),
+                Err(e) => e.clone(),
+            },
+        ));
+    }
     if let Ok(loaded) = &attach {
         items.extend(feature_items(loaded.features));
     }
     items.push(item(
-        "attach: tp_btf + tracepoint programs, ring buffer",
+        "attach: capture + process programs, ring buffer",
         attach.is_ok(),
         true,
         match &attach {
@@ -289,11 +307,22 @@ struct Loaded {
     /// The OpenSSL uprobes: what was hooked, or why not.
     tls: Result<String, String>,
     features: Features,
+    /// Why this capture path.
+    reason: String,
 }
 
-/// Attaches the tracepoint programs (their count), then loads the OpenSSL uprobes and hooks
-/// the system's libssl when there is one (what happened, or why not).
-fn load_and_attach() -> Result<Loaded, String> {
+/// The tracepoints the capture paths use, through BTF.
+const BTF_TRACEPOINTS: [&str; 5] = [
+    "sock_send_length",
+    "sock_recv_length",
+    "inet_sock_set_state",
+    "sys_enter",
+    "sys_exit",
+];
+
+/// Attaches the programs of capture path `path` (their count), then loads the OpenSSL
+/// uprobes and hooks the system's libssl when there is one (what happened, or why not).
+fn load_and_attach(path: CapturePath) -> Result<Loaded, String> {
     let opts = LoadOptions {
         agent_tgid: std::process::id(),
         capture_bytes: 64,
@@ -305,7 +334,7 @@ fn load_and_attach() -> Result<Loaded, String> {
         profiler: None,
     };
     let mut probes = Probes::load(&opts).map_err(|e| error_chain(&e))?;
-    probes.attach_all().map_err(|e| error_chain(&e))?;
+    probes.attach_all(path).map_err(|e| error_chain(&e))?;
     let tls = probes
         .load_tls()
         .map_err(|e| error_chain(&e))
@@ -327,6 +356,7 @@ fn load_and_attach() -> Result<Loaded, String> {
         attached: probes.attached().len(),
         tls,
         features: probes.features(),
+        reason: probes.capture_reason().to_owned(),
     })
 }
 

@@ -136,6 +136,10 @@ pub struct RunArgs {
     /// Do not hook OpenSSL (no TLS plaintext).
     #[arg(long, env = "APM_NO_TLS")]
     pub no_tls: bool,
+    /// Which kernel programs see socket traffic: auto, sockets (6.4+) or syscalls [default:
+    /// auto].
+    #[arg(long, env = "APM_CAPTURE_PATH")]
+    pub capture_path: Option<String>,
     /// Turn the continuous CPU profiler off.
     #[arg(long, env = "APM_NO_PROFILING")]
     pub no_profiling: bool,
@@ -279,6 +283,9 @@ impl RunArgs {
         }
         if self.no_tls {
             cfg.tls = false;
+        }
+        if let Some(v) = self.capture_path {
+            cfg.capture_path = v;
         }
         if self.no_console {
             cfg.console = false;

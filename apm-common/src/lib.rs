@@ -100,6 +100,9 @@ pub mod sock_flags {
     /// The socket carries TLS and the agent sees its plaintext through the OpenSSL uprobes:
     /// the encrypted bytes of its syscalls are not copied (they would be parsed twice).
     pub const TLS: u32 = 4;
+    /// The agent was never told about this socket (a connection to its own listener, entered
+    /// muted on the socket-layer capture path): its end is not reported either.
+    pub const UNANNOUNCED: u32 = 8;
 }
 
 /// Indices of the per-CPU kernel counters (`STATS` map). The agent sums them over CPUs and
@@ -141,8 +144,12 @@ pub mod stat {
     /// Wake-ups of the agent forced by a record (a batch waits, at most one per millisecond;
     /// and each `exec`).
     pub const RING_WAKEUPS: u32 = 15;
+    /// A socket send or receive outside a read/write-family syscall of the calling task
+    /// (sendfile, splice, io_uring, kernel sockets), on the socket-layer capture path: not
+    /// copied.
+    pub const SOCKET_CALL_OTHER: u32 = 16;
     /// Number of counters.
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 17;
 }
 
 /// Key of the profiler's sample counts: one (thread, user stack, kernel stack) combination.
@@ -184,6 +191,11 @@ pub struct SockInfo {
     /// bytes. Starts at 0 in every new entry; flag changes are made in place so that they
     /// never reset it.
     pub records: u64,
+    /// The socket's cookie (`bpf_get_socket_cookie`: unique for the socket's lifetime, never
+    /// reused), on the socket-layer capture path: a data call on this fd through another
+    /// socket means the fd was closed and reused unseen. 0 until known (entries seeded from
+    /// /proc, and every entry of the syscall path).
+    pub cookie: u64,
 }
 
 /// Header of a [`kind::DATA`] record; `captured_len` payload bytes follow it.
@@ -326,7 +338,7 @@ pub struct ProcEvent {
 }
 
 const _: () = assert!(core::mem::size_of::<SockKey>() == 8);
-const _: () = assert!(core::mem::size_of::<SockInfo>() == 24);
+const _: () = assert!(core::mem::size_of::<SockInfo>() == 32);
 const _: () = assert!(core::mem::size_of::<DataEventHeader>() == 48);
 const _: () = assert!(core::mem::size_of::<DataEventScratch>() == 48 + SCRATCH_PAYLOAD);
 const _: () = assert!(core::mem::size_of::<ConnEvent>() == 80);

@@ -86,22 +86,30 @@ pub(crate) fn noted_sock() -> Option<u64> {
 
 /// `struct sock_common` starts, on every kernel since long, with
 /// `skc_daddr`, `skc_rcv_saddr` (offsets 0, 4), `skc_hash` (8), `skc_dport` (12, network
-/// order), `skc_num` (14, host order), `skc_family` (16).
-const SKC_DADDR: u64 = 0;
+/// order), `skc_num` (14, host order), `skc_family` (16), `skc_state` (18).
+pub(crate) const SKC_DADDR: u64 = 0;
 const SKC_RCV_SADDR: u64 = 4;
 pub(crate) const SKC_DPORT: u64 = 12;
 const SKC_NUM: u64 = 14;
 pub(crate) const SKC_FAMILY: u64 = 16;
+/// `skc_state` (u8), right after the family: a TCP state, or TCP_CLOSE/TCP_ESTABLISHED for
+/// unconnected/connected datagram and unix sockets.
+pub(crate) const SKC_STATE: u64 = 18;
 
 const AF_INET: u16 = 2;
 
-/// First data on a tracked socket: send its endpoints, once, and mark the entry (`sock`,
-/// `info` its value) done.
+/// First data on a tracked socket: send its endpoints (from the socket noted for this call),
+/// once, and mark the entry (`sock`, `info` its value) done.
 #[inline(always)]
 pub(crate) fn send_tuple(key: SockKey, sock: *mut SockInfo, info: SockInfo) {
-    let Some(sk) = noted_sock() else {
-        return;
-    };
+    if let Some(sk) = noted_sock() {
+        send_tuple_of(key, sock, info, sk);
+    }
+}
+
+/// [`send_tuple`] of the socket `sk` (`struct sock *`).
+#[inline(always)]
+pub(crate) fn send_tuple_of(key: SockKey, sock: *mut SockInfo, info: SockInfo, sk: u64) {
     // SAFETY: kernel reads through the checked helper; a stale pointer only yields garbage
     // or an error, never a fault.
     let read_u16 = |off: u64| unsafe { bpf_probe_read_kernel((sk + off) as *const u16) }.ok();

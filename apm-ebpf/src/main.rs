@@ -1,6 +1,7 @@
-//! Kernel side of the agent: syscall tracepoints that copy the first bytes of socket traffic
-//! into a ring buffer, and process lifecycle tracepoints. Tracepoints only: this kernel has no
-//! kprobes and no fentry (see ../shared/PLATFORM.md).
+//! Kernel side of the agent: programs that copy the first bytes of socket traffic into a ring
+//! buffer (at the socket layer, `socket_layer.rs`, or at syscall exit, `sockets.rs`: the two
+//! capture paths), TLS plaintext from OpenSSL uprobes, process lifecycle tracepoints and the
+//! CPU profiler.
 #![no_std]
 #![no_main]
 // BPF inline assembly (the atomic add in maps.rs) is still a nightly feature.
@@ -8,9 +9,11 @@
 
 mod capture;
 mod endpoints;
+mod libraries;
 mod maps;
 mod process;
 mod profiler;
+mod socket_layer;
 mod sockets;
 mod tls;
 

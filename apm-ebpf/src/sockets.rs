@@ -40,38 +40,38 @@ use crate::{
 compile_error!("apm-ebpf knows the syscall numbers and pt_regs layout of x86-64 only");
 
 /// x86-64 syscall numbers.
-mod nr {
-    pub(super) const READ: u64 = 0;
-    pub(super) const WRITE: u64 = 1;
-    pub(super) const CLOSE: u64 = 3;
-    pub(super) const MMAP: u64 = 9;
-    pub(super) const READV: u64 = 19;
-    pub(super) const WRITEV: u64 = 20;
-    pub(super) const CONNECT: u64 = 42;
-    pub(super) const ACCEPT: u64 = 43;
-    pub(super) const SENDTO: u64 = 44;
-    pub(super) const RECVFROM: u64 = 45;
-    pub(super) const SENDMSG: u64 = 46;
-    pub(super) const RECVMSG: u64 = 47;
-    pub(super) const ACCEPT4: u64 = 288;
+pub(crate) mod nr {
+    pub(crate) const READ: u64 = 0;
+    pub(crate) const WRITE: u64 = 1;
+    pub(crate) const CLOSE: u64 = 3;
+    pub(crate) const MMAP: u64 = 9;
+    pub(crate) const READV: u64 = 19;
+    pub(crate) const WRITEV: u64 = 20;
+    pub(crate) const CONNECT: u64 = 42;
+    pub(crate) const ACCEPT: u64 = 43;
+    pub(crate) const SENDTO: u64 = 44;
+    pub(crate) const RECVFROM: u64 = 45;
+    pub(crate) const SENDMSG: u64 = 46;
+    pub(crate) const RECVMSG: u64 = 47;
+    pub(crate) const ACCEPT4: u64 = 288;
 }
 
-const AF_UNIX: u16 = 1;
-const AF_INET: u16 = 2;
+pub(crate) const AF_UNIX: u16 = 1;
+pub(crate) const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const EINPROGRESS: i64 = 115;
 
 /// The first three syscall arguments, from the saved user registers.
-struct Args {
-    a0: u64,
-    a1: u64,
-    a2: u64,
+pub(crate) struct Args {
+    pub(crate) a0: u64,
+    pub(crate) a1: u64,
+    pub(crate) a2: u64,
 }
 
 /// Reads the arguments. `regs` is the BTF-typed `struct pt_regs *` of the tracepoint, so these
 /// are plain loads the verifier checks against the struct layout.
 #[inline(always)]
-fn args(regs: *const pt_regs) -> Args {
+pub(crate) fn args(regs: *const pt_regs) -> Args {
     // SAFETY: `regs` is the tracepoint's trusted pt_regs pointer.
     unsafe {
         Args {
@@ -84,7 +84,7 @@ fn args(regs: *const pt_regs) -> Args {
 
 /// Thread group and thread of the caller; `None` for the agent itself.
 #[inline(always)]
-fn caller() -> Option<(u32, u32)> {
+pub(crate) fn caller() -> Option<(u32, u32)> {
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
     if tgid == AGENT_TGID.load() {
@@ -136,16 +136,11 @@ fn sys_exit<const FETCH: bool>(ctx: &BtfTracePointContext) -> i32 {
     // SAFETY: the tracepoint's trusted pt_regs pointer.
     let number = unsafe { (*regs).orig_rax };
     let ret: i64 = ctx.arg(1);
-    use direction::{EGRESS, INGRESS};
+    if let Some((sc, dir, layout)) = data_call(number) {
+        on_data::<FETCH>(regs, ret, sc, dir, layout);
+        return 0;
+    }
     match number {
-        nr::READ => on_data::<FETCH>(regs, ret, syscall::READ, INGRESS, Layout::Plain),
-        nr::WRITE => on_data::<FETCH>(regs, ret, syscall::WRITE, EGRESS, Layout::Plain),
-        nr::RECVFROM => on_data::<FETCH>(regs, ret, syscall::RECVFROM, INGRESS, Layout::Plain),
-        nr::SENDTO => on_data::<FETCH>(regs, ret, syscall::SENDTO, EGRESS, Layout::Plain),
-        nr::READV => on_data::<FETCH>(regs, ret, syscall::READV, INGRESS, Layout::Iovec),
-        nr::WRITEV => on_data::<FETCH>(regs, ret, syscall::WRITEV, EGRESS, Layout::Iovec),
-        nr::RECVMSG => on_data::<FETCH>(regs, ret, syscall::RECVMSG, INGRESS, Layout::Msghdr),
-        nr::SENDMSG => on_data::<FETCH>(regs, ret, syscall::SENDMSG, EGRESS, Layout::Msghdr),
         nr::ACCEPT | nr::ACCEPT4 => on_accept(regs, ret),
         nr::CONNECT => on_connect(regs, ret),
         nr::MMAP => on_mmap(regs, ret),
@@ -154,9 +149,27 @@ fn sys_exit<const FETCH: bool>(ctx: &BtfTracePointContext) -> i32 {
     0
 }
 
+/// The data syscalls: (`apm_common::syscall` value, direction, buffer layout) of a syscall
+/// number, or `None` for any other syscall.
+#[inline(always)]
+pub(crate) fn data_call(number: u64) -> Option<(u32, u32, Layout)> {
+    use direction::{EGRESS, INGRESS};
+    Some(match number {
+        nr::READ => (syscall::READ, INGRESS, Layout::Plain),
+        nr::WRITE => (syscall::WRITE, EGRESS, Layout::Plain),
+        nr::RECVFROM => (syscall::RECVFROM, INGRESS, Layout::Plain),
+        nr::SENDTO => (syscall::SENDTO, EGRESS, Layout::Plain),
+        nr::READV => (syscall::READV, INGRESS, Layout::Iovec),
+        nr::WRITEV => (syscall::WRITEV, EGRESS, Layout::Iovec),
+        nr::RECVMSG => (syscall::RECVMSG, INGRESS, Layout::Msghdr),
+        nr::SENDMSG => (syscall::SENDMSG, EGRESS, Layout::Msghdr),
+        _ => return None,
+    })
+}
+
 /// How a data syscall passes its buffer.
 #[derive(Clone, Copy)]
-enum Layout {
+pub(crate) enum Layout {
     /// (fd, buf, len)
     Plain,
     /// (fd, iov, iovcnt)
@@ -176,28 +189,67 @@ fn on_data<const FETCH: bool>(regs: *const pt_regs, ret: i64, sc: u32, dir: u32,
         return;
     }
     let fd = a.a0 as u32;
-    let key = SockKey { tgid, fd };
     // A pointer into the entry, not a copy: flags are set and records counted in place.
-    let sock = match SOCKETS.get_ptr_mut(key) {
+    let sock = match SOCKETS.get_ptr_mut(SockKey { tgid, fd }) {
         Some(sock) => sock,
         None => match adopt(tgid, fd) {
             Some(sock) => sock,
             None => return,
         },
     };
+    capture::<FETCH>(
+        &Call {
+            tgid,
+            tid,
+            sc,
+            dir,
+            layout,
+            ret: ret as u64,
+            args: a,
+        },
+        sock,
+        None,
+    );
+}
+
+/// One data call on a tracked socket.
+pub(crate) struct Call {
+    pub(crate) tgid: u32,
+    pub(crate) tid: u32,
+    /// One of `apm_common::syscall`.
+    pub(crate) sc: u32,
+    pub(crate) dir: u32,
+    pub(crate) layout: Layout,
+    /// Bytes moved (> 0).
+    pub(crate) ret: u64,
+    /// The syscall's arguments: fd, buffer (or iovec or msghdr), length (or count, flags).
+    pub(crate) args: Args,
+}
+
+/// Copies the bytes of `call` on the socket whose entry is `sock`: its endpoints first (from
+/// `sk` when the caller has the `struct sock *`, else from the socket noted for this call),
+/// unless it is muted or its bytes are TLS records.
+#[inline(always)]
+pub(crate) fn capture<const FETCH: bool>(call: &Call, sock: *mut SockInfo, sk: Option<u64>) {
+    let (tgid, fd) = (call.tgid, call.args.a0 as u32);
+    let key = SockKey { tgid, fd };
     // SAFETY: a value of a successful lookup, copied out.
     let info = unsafe { *sock };
     if info.flags & sock_flags::MUTED != 0 {
         return;
     }
     if info.flags & sock_flags::TUPLE_DONE == 0 {
-        endpoints::send_tuple(key, sock, info);
+        match sk {
+            Some(sk) => endpoints::send_tuple_of(key, sock, info, sk),
+            None => endpoints::send_tuple(key, sock, info),
+        }
     }
     // TLS records: the plaintext comes from the OpenSSL uprobes (see tls.rs).
     if info.flags & sock_flags::TLS != 0 || tls::claim_socket(tgid, fd, sock, info) {
         return;
     }
-    let buffer = match layout {
+    let a = &call.args;
+    let buffer = match call.layout {
         Layout::Plain => Buffer::Plain(a.a1),
         Layout::Iovec => Buffer::Vectored {
             iov: a.a1,
@@ -218,11 +270,11 @@ fn on_data<const FETCH: bool>(regs: *const pt_regs, ret: i64, sc: u32, dir: u32,
     };
     emit_data::<FETCH>(&Moved {
         tgid,
-        tid,
+        tid: call.tid,
         fd,
-        syscall: sc,
-        direction: dir,
-        total: ret as u64,
+        syscall: call.sc,
+        direction: call.dir,
+        total: call.ret,
         buffer,
         sock,
     });
@@ -276,6 +328,7 @@ fn adopt(tgid: u32, fd: u32) -> Option<*mut SockInfo> {
         flags: 0,
         id: 0,
         records: 0,
+        cookie: 0,
     };
     if SOCKETS
         .insert(SockKey { tgid, fd }, info, BPF_NOEXIST as u64)
@@ -337,7 +390,7 @@ fn read_sockaddr(ptr: u64) -> Option<(u16, u16, [u8; 16])> {
     Some((family, port, addr))
 }
 
-fn is_tracked_family(family: u16) -> bool {
+pub(crate) fn is_tracked_family(family: u16) -> bool {
     family == AF_INET || family == AF_INET6 || family == AF_UNIX
 }
 
@@ -377,6 +430,7 @@ fn track(tgid: u32, tid: u32, fd: u32, sock_role: u32, peer: Option<(u16, u16, [
         flags: 0,
         id: now,
         records: 0,
+        cookie: 0,
     };
     if SOCKETS
         .insert(SockKey { tgid, fd }, info, BPF_ANY as u64)

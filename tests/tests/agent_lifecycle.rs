@@ -54,14 +54,19 @@ fn check_reports_every_feature_and_passes_here() -> Result<()> {
         "[ok]      tracepoint sched/sched_process_fork",
         "[ok]      raw tracepoint sys_enter (BTF)",
         "[ok]      raw tracepoint sys_exit (BTF)",
-        "[ok]      attach: tp_btf + tracepoint programs, ring buffer",
+        "[ok]      raw tracepoint sock_send_length (BTF)",
+        "[ok]      capture path                                         sockets: auto",
+        "[ok]      capture path syscalls (optional)                     7 programs",
+        "[ok]      attach: capture + process programs, ring buffer",
         "[ok]      perf events: software cpu-clock",
         "result: this machine can run apm-agent",
     ] {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
+    // This kernel has the socket tracepoints: the socket-layer path (three programs) and
+    // the process tracepoints (three).
     assert!(
-        text.contains("7 programs loaded, verified and attached"),
+        text.contains("ring buffer      6 programs loaded, verified and attached"),
         "{text}"
     );
     // This VM has no PMU: reported, but not fatal.
@@ -331,9 +336,13 @@ fn sigkill_with_openssl_hooked_leaves_no_link_perf_event_or_uprobe() -> Result<(
         .filter_map(|p| field(&p, "id"))
         .filter(|id| progs.contains(id))
         .collect();
+    // Five entries and one shared return; on the socket-layer capture path also the
+    // loader's library-load hook.
+    let metrics = agent.metrics()?;
+    let sockets_path = metrics.sum("apm_capture_path", &[("path", "sockets")]) == 1.0;
     assert_eq!(
         uprobe_progs.len(),
-        6,
+        if sockets_path { 7 } else { 6 },
         "OpenSSL uprobe programs: {uprobe_progs:?}"
     );
     let links = links_of(&progs)?;

@@ -20,6 +20,20 @@ pub struct TestArgs {
     pub no_kernels: bool,
 }
 
+/// Integration tests run a second time with `APM_CAPTURE_PATH=syscalls`: HTTP (an app, nginx
+/// under wrk, forked servers), connections opened before the agent, databases, TLS and
+/// process churn.
+const FALLBACK_PATH_TESTS: &[&str] = &[
+    "http_app",
+    "http_nginx",
+    "http_forked",
+    "existing_processes",
+    "db_postgres",
+    "db_redis",
+    "tls_openssl",
+    "process_churn",
+];
+
 pub fn run(args: &TestArgs) -> Result<()> {
     prereq::ensure(prereq::Scope::Test)?;
     let root = util::workspace_root();
@@ -82,6 +96,26 @@ pub fn run(args: &TestArgs) -> Result<()> {
     // As root nothing may be skipped: a test that cannot run fails.
     integration.env("APM_INTEGRATION", "require");
     util::run(&mut integration)?;
+    if args.filter.is_none() {
+        // The same tests that matter on the other capture path: `auto` chose the socket layer
+        // on this kernel; the syscall path is what kernels before 6.4 run.
+        for target in FALLBACK_PATH_TESTS {
+            util::run(
+                cargo(&[
+                    "test",
+                    "-p",
+                    "tests",
+                    "--test",
+                    target,
+                    "--",
+                    "--test-threads=1",
+                ])
+                .env("APM_AGENT_BIN", &agent)
+                .env("APM_INTEGRATION", "require")
+                .env("APM_CAPTURE_PATH", "syscalls"),
+            )?;
+        }
+    }
     if args.filter.is_some() || args.no_kernels {
         eprintln!("kernel matrix skipped (--filter or --no-kernels)");
         return Ok(());

@@ -5,6 +5,7 @@
 use super::{Config, ConfigError, otlp};
 use crate::{
     discovery::selectors::{Selector, Selectors},
+    ebpf::capture_path::CapturePath,
     export::otlp::settings::Settings,
     metrics::otel::OtelConfig,
     traces::sampling::TraceSampler,
@@ -15,6 +16,8 @@ use crate::{
 pub struct Checked {
     /// The numbers and switches, in range.
     pub cfg: Config,
+    /// Which kernel programs see socket traffic.
+    pub capture_path: CapturePath,
     /// Which processes and connections are observed.
     pub selectors: Selectors,
     /// Where and how to export over OTLP; None: no endpoint, no export.
@@ -47,7 +50,15 @@ impl Config {
                 value: e.to_string(),
                 allowed: "key=value selectors".to_owned(),
             })?;
+        let capture_path = self.capture_path.parse().map_err(
+            |e: crate::ebpf::capture_path::UnknownCapturePath| ConfigError::Invalid {
+                key: "capture_path",
+                value: self.capture_path.clone(),
+                allowed: e.to_string(),
+            },
+        )?;
         Ok(Checked {
+            capture_path,
             selectors,
             otlp: otlp::settings(&self)?,
             otel_metrics: otlp::metrics(&self)?,
@@ -147,6 +158,19 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(rejected(bad), Some(("max_connections", "0".to_owned())));
+        let bad = Config {
+            capture_path: "fentry".to_owned(),
+            ..Config::default()
+        };
+        assert_eq!(rejected(bad), Some(("capture_path", "fentry".to_owned())));
+        let forced = Config {
+            capture_path: "syscalls".to_owned(),
+            ..Config::default()
+        };
+        assert_eq!(
+            forced.check().map(|c| c.capture_path).ok(),
+            Some(CapturePath::Syscalls)
+        );
     }
 
     #[test]

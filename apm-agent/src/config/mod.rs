@@ -50,6 +50,10 @@ pub struct Config {
     /// header blocks and for several pipelined responses arriving in one read. Only
     /// `min(bytes moved, capture_bytes)` is ever copied, so small exchanges cost the same.
     pub capture_bytes: u32,
+    /// Which kernel programs see socket traffic: `sockets` (programs at the socket layer
+    /// only, 6.4+), `syscalls` (a program on every syscall, filtering by number: for older
+    /// kernels) or `auto` (`sockets` where the kernel allows it). Default `auto`.
+    pub capture_path: String,
     /// Kernel ring buffer size in bytes (a power of two). Default 8 MiB: room for bursts.
     pub ring_buffer_bytes: u32,
     /// Bytes waiting in the ring buffer that wake the agent to drain a batch (at most an
@@ -215,6 +219,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             capture_bytes: 4096,
+            capture_path: "auto".to_owned(),
             ring_buffer_bytes: 8 << 20,
             wakeup_bytes: 64 << 10,
             max_kernel_sockets: 65_536,

@@ -6,6 +6,8 @@ use std::path::Path;
 
 use aya::{Ebpf, programs::SocketFilter};
 
+use super::capture_path::CapturePath;
+
 /// The probe program of the atomic fetch-add (see apm-ebpf/src/maps.rs).
 const FETCH_ADD_PROBE: &str = "apm_probe_fetch_add";
 
@@ -33,6 +35,8 @@ pub struct Features {
     pub exit_group_dead: Option<u32>,
     /// Known once the programs are attached.
     pub endpoints: EndpointHooks,
+    /// The capture path attached (`Sockets` or `Syscalls`; `Auto` before attaching).
+    pub capture: CapturePath,
 }
 
 impl Features {
@@ -52,6 +56,7 @@ impl Features {
             fork_child_pid: field("sched_process_fork", "child_pid"),
             exit_group_dead: field("sched_process_exit", "group_dead"),
             endpoints: EndpointHooks::None,
+            capture: CapturePath::Auto,
         }
     }
 }

@@ -6,53 +6,15 @@ use std::net::{IpAddr, SocketAddr};
 
 use apm_common::{SockInfo, SockKey};
 use aya::{
-    Btf, Ebpf, EbpfLoader,
+    Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, KProbe, ProgramError, TracePoint},
+    programs::ProgramError,
 };
 
-use super::{
-    features::{EndpointHooks, Features},
-    program_runs::ProgramRuns,
-    verifier,
-};
+use super::{features::Features, program_runs::ProgramRuns, verifier};
 
 /// The kernel object built by build.rs (aya-build) from `apm-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/apm"));
-
-/// The syscall-exit program, and its variant for kernels without the atomic fetch-add
-/// (before 5.12; see apm-ebpf/src/maps.rs).
-pub const SYS_EXIT: &str = "apm_sys_exit";
-const SYS_EXIT_NOFETCH: &str = "apm_sys_exit_nofetch";
-
-/// Programs on BTF raw tracepoints: (program function, tracepoint). These fire for every
-/// syscall and filter by number first (see apm-ebpf/src/sockets.rs for why).
-pub const RAW_PROGRAMS: &[(&str, &str)] = &[
-    ("apm_sys_enter", "sys_enter"),
-    (SYS_EXIT, "sys_exit"),
-    // Note each send/receive's socket, for the connection endpoints (see sockets.rs).
-    ("apm_sock_send", "sock_send_length"),
-    ("apm_sock_recv", "sock_recv_length"),
-];
-
-/// Raw tracepoints the agent can run without: these two exist since Linux 6.4. They note the
-/// socket of each send and receive, for connection endpoints and for adopting sockets the
-/// table does not know; before 6.4 kprobes do it ([`ENDPOINT_KPROBES`]).
-pub const OPTIONAL_TRACEPOINTS: &[&str] = &["sock_send_length", "sock_recv_length"];
-
-/// Kprobes that note the socket where the tracepoints above are missing (TCP only):
-/// (program function, kernel function).
-pub const ENDPOINT_KPROBES: &[(&str, &str)] = &[
-    ("apm_tcp_sendmsg", "tcp_sendmsg"),
-    ("apm_tcp_recvmsg", "tcp_recvmsg"),
-];
-
-/// Programs on classic tracepoints: (program function, category, tracepoint).
-pub const TRACEPOINT_PROGRAMS: &[(&str, &str, &str)] = &[
-    ("apm_proc_exec", "sched", "sched_process_exec"),
-    ("apm_proc_exit", "sched", "sched_process_exit"),
-    ("apm_proc_fork", "sched", "sched_process_fork"),
-];
 
 /// Failures of the eBPF subsystem.
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +129,10 @@ pub struct Probes {
     pub(super) bpf: Ebpf,
     pub(super) attached: Vec<&'static str>,
     pub(super) features: Features,
+    /// Why the capture path in use is the one (see `attach::Probes::attach_all`).
+    pub(super) capture_reason: String,
+    /// The loader hook is loaded (see `uprobes::LOADER_HOOK`).
+    pub(super) loader_hook: bool,
 }
 
 impl Probes {
@@ -227,116 +193,14 @@ impl Probes {
             bpf,
             attached: Vec::new(),
             features,
+            capture_reason: String::new(),
+            loader_hook: false,
         })
     }
 
     /// What this kernel offers that changes the programs loaded.
     pub fn features(&self) -> Features {
         self.features
-    }
-
-    /// The variant of a program that numbers data records this kernel accepts.
-    fn variant(&self, name: &'static str) -> &'static str {
-        match name {
-            SYS_EXIT if !self.features.fetch_add => SYS_EXIT_NOFETCH,
-            name => name,
-        }
-    }
-
-    /// Attaches every program. Stops at the first failure of a required one: a partial set of
-    /// probes would give numbers that look right and are not. Optional ones are skipped with a
-    /// warning.
-    pub fn attach_all(&mut self) -> Result<(), LoadError> {
-        let btf = Btf::from_sys_fs().map_err(|e| LoadError::Btf(Box::new(e)))?;
-        for &(name, tracepoint) in RAW_PROGRAMS {
-            let name = self.variant(name);
-            let err = |source| program_error(name, tracepoint, source);
-            let program: &mut BtfTracePoint = self
-                .bpf
-                .program_mut(name)
-                .ok_or(LoadError::MissingProgram(name))?
-                .try_into()
-                .map_err(err)?;
-            let attached = program
-                .load(tracepoint, &btf)
-                .and_then(|()| program.attach().map(drop));
-            match attached {
-                Ok(()) => self.attached.push(name),
-                Err(e) if OPTIONAL_TRACEPOINTS.contains(&tracepoint) => {
-                    log::info!("raw tracepoint {tracepoint} unavailable: {e}");
-                }
-                Err(e) => return Err(err(e)),
-            }
-        }
-        self.features.endpoints = if OPTIONAL_TRACEPOINTS
-            .iter()
-            .all(|t| self.attached.iter().any(|a| RAW_PROGRAMS.contains(&(a, t))))
-        {
-            EndpointHooks::Tracepoints
-        } else {
-            self.attach_endpoint_kprobes()
-        };
-        if self.features.endpoints == EndpointHooks::None {
-            log::warn!(
-                "neither the sock_send_length/sock_recv_length tracepoints (6.4+) nor kprobes \
-                 on tcp_sendmsg/tcp_recvmsg: connections carry no endpoints (no same-host \
-                 client/server pairing, no port selectors on accepted connections) and sockets \
-                 a process inherited or was passed are not followed"
-            );
-        }
-        for &(name, category, tracepoint) in TRACEPOINT_PROGRAMS {
-            if tracepoint == "sched_process_fork" && self.features.fork_child_pid.is_none() {
-                log::warn!(
-                    "sched_process_fork has no child_pid field on this kernel: a forked \
-                     child serving an inherited socket is named after itself only"
-                );
-                continue;
-            }
-            let err = |source| program_error(name, tracepoint, source);
-            let program: &mut TracePoint = self
-                .bpf
-                .program_mut(name)
-                .ok_or(LoadError::MissingProgram(name))?
-                .try_into()
-                .map_err(err)?;
-            program.load().map_err(err)?;
-            program.attach(category, tracepoint).map_err(err)?;
-            self.attached.push(name);
-        }
-        Ok(())
-    }
-
-    /// The kprobes of [`ENDPOINT_KPROBES`], all or none: what hooks the socket layer now.
-    fn attach_endpoint_kprobes(&mut self) -> EndpointHooks {
-        let mut attached = Vec::new();
-        for &(name, function) in ENDPOINT_KPROBES {
-            let result = self
-                .bpf
-                .program_mut(name)
-                .ok_or(LoadError::MissingProgram(name))
-                .and_then(|p| {
-                    let p: &mut KProbe =
-                        p.try_into().map_err(|e| program_error(name, "kprobe", e))?;
-                    p.load().map_err(|e| program_error(name, "kprobe", e))?;
-                    p.attach(function, 0)
-                        .map_err(|e| program_error(name, "kprobe", e))
-                });
-            match result {
-                Ok(link) => attached.push((name, link)),
-                Err(e) => {
-                    log::info!("kprobe on {function} unavailable: {e}");
-                    for (name, link) in attached {
-                        if let Some(Ok(p)) = self.bpf.program_mut(name).map(<&mut KProbe>::try_from)
-                        {
-                            let _ = p.detach(link);
-                        }
-                    }
-                    return EndpointHooks::None;
-                }
-            }
-        }
-        self.attached.extend(attached.iter().map(|(name, _)| *name));
-        EndpointHooks::Kprobes
     }
 
     /// Programs attached so far.

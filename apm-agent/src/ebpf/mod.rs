@@ -3,6 +3,8 @@
 //! for kernel records. A leaf adapter: it imports only `apm-common`, aya and the OS helpers
 //! (`crate::os`), never the stages that consume what it reads (the event loop in `run/` does
 //! the wiring).
+pub mod attach;
+pub mod capture_path;
 pub mod decode;
 pub mod features;
 pub mod load;

@@ -16,7 +16,10 @@ use aya::Ebpf;
 
 /// The programs whose skipped runs are counted, by the name they are exported under. The
 /// variant of a program for older kernels is counted under its main name.
-pub const TRACKED: [&str; 10] = [
+pub const TRACKED: [&str; 13] = [
+    "apm_sock_send_data",
+    "apm_sock_recv_data",
+    "apm_tcp_state",
     "apm_sys_enter",
     "apm_sys_exit",
     "apm_sock_send",

@@ -110,6 +110,7 @@ pub fn seed_existing(
                 flags: 0,
                 id: next_id,
                 records: 0,
+                cookie: 0,
             };
             next_id += 1;
             // BPF_NOEXIST: a connection the kernel tracked meanwhile keeps its own entry.

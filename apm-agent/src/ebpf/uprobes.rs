@@ -5,7 +5,7 @@ use std::path::Path;
 
 use aya::programs::{UProbe, uprobe::UProbeScope};
 
-use super::{LoadError, Probes};
+use super::{LoadError, Probes, capture_path::CapturePath};
 
 /// (OpenSSL function, entry program). The return program is shared.
 pub const TLS_FUNCTIONS: [(&str, &str); 5] = [
@@ -20,6 +20,10 @@ pub const TLS_RETURN: &str = "apm_ssl_return";
 /// Its variant for kernels without the atomic fetch-add (see apm-ebpf/src/maps.rs).
 pub const TLS_RETURN_NOFETCH: &str = "apm_ssl_return_nofetch";
 
+/// The loader hook of the `sockets` capture path (see apm-ebpf/src/libraries.rs):
+/// (program, function of the dynamic loader).
+pub const LOADER_HOOK: (&str, &str) = ("apm_dl_debug_state", "_dl_debug_state");
+
 /// Why a library could not be hooked.
 #[derive(Debug, thiserror::Error)]
 pub enum UprobeError {
@@ -31,11 +35,25 @@ pub enum UprobeError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
+    #[error("{path}: the loader's _dl_debug_state could not be hooked: {source}")]
+    Loader {
+        path: String,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
 }
 
 impl Probes {
-    /// Loads (verifies) the TLS programs; nothing is attached yet.
+    /// Loads (verifies) the TLS programs, and on the `sockets` capture path the loader hook
+    /// that reports library loads; nothing is attached yet.
     pub fn load_tls(&mut self) -> Result<(), LoadError> {
+        if self.features.capture == CapturePath::Sockets {
+            let (name, _) = LOADER_HOOK;
+            self.uprobe(name)?
+                .load()
+                .map_err(|source| super::load::program_error(name, "uprobe", source))?;
+            self.loader_hook = true;
+        }
         let names = TLS_FUNCTIONS
             .iter()
             .map(|(_, program)| *program)
@@ -46,6 +64,25 @@ impl Probes {
                 .map_err(|source| super::load::program_error(name, "uprobe", source))?;
         }
         Ok(())
+    }
+
+    /// Library loads come from the loader hook ([`Probes::attach_loader`]), not from `mmap`
+    /// at syscall exit.
+    pub fn loader_hook(&self) -> bool {
+        self.loader_hook
+    }
+
+    /// Hooks `_dl_debug_state` of the dynamic loader at `target`, so each process it loads
+    /// libraries for reports them.
+    pub fn attach_loader(&mut self, target: &Path) -> Result<(), UprobeError> {
+        let (name, function) = LOADER_HOOK;
+        self.uprobe(name)?
+            .attach(function, target, UProbeScope::AllProcesses)
+            .map(drop)
+            .map_err(|source| UprobeError::Loader {
+                path: target.display().to_string(),
+                source: Box::new(source),
+            })
     }
 
     /// The return program this kernel accepts (see [`TLS_RETURN_NOFETCH`]).

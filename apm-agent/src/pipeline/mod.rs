@@ -264,6 +264,17 @@ impl Pipeline {
     }
 
     fn on_open(&mut self, c: &ConnEvent, red: &mut Red) {
+        log::trace!(
+            "open tgid={} tid={} fd={} role={} family={} port={} parent={} id={}",
+            c.tgid,
+            c.tid,
+            c.fd,
+            c.role,
+            c.family,
+            c.port,
+            c.parent_tgid,
+            c.id
+        );
         let excluded = self
             .selection
             .process_excluded(&mut self.procs, c.tgid, &c.comm);
@@ -280,9 +291,10 @@ impl Pipeline {
             self.ops.mute.push((key(c.tgid, c.fd), c.id));
             return;
         }
-        if c.role == role::UNKNOWN {
-            // A socket adopted at its first data (inherited across fork, duplicated): name
-            // its process now, after its parent if it is already gone.
+        if c.role == role::UNKNOWN || c.parent_tgid != 0 {
+            // A socket adopted at its first data (inherited across fork, duplicated), or
+            // taken in at its first data by a forked process (the socket-layer capture path):
+            // name its process now, after its parent unless it exec'd.
             self.procs.adopted(c.tgid, comm_str(&c.comm), c.parent_tgid);
         }
         let mut conn = Connection::new(c.id, peer_addr(c.family, c.port, &c.addr), c.comm, c.ts_ns);
@@ -306,6 +318,13 @@ impl Pipeline {
     }
 
     fn on_close(&mut self, c: &ConnEvent, red: &mut Red) {
+        log::trace!(
+            "close tgid={} tid={} fd={} id={}",
+            c.tgid,
+            c.tid,
+            c.fd,
+            c.id
+        );
         self.release_held(c.tgid, c.fd, red);
         if let Some(conn) = self.conns.remove(c.tgid, c.fd) {
             self.finish(c.tgid, c.fd, conn, c.ts_ns, red);

@@ -7,6 +7,7 @@ use crate::{
     config::Config,
     ebpf::{
         KernelMaps, LoadOptions, Probes, ProfilerLoad,
+        capture_path::CapturePath,
         profiler::{ProfilerMaps, SamplingOptions},
         seed,
     },
@@ -21,7 +22,11 @@ pub struct Kernel {
 }
 
 /// Loads and attaches every program the configuration asks for.
-pub fn attach(cfg: &Config, stats: &KernelStats) -> Result<Kernel, RunError> {
+pub fn attach(
+    cfg: &Config,
+    capture_path: CapturePath,
+    stats: &KernelStats,
+) -> Result<Kernel, RunError> {
     let mut probes = Probes::load(&LoadOptions {
         agent_tgid: std::process::id(),
         capture_bytes: cfg.capture_bytes,
@@ -39,7 +44,7 @@ pub fn attach(cfg: &Config, stats: &KernelStats) -> Result<Kernel, RunError> {
     })?;
     // Attach before mapping the ring buffer: attaching parses the kernel BTF (several MB,
     // freed afterwards), and the two together would set the agent's peak memory.
-    probes.attach_all()?;
+    probes.attach_all(capture_path)?;
     let profiler = if cfg.profiling {
         let mut pmaps = probes.attach_profiler(SamplingOptions {
             frequency_hz: cfg.profile_frequency_hz,
@@ -55,12 +60,19 @@ pub fn attach(cfg: &Config, stats: &KernelStats) -> Result<Kernel, RunError> {
     stats
         .programs_attached
         .store(probes.attached().len() as u64, Relaxed);
+    stats.capture_sockets.store(
+        u64::from(probes.features().capture == CapturePath::Sockets),
+        Relaxed,
+    );
     stats
         .seeded_connections
         .store(u64::from(seeded.seeded), Relaxed);
     log::info!(
-        "attached {} kernel programs; {} existing connections seeded; metrics on http://{}/metrics",
+        "attached {} kernel programs (capture path {}: {}); {} existing connections seeded; \
+         metrics on http://{}/metrics",
         probes.attached().len(),
+        probes.features().capture,
+        probes.capture_reason(),
         seeded.seeded,
         cfg.listen
     );

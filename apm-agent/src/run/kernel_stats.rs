@@ -29,6 +29,8 @@ counters! {
         pub unknown_kinds: AtomicU64,
         pub muted_connections: AtomicU64,
         pub mute_failures: AtomicU64,
+        /// 1 while the `sockets` capture path is in use, 0 on the `syscalls` path.
+        pub capture_sockets: AtomicU64,
         /// Skipped runs of each program of `program_runs::TRACKED`.
         pub program_runs_skipped: [AtomicU64; TRACKED.len()],
     }
@@ -54,6 +56,10 @@ const TLS_PLAINTEXT_RECORDS: Family = Family::counter(
     "apm_tls_plaintext_records_total",
     "Plaintext records read from OpenSSL calls.",
 );
+const CAPTURE_SKIPPED: Family = Family::counter(
+    "apm_capture_skipped_total",
+    "Socket sends and receives not copied: outside a read/write-family syscall (sendfile, splice, io_uring, kernel sockets).",
+);
 const PROFILE_SAMPLES: Family = Family::counter(
     "apm_profile_samples_total",
     "CPU profiler samples: of threads, and of idle CPUs (not attributed).",
@@ -74,6 +80,11 @@ pub const KERNEL_STATS: [(u32, &Family, &str); stat::COUNT as usize] = [
         "reason=\"read_user_failed\"",
     ),
     (stat::RING_WAKEUPS, &RING_WAKEUPS, ""),
+    (
+        stat::SOCKET_CALL_OTHER,
+        &CAPTURE_SKIPPED,
+        "reason=\"not_a_data_syscall\"",
+    ),
     (stat::SOCK_ADOPTED, &CONNECTIONS_ADOPTED, ""),
     (stat::TLS_RECORDS, &TLS_PLAINTEXT_RECORDS, ""),
     (
@@ -140,6 +151,10 @@ const PROGRAM_RUNS_SKIPPED: Family = Family::counter(
     "apm_kernel_program_runs_skipped_total",
     "Runs of a kernel program the kernel skipped because it was already running on that CPU (preempted mid-run, on kernels whose syscall tracepoints are preemptible): each skipped run of a data program may be an event lost.",
 );
+const CAPTURE_PATH: Family = Family::gauge(
+    "apm_capture_path",
+    "The capture path in use (1) and the other (0): sockets (programs at the socket layer only) or syscalls (a program on every syscall).",
+);
 const PROGRAMS_ATTACHED: Family =
     Family::gauge("apm_programs_attached", "Kernel programs attached.");
 
@@ -170,6 +185,9 @@ impl Stats for KernelStats {
             self.seeded_connections.load(Relaxed),
         );
         out.add(&PROGRAMS_ATTACHED, "", self.programs_attached.load(Relaxed));
+        let sockets = self.capture_sockets.load(Relaxed).min(1);
+        out.add(&CAPTURE_PATH, "path=\"sockets\"", sockets);
+        out.add(&CAPTURE_PATH, "path=\"syscalls\"", 1 - sockets);
         for (program, skipped) in TRACKED.iter().zip(&self.program_runs_skipped) {
             out.add(
                 &PROGRAM_RUNS_SKIPPED,

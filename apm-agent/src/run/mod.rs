@@ -51,7 +51,7 @@ pub enum RunError {
 pub fn run(checked: Checked) -> Result<(), RunError> {
     let listener = preflight::prepare(&checked.cfg)?;
     let mut components = components::Components::build(&checked, listener)?;
-    let kernel = kernel::attach(&checked.cfg, &components.stats.kernel)?;
+    let kernel = kernel::attach(&checked.cfg, checked.capture_path, &components.stats.kernel)?;
     let running = spawn::start(&checked, &mut components, kernel)?;
     shutdown::run_until_signal(&checked.cfg, components, running)
 }

@@ -17,8 +17,25 @@ pub(super) fn is_libssl(path: &str) -> bool {
     name.starts_with("libssl.so")
 }
 
+/// Dynamic loaders, whose `_dl_debug_state` the `sockets` capture path hooks for library
+/// loads: glibc's `ld-linux-x86-64.so.2` (and other `ld-linux*`), musl's `ld-musl-*`.
+pub(super) fn is_loader(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.starts_with("ld-linux") || name.starts_with("ld-musl")
+}
+
 /// The executable mappings of TLS libraries in a `/proc/<pid>/maps` text, one per file.
 pub fn tls_libraries(maps: &str) -> Vec<MappedLibrary> {
+    mapped_files(maps, is_libssl)
+}
+
+/// The executable mappings of dynamic loaders, one per file.
+pub fn loaders(maps: &str) -> Vec<MappedLibrary> {
+    mapped_files(maps, is_loader)
+}
+
+/// The executable file mappings whose path `wanted` accepts, one per file.
+fn mapped_files(maps: &str, wanted: fn(&str) -> bool) -> Vec<MappedLibrary> {
     let mut found: Vec<MappedLibrary> = Vec::new();
     for line in maps.lines() {
         // address perms offset dev inode path (the path may hold spaces)
@@ -37,7 +54,7 @@ pub fn tls_libraries(maps: &str) -> Vec<MappedLibrary> {
         if !perms.contains('x') || !path.starts_with('/') || path.ends_with(" (deleted)") {
             continue;
         }
-        if !is_libssl(path) {
+        if !wanted(path) {
             continue;
         }
         let Ok(inode) = inode.parse::<u64>() else {
@@ -74,6 +91,23 @@ mod tests {
 7ffd5a1e0000-7ffd5a201000 rw-p 00000000 00:00 0                          [stack]
 garbage line
 ";
+
+    #[test]
+    fn finds_the_dynamic_loader() {
+        let maps = "7f3b1e000000-7f3b1e025000 r-xp 00001000 fe:01 1311001                    \
+                    /usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2\n\
+                    7f3b1e100000-7f3b1e101000 r-xp 00001000 00:2a 91                         \
+                    /lib/ld-musl-x86_64.so.1\n";
+        let found: Vec<String> = loaders(maps).into_iter().map(|l| l.path).collect();
+        assert_eq!(
+            found,
+            [
+                "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+                "/lib/ld-musl-x86_64.so.1"
+            ]
+        );
+        assert!(loaders(MAPS).is_empty());
+    }
 
     #[test]
     fn finds_each_executable_libssl_once() {

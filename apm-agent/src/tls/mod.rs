@@ -2,10 +2,13 @@
 //!
 //! At start the libssl files in the loader's search path are hooked (see [`loader`]: a process
 //! started later is covered from its first call) and every process's maps are read once;
-//! afterwards the kernel reports executable file mappings (library loads, see `on_mmap` in
-//! apm-ebpf/src/sockets.rs) and only those processes are looked at again. The hooking runs on
-//! its own thread: parsing a library's symbols and attaching ten probes takes milliseconds the
-//! event thread must not spend.
+//! afterwards the kernel reports library loads and only those processes are looked at again.
+//! On the `syscalls` capture path the report is each executable file mapping (`on_mmap` in
+//! apm-ebpf/src/sockets.rs); on the `sockets` path it comes from a uprobe on each dynamic
+//! loader's `_dl_debug_state` (apm-ebpf/src/libraries.rs), hooked here like a library: the
+//! host's loaders at start, a container's own when one of its processes shows it. The hooking
+//! runs on its own thread: parsing a library's symbols and attaching ten probes takes
+//! milliseconds the event thread must not spend.
 pub mod libraries;
 pub mod loader;
 pub mod stats;
@@ -25,7 +28,7 @@ use std::{
 };
 
 use crate::{ebpf::Probes, privileges};
-use libraries::{MappedLibrary, tls_libraries};
+use libraries::{MappedLibrary, loaders, tls_libraries};
 use stats::TlsStats;
 
 /// The root directory the host's own processes see: the loader's search path is read there.
@@ -125,6 +128,13 @@ impl Attacher {
         let Ok(maps) = std::fs::read_to_string(format!("/proc/{tgid}/maps")) else {
             return;
         };
+        if self.probes.loader_hook() {
+            for ld in loaders(&maps) {
+                if !self.seen.contains(&ld.identity) && self.hook_loader(tgid, &ld) {
+                    self.seen.insert(ld.identity);
+                }
+            }
+        }
         for lib in tls_libraries(&maps) {
             if self.seen.contains(&lib.identity) {
                 continue;
@@ -169,6 +179,33 @@ impl Attacher {
                 self.seen.insert(identity);
             }
         }
+    }
+
+    /// Hooks the dynamic loader `ld` as process `tgid` maps it (see [`Attacher::hook`] for
+    /// the return value).
+    fn hook_loader(&mut self, tgid: u32, ld: &MappedLibrary) -> bool {
+        let Ok(file) = File::open(format!("/proc/{tgid}/root{}", ld.path)) else {
+            return false;
+        };
+        let target = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        match self.probes.attach_loader(&target) {
+            Ok(()) => {
+                log::info!(
+                    "library loads: hooked the loader {} (first seen in pid {tgid})",
+                    ld.path
+                );
+                self.stats.loaders_hooked.fetch_add(1, Relaxed);
+            }
+            Err(e) => {
+                self.stats.hook_failures.fetch_add(1, Relaxed);
+                log::warn!(
+                    "library loads: {} (pid {tgid}) not hooked: {e}; TLS libraries its \
+                     processes load later are found only at their next exec",
+                    ld.path
+                );
+            }
+        }
+        true
     }
 
     /// Hooks `lib` as process `tgid` maps it. False when it should be tried again at its next

@@ -11,6 +11,8 @@ counters! {
     /// queue).
     pub struct TlsStats {
         pub libraries_hooked: AtomicU64,
+        /// Dynamic loaders carrying the library-load hook (the `sockets` capture path).
+        pub loaders_hooked: AtomicU64,
         pub hook_failures: AtomicU64,
         pub libraries_overflow: AtomicU64,
         pub scans_dropped: AtomicU64,
@@ -26,14 +28,19 @@ const HOOKED: Family = Family::gauge(
     "apm_tls_libraries_hooked",
     "OpenSSL library files whose SSL_read/SSL_write functions carry the agent's uprobes.",
 );
+const LOADERS_HOOKED: Family = Family::gauge(
+    "apm_tls_loaders_hooked",
+    "Dynamic loader files whose _dl_debug_state carries the agent's library-load uprobe (the sockets capture path).",
+);
 const HOOK_FAILURES: Family = Family::counter(
     "apm_tls_hook_failures_total",
-    "TLS library files that could not be hooked (see the log).",
+    "TLS library and dynamic loader files that could not be hooked (see the log).",
 );
 
 impl Stats for TlsStats {
     fn render(&self, out: &mut Exposition) {
         out.add(&HOOKED, "", self.libraries_hooked.load(Relaxed));
+        out.add(&LOADERS_HOOKED, "", self.loaders_hooked.load(Relaxed));
         out.add(&HOOK_FAILURES, "", self.hook_failures.load(Relaxed));
         out.add(
             &PLAINTEXT_DROPPED,

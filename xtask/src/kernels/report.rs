@@ -2,7 +2,7 @@
 //! words of whatever failed (the verifier's, for a rejected program).
 use std::{fmt::Write as _, time::Duration};
 
-use super::smoke::{CHECK, Step};
+use super::smoke::{CHECK, FALLBACK_SUFFIX, Step};
 
 /// One kernel's results.
 pub struct Row {
@@ -71,16 +71,19 @@ pub fn render(rows: &[Row], expected: &[&str]) -> String {
             r.capture_path()
         );
         for name in expected {
-            let cell = match r.step(name).map(|st| st.status) {
-                Some(Some(0)) => "ok",
-                Some(Some(_)) => "FAIL",
-                Some(None) => "died",
-                None => "-",
-            };
-            let _ = write!(s, " {cell:<w$}", w = name.len().max(4));
+            let _ = write!(s, " {:<w$}", cell(r.step(name)), w = name.len().max(4));
         }
         let verdict = if r.passed(expected) { "pass" } else { "FAIL" };
         let _ = writeln!(s, " {:>6}s  {verdict}", r.elapsed.as_secs());
+        // The second pass on the syscall path, where the first used the socket layer.
+        if r.steps.iter().any(|st| st.name.ends_with(FALLBACK_SUFFIX)) {
+            let _ = write!(s, "{:<26} {:<8} {:<14}", "", "", "syscalls");
+            for name in expected {
+                let step = r.step(&format!("{name}{FALLBACK_SUFFIX}"));
+                let _ = write!(s, " {:<w$}", cell(step), w = name.len().max(4));
+            }
+            let _ = writeln!(s);
+        }
     }
     for r in rows {
         let _ = writeln!(
@@ -121,6 +124,16 @@ pub fn render(rows: &[Row], expected: &[&str]) -> String {
         }
     }
     s
+}
+
+/// A step's cell in the table.
+fn cell(step: Option<&Step>) -> &'static str {
+    match step.map(|st| st.status) {
+        Some(Some(0)) => "ok",
+        Some(Some(_)) => "FAIL",
+        Some(None) => "died",
+        None => "-",
+    }
 }
 
 fn status(st: &Step) -> String {

@@ -55,8 +55,17 @@ pub const CHECK: &str = "check";
 const BEGIN: &str = "@@STEP-BEGIN ";
 const END: &str = "@@STEP-END ";
 
+/// Smoke tests run a second time on the `syscalls` capture path where `auto` chose the
+/// socket layer: the fallback every older kernel uses, checked where both exist.
+pub const FALLBACK_TESTS: &[&str] = &["http-preexisting", "redis", "tls-openssl"];
+
+/// Suffix of the step names of the second pass.
+pub const FALLBACK_SUFFIX: &str = "@syscalls";
+
 /// The shell script run on each kernel. `binaries` maps test targets to their executables;
-/// `agent` is the release binary. Every step runs even when one fails.
+/// `agent` is the release binary. Every step runs even when one fails. When `check` reports
+/// the socket-layer capture path, the [`FALLBACK_TESTS`] among `only` run again with
+/// `APM_CAPTURE_PATH=syscalls`.
 pub fn script(
     agent: &Path,
     binaries: &BTreeMap<String, std::path::PathBuf>,
@@ -68,26 +77,38 @@ pub fn script(
          echo \"@@STEP-END $name $?@@\"; }\n\
          uname -r\n",
     );
-    let _ = writeln!(s, "step {CHECK} '{}' check", agent.display());
+    let _ = writeln!(
+        s,
+        "step {CHECK} sh -c \"'{}' check > /tmp/apm-check.out 2>&1; rc=\\$?; cat /tmp/apm-check.out; exit \\$rc\"",
+        agent.display()
+    );
+    let test_line = |t: &SmokeTest, label: &str| match binaries.get(t.target) {
+        Some(bin) => format!(
+            "step {label} '{}' --exact {} --test-threads=1 --nocapture\n",
+            bin.display(),
+            t.test
+        ),
+        None => format!(
+            "step {label} sh -c 'echo no test binary for {}; exit 127'\n",
+            t.target
+        ),
+    };
     for t in only {
-        match binaries.get(t.target) {
-            Some(bin) => {
-                let _ = writeln!(
-                    s,
-                    "step {} '{}' --exact {} --test-threads=1 --nocapture",
-                    t.label,
-                    bin.display(),
-                    t.test
-                );
-            }
-            None => {
-                let _ = writeln!(
-                    s,
-                    "step {} sh -c 'echo no test binary for {}; exit 127'",
-                    t.label, t.target
-                );
-            }
+        s.push_str(&test_line(t, t.label));
+    }
+    let fallback: Vec<&&SmokeTest> = only
+        .iter()
+        .filter(|t| FALLBACK_TESTS.contains(&t.label))
+        .collect();
+    if !fallback.is_empty() {
+        s.push_str(
+            "if grep -q 'capture path  *sockets' /tmp/apm-check.out; then\n\
+             export APM_CAPTURE_PATH=syscalls\n",
+        );
+        for t in fallback {
+            s.push_str(&test_line(t, &format!("{}{FALLBACK_SUFFIX}", t.label)));
         }
+        s.push_str("unset APM_CAPTURE_PATH\nfi\n");
     }
     s
 }

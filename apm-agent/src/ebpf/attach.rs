@@ -1,0 +1,231 @@
+//! Attaching the programs of the capture path (see [`CapturePath`]) and the process lifecycle
+//! tracepoints.
+use aya::{
+    Btf,
+    programs::{BtfTracePoint, KProbe, TracePoint},
+};
+
+use super::{
+    LoadError, Probes, capture_path::CapturePath, features::EndpointHooks, load::program_error,
+};
+
+/// The syscall-exit program, and its variant for kernels without the atomic fetch-add
+/// (before 5.12; see apm-ebpf/src/maps.rs).
+pub const SYS_EXIT: &str = "apm_sys_exit";
+const SYS_EXIT_NOFETCH: &str = "apm_sys_exit_nofetch";
+
+/// The `syscalls` path: programs on BTF raw tracepoints, (program function, tracepoint). These
+/// fire for every syscall and filter by number first (see apm-ebpf/src/sockets.rs for why).
+pub const RAW_PROGRAMS: &[(&str, &str)] = &[
+    ("apm_sys_enter", "sys_enter"),
+    (SYS_EXIT, "sys_exit"),
+    // Note each send/receive's socket, for the connection endpoints (see endpoints.rs).
+    ("apm_sock_send", "sock_send_length"),
+    ("apm_sock_recv", "sock_recv_length"),
+];
+
+/// Raw tracepoints the `syscalls` path can run without: these two exist since Linux 6.4. They
+/// note the socket of each send and receive, for connection endpoints and for adopting
+/// sockets the table does not know; before 6.4 kprobes do it ([`ENDPOINT_KPROBES`]).
+pub const OPTIONAL_TRACEPOINTS: &[&str] = &["sock_send_length", "sock_recv_length"];
+
+/// Kprobes that note the socket where the tracepoints above are missing (TCP only):
+/// (program function, kernel function).
+pub const ENDPOINT_KPROBES: &[(&str, &str)] = &[
+    ("apm_tcp_sendmsg", "tcp_sendmsg"),
+    ("apm_tcp_recvmsg", "tcp_recvmsg"),
+];
+
+/// The `sockets` path: programs at the socket layer, (program function, BTF tracepoint). See
+/// apm-ebpf/src/socket_layer.rs.
+pub const SOCKET_PROGRAMS: &[(&str, &str)] = &[
+    ("apm_sock_send_data", "sock_send_length"),
+    ("apm_sock_recv_data", "sock_recv_length"),
+    ("apm_tcp_state", "inet_sock_set_state"),
+];
+
+/// Programs on classic tracepoints: (program function, category, tracepoint).
+pub const TRACEPOINT_PROGRAMS: &[(&str, &str, &str)] = &[
+    ("apm_proc_exec", "sched", "sched_process_exec"),
+    ("apm_proc_exit", "sched", "sched_process_exit"),
+    ("apm_proc_fork", "sched", "sched_process_fork"),
+];
+
+impl Probes {
+    /// Attaches the programs of the capture path `wanted` (`Auto`: the socket layer when this
+    /// kernel has it, else the syscalls), then the process lifecycle tracepoints. Stops at the
+    /// first failure of a required program: a partial set of probes would give numbers that
+    /// look right and are not. Optional ones are skipped with a warning.
+    pub fn attach_all(&mut self, wanted: CapturePath) -> Result<(), LoadError> {
+        let btf = Btf::from_sys_fs().map_err(|e| LoadError::Btf(Box::new(e)))?;
+        let (path, reason) = match wanted {
+            CapturePath::Sockets => {
+                self.attach_socket_path(&btf)?;
+                (CapturePath::Sockets, "set by capture_path".to_owned())
+            }
+            CapturePath::Syscalls => {
+                self.attach_syscall_path(&btf)?;
+                (CapturePath::Syscalls, "set by capture_path".to_owned())
+            }
+            CapturePath::Auto => match self.attach_socket_path(&btf) {
+                Ok(()) => (
+                    CapturePath::Sockets,
+                    "auto: this kernel has the socket tracepoints".to_owned(),
+                ),
+                Err(e) => {
+                    log::info!("socket-layer capture unavailable, using the syscalls: {e}");
+                    self.attach_syscall_path(&btf)?;
+                    (
+                        CapturePath::Syscalls,
+                        format!("auto: the socket layer is unavailable ({e})"),
+                    )
+                }
+            },
+        };
+        self.features.capture = path;
+        self.capture_reason = reason;
+        self.attach_process_tracepoints()
+    }
+
+    /// Why the capture path in use was chosen.
+    pub fn capture_reason(&self) -> &str {
+        &self.capture_reason
+    }
+
+    /// The programs of [`SOCKET_PROGRAMS`], all or none.
+    fn attach_socket_path(&mut self, btf: &Btf) -> Result<(), LoadError> {
+        for &(name, tracepoint) in SOCKET_PROGRAMS {
+            if let Err(e) = self.attach_btf(name, tracepoint, btf) {
+                for &(name, _) in SOCKET_PROGRAMS {
+                    if let Some(Ok(p)) = self
+                        .bpf
+                        .program_mut(name)
+                        .map(<&mut BtfTracePoint>::try_from)
+                    {
+                        let _ = p.unload();
+                    }
+                    self.attached.retain(|a| *a != name);
+                }
+                return Err(e);
+            }
+        }
+        self.features.endpoints = EndpointHooks::Tracepoints;
+        Ok(())
+    }
+
+    /// The programs of [`RAW_PROGRAMS`] and the socket notes (tracepoints or kprobes).
+    fn attach_syscall_path(&mut self, btf: &Btf) -> Result<(), LoadError> {
+        for &(name, tracepoint) in RAW_PROGRAMS {
+            let name = self.variant(name);
+            match self.attach_btf(name, tracepoint, btf) {
+                Ok(()) => {}
+                Err(e) if OPTIONAL_TRACEPOINTS.contains(&tracepoint) => {
+                    log::info!("raw tracepoint {tracepoint} unavailable: {e}");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.features.endpoints = if OPTIONAL_TRACEPOINTS
+            .iter()
+            .all(|t| self.attached.iter().any(|a| RAW_PROGRAMS.contains(&(a, t))))
+        {
+            EndpointHooks::Tracepoints
+        } else {
+            self.attach_endpoint_kprobes()
+        };
+        if self.features.endpoints == EndpointHooks::None {
+            log::warn!(
+                "neither the sock_send_length/sock_recv_length tracepoints (6.4+) nor kprobes \
+                 on tcp_sendmsg/tcp_recvmsg: connections carry no endpoints (no same-host \
+                 client/server pairing, no port selectors on accepted connections) and sockets \
+                 a process inherited or was passed are not followed"
+            );
+        }
+        Ok(())
+    }
+
+    /// Loads and attaches the BTF tracepoint program `name` to `tracepoint`.
+    fn attach_btf(
+        &mut self,
+        name: &'static str,
+        tracepoint: &'static str,
+        btf: &Btf,
+    ) -> Result<(), LoadError> {
+        let err = |source| program_error(name, tracepoint, source);
+        let program: &mut BtfTracePoint = self
+            .bpf
+            .program_mut(name)
+            .ok_or(LoadError::MissingProgram(name))?
+            .try_into()
+            .map_err(err)?;
+        program.load(tracepoint, btf).map_err(err)?;
+        program.attach().map_err(err)?;
+        self.attached.push(name);
+        Ok(())
+    }
+
+    /// The variant of a program that numbers data records this kernel accepts.
+    fn variant(&self, name: &'static str) -> &'static str {
+        match name {
+            SYS_EXIT if !self.features.fetch_add => SYS_EXIT_NOFETCH,
+            name => name,
+        }
+    }
+
+    /// `sched_process_exec`, `_exit` and `_fork`.
+    fn attach_process_tracepoints(&mut self) -> Result<(), LoadError> {
+        for &(name, category, tracepoint) in TRACEPOINT_PROGRAMS {
+            if tracepoint == "sched_process_fork" && self.features.fork_child_pid.is_none() {
+                log::warn!(
+                    "sched_process_fork has no child_pid field on this kernel: a forked \
+                     child serving an inherited socket is named after itself only"
+                );
+                continue;
+            }
+            let err = |source| program_error(name, tracepoint, source);
+            let program: &mut TracePoint = self
+                .bpf
+                .program_mut(name)
+                .ok_or(LoadError::MissingProgram(name))?
+                .try_into()
+                .map_err(err)?;
+            program.load().map_err(err)?;
+            program.attach(category, tracepoint).map_err(err)?;
+            self.attached.push(name);
+        }
+        Ok(())
+    }
+
+    /// The kprobes of [`ENDPOINT_KPROBES`], all or none: what hooks the socket layer now.
+    fn attach_endpoint_kprobes(&mut self) -> EndpointHooks {
+        let mut attached = Vec::new();
+        for &(name, function) in ENDPOINT_KPROBES {
+            let result = self
+                .bpf
+                .program_mut(name)
+                .ok_or(LoadError::MissingProgram(name))
+                .and_then(|p| {
+                    let p: &mut KProbe =
+                        p.try_into().map_err(|e| program_error(name, "kprobe", e))?;
+                    p.load().map_err(|e| program_error(name, "kprobe", e))?;
+                    p.attach(function, 0)
+                        .map_err(|e| program_error(name, "kprobe", e))
+                });
+            match result {
+                Ok(link) => attached.push((name, link)),
+                Err(e) => {
+                    log::info!("kprobe on {function} unavailable: {e}");
+                    for (name, link) in attached {
+                        if let Some(Ok(p)) = self.bpf.program_mut(name).map(<&mut KProbe>::try_from)
+                        {
+                            let _ = p.detach(link);
+                        }
+                    }
+                    return EndpointHooks::None;
+                }
+            }
+        }
+        self.attached.extend(attached.iter().map(|(name, _)| *name));
+        EndpointHooks::Kprobes
+    }
+}
