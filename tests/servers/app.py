@@ -1,6 +1,7 @@
 """Test application server: HTTP/1.1 with keep-alive, known routes, statuses and timings.
 
 Usage: python3 app.py PORT [--fork]
+  APP_BIND: the address to listen on (default 127.0.0.1; 0.0.0.0 in a container of its own)
   --fork: a process per connection (accepted by the parent, served by a forked child that
           inherits the socket: the pre-fork model of PostgreSQL, Apache prefork...)
 Routes:
@@ -15,6 +16,7 @@ Routes:
   anything else          404
 """
 import json
+import os
 import sys
 import time
 import socketserver
@@ -86,8 +88,9 @@ class ForkingHTTPServer(socketserver.ForkingMixIn, HTTPServer):
 
 if __name__ == "__main__":
     port = int(sys.argv[1])
+    bind = os.environ.get("APP_BIND", "127.0.0.1")
     if "--fork" in sys.argv[2:]:
-        ForkingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+        ForkingHTTPServer((bind, port), Handler).serve_forever()
     else:
         ThreadingHTTPServer.daemon_threads = True
-        ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+        ThreadingHTTPServer((bind, port), Handler).serve_forever()

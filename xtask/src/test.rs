@@ -81,6 +81,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
     }
     // As root nothing may be skipped: a test that cannot run fails.
     integration.env("APM_INTEGRATION", "require");
+    crate::image::for_tests(&agent, &mut integration)?;
     util::run(&mut integration)?;
     if args.filter.is_some() || args.no_kernels {
         eprintln!("kernel matrix skipped (--filter or --no-kernels)");
