@@ -84,8 +84,15 @@ impl PodAgent {
             volumes_dir: &volumes,
             extra_env,
         };
-        let derived = derive(ds, &manifests.docs, &input)?;
-        let container = Container::run(&derived.name, &derived.args)?;
+        let started = derive(ds, &manifests.docs, &input)
+            .and_then(|derived| Ok((Container::run(&derived.name, &derived.args)?, derived)));
+        let (container, derived) = match started {
+            Ok(started) => started,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&volumes);
+                return Err(e);
+            }
+        };
         Ok(Self {
             container,
             derived,
