@@ -19,6 +19,7 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 use tests::{
     agent::binary,
+    bpfmaps::{left_loaded, loaded_programs, programs_of},
     dbservers::{PG_BIN, Postgres, client_ops, server_ops},
     deploy::{Need, deploy_dir, readme_capabilities},
     net::free_port,
@@ -579,48 +580,6 @@ fn the_pod_runs_as_the_manifest_says_and_refuses_without_a_required_capability()
         );
     }
     Ok(())
-}
-
-/// Ids of the BPF programs process `pid` holds (program and link fds: `prog_id:`).
-fn programs_of(pid: u32) -> Result<Vec<u64>> {
-    let mut ids: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))?
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-        .filter_map(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("prog_id:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    Ok(ids)
-}
-
-/// Ids of the loaded programs, by `bpftool prog show`.
-fn loaded_programs() -> Result<BTreeSet<u64>> {
-    let out = Command::new("bpftool")
-        .args(["-j", "prog", "show"])
-        .output()
-        .context("bpftool")?;
-    let progs: Value = serde_json::from_slice(&out.stdout)?;
-    Ok(progs
-        .as_array()
-        .map(|a| a.iter().filter_map(|p| p.get("id")?.as_u64()).collect())
-        .unwrap_or_default())
-}
-
-/// Those of `ids` still loaded once they are gone or 15 s passed.
-fn left_loaded(ids: &[u64]) -> Result<Vec<u64>> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let loaded = loaded_programs()?;
-        let left: Vec<u64> = ids.iter().copied().filter(|i| loaded.contains(i)).collect();
-        if left.is_empty() || Instant::now() > deadline {
-            return Ok(left);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]
