@@ -3,7 +3,8 @@
 Usage: python3 app.py PORT [--fork] [--bind ADDR]
   --fork: a process per connection (accepted by the parent, served by a forked child that
           inherits the socket: the pre-fork model of PostgreSQL, Apache prefork...)
-  --bind: the address to listen on (default 127.0.0.1); an IPv6 one (::1) listens on IPv6
+  --bind: the address to listen on (default: APP_BIND from the environment, else 127.0.0.1;
+          0.0.0.0 in a container of its own); an IPv6 one (::1) listens on IPv6
 Routes:
   GET  /users/<id>       200, small JSON
   GET  /error            500
@@ -16,6 +17,7 @@ Routes:
   anything else          404
 """
 import json
+import os
 import socket
 import sys
 import time
@@ -89,7 +91,8 @@ class ForkingHTTPServer(socketserver.ForkingMixIn, HTTPServer):
 if __name__ == "__main__":
     port = int(sys.argv[1])
     options = sys.argv[2:]
-    host = options[options.index("--bind") + 1] if "--bind" in options else "127.0.0.1"
+    default = os.environ.get("APP_BIND", "127.0.0.1")
+    host = options[options.index("--bind") + 1] if "--bind" in options else default
     if "--fork" in options:
         cls = ForkingHTTPServer
     else:

@@ -1,5 +1,10 @@
-//! The kernel maps one agent holds, read with bpftool: entry counts and memory.
-use std::process::Command;
+//! The kernel maps and programs one agent holds, read with bpftool: entry counts, memory,
+//! and whether its programs are still loaded.
+use std::{
+    collections::BTreeSet,
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result};
 
@@ -58,4 +63,46 @@ pub fn map_bytes(pid: u32) -> Result<u64> {
         .iter()
         .filter_map(|m| m["bytes_memlock"].as_u64())
         .sum())
+}
+
+/// Ids of the BPF programs process `pid` holds (program and link fds: `prog_id:`).
+pub fn programs_of(pid: u32) -> Result<Vec<u64>> {
+    let mut ids: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))?
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// Ids of the loaded programs, by `bpftool prog show`.
+pub fn loaded_programs() -> Result<BTreeSet<u64>> {
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .context("bpftool")?;
+    let progs: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok(progs
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p.get("id")?.as_u64()).collect())
+        .unwrap_or_default())
+}
+
+/// Those of `ids` still loaded once they are gone or 15 s passed.
+pub fn left_loaded(ids: &[u64]) -> Result<Vec<u64>> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let loaded = loaded_programs()?;
+        let left: Vec<u64> = ids.iter().copied().filter(|i| loaded.contains(i)).collect();
+        if left.is_empty() || Instant::now() > deadline {
+            return Ok(left);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

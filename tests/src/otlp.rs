@@ -73,6 +73,25 @@ impl Receiver {
         out
     }
 
+    /// Every span received, with its resource's attributes.
+    pub fn resource_spans(&self) -> Vec<(Vec<KeyValue>, Span)> {
+        let r = self.received.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for req in &r.traces {
+            for rs in &req.resource_spans {
+                let attrs = rs
+                    .resource
+                    .as_ref()
+                    .map(|res| res.attributes.clone())
+                    .unwrap_or_default();
+                for ss in &rs.scope_spans {
+                    out.extend(ss.spans.iter().map(|s| (attrs.clone(), s.clone())));
+                }
+            }
+        }
+        out
+    }
+
     /// Spans of `service` once at least `n` arrived (or the timeout passed).
     pub fn wait_spans(&self, service: &str, n: usize, timeout: Duration) -> Vec<Span> {
         let deadline = Instant::now() + timeout;

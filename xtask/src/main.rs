@@ -4,6 +4,7 @@
 //! cargo-fuzz, Debian packages), so that a fresh machine needs nothing else.
 mod bench;
 mod fuzz;
+mod image;
 mod kernels;
 mod prereq;
 mod run;
@@ -39,6 +40,9 @@ enum Task {
     /// The agent on stock Debian kernels (5.10, 6.1, 6.12, 7.x) under qemu and on this
     /// machine's kernel: `apm-agent check` and a smoke suite on each, as a table.
     TestKernels(kernels::TestKernelsArgs),
+    /// The agent's container image with no registry: the host-built binary on a Debian base
+    /// made locally (debootstrap, cached in podman's storage); prints the image's name last.
+    Image,
 }
 
 fn main() -> Result<()> {
@@ -51,6 +55,7 @@ fn main() -> Result<()> {
         Task::Fuzz(args) => fuzz::run(&args),
         Task::Bench(args) => bench::run(&args),
         Task::TestKernels(args) => kernels::run(&args),
+        Task::Image => image::run_task(),
     }
 }
 

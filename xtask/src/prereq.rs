@@ -9,6 +9,9 @@ use crate::util::{as_root, output, run};
 
 /// Debian packages the build needs: LLVM 22 for bpf-linker.
 const BUILD_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev"];
+/// Debian packages `cargo xtask image` needs: podman with runc (crun refuses this machine
+/// kind's hybrid cgroup layout), debootstrap for the locally made base.
+pub const IMAGE_PACKAGES: &[&str] = &["podman", "runc", "debootstrap"];
 /// Debian packages the tests and benchmarks use: real servers and clients.
 const TEST_PACKAGES: &[&str] = &[
     "nginx-light",
@@ -50,6 +53,9 @@ const TEST_PACKAGES: &[&str] = &[
     "xz-utils",
     "zstd",
     "cpio",
+    // The DaemonSet's pod under podman (tests/tests/daemonset_podman.rs): the pod's own
+    // network namespace is slirp4netns's, reached on the host's loopback only.
+    "slirp4netns",
 ];
 /// Debian packages the fuzz targets need: libfuzzer-sys compiles libFuzzer's C++ sources.
 const FUZZ_PACKAGES: &[&str] = &["g++"];
@@ -87,6 +93,8 @@ pub fn ensure(scope: Scope) -> Result<()> {
     let mut packages: Vec<&str> = BUILD_PACKAGES.to_vec();
     if matches!(scope, Scope::Test) {
         packages.extend_from_slice(TEST_PACKAGES);
+        // The integration tests run the agent's image too.
+        packages.extend_from_slice(IMAGE_PACKAGES);
         // `cargo xtask test` runs the fuzz targets too.
         packages.extend_from_slice(FUZZ_PACKAGES);
     }

@@ -95,6 +95,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
     }
     // As root nothing may be skipped: a test that cannot run fails.
     integration.env("APM_INTEGRATION", "require");
+    crate::image::for_tests(&agent, &mut integration)?;
     util::run(&mut integration)?;
     if args.filter.is_none() {
         // The same tests that matter on the other capture path: `auto` chose the socket layer

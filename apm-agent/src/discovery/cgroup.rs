@@ -11,7 +11,8 @@
 //! | containerd (k8s), systemd | `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid_with_underscores>.slice/cri-containerd-<id>.scope` |
 //! | containerd (k8s), cgroupfs | `/kubepods/besteffort/pod<uid>/<id>` |
 //! | cri-o | `.../crio-<id>.scope` (its monitor: `crio-conmon-<id>.scope`, not the container) |
-//! | podman | `.../libpod-<id>.scope` (possibly with a `/container` child; `libpod-conmon-<id>.scope` is the monitor) |
+//! | podman, systemd | `.../libpod-<id>.scope` (possibly with a `/container` child; `libpod-conmon-<id>.scope` is the monitor) |
+//! | podman, cgroupfs | `/libpod_parent/libpod-<id>`, in a pod `/libpod_parent/<pod id>/libpod-<id>` (the monitors: `/libpod_parent/conmon`, `/libpod_parent/<pod id>/conmon`) |
 //!
 //! Paths are relative to the reader's cgroup namespace: an agent in a container of its own
 //! sees `0::/../../kubepods-.../cri-containerd-<id>.scope`. `..` segments are skipped, so the
@@ -31,15 +32,23 @@ fn paths(cgroup: &str) -> impl Iterator<Item = &str> {
 pub fn container_id(cgroup: &str) -> Option<String> {
     paths(cgroup).find_map(|path| {
         // Deepest segment first: a runtime may nest a child (`libpod-<id>.scope/container`).
-        path.rsplit('/').find_map(segment_id).map(str::to_owned)
+        path.rsplit('/')
+            .filter(|s| !s.is_empty())
+            .enumerate()
+            .find_map(|(depth, segment)| segment_id(segment, depth == 0))
+            .map(str::to_owned)
     })
 }
 
-/// The container id named by one cgroup path segment, if it names one.
-fn segment_id(segment: &str) -> Option<&str> {
+/// The container id named by one cgroup path segment (`deepest`: the process's own cgroup),
+/// if it names one.
+fn segment_id(segment: &str, deepest: bool) -> Option<&str> {
     let segment = segment.strip_suffix(".scope").unwrap_or(segment);
     if is_container_id(segment) {
-        return Some(segment);
+        // A bare id is a container's only as the process's own cgroup (`/docker/<id>`,
+        // `/kubepods/besteffort/pod<uid>/<id>`). Above another cgroup it is a podman pod's:
+        // `/libpod_parent/<pod id>/conmon` holds the pod's monitors, not a container.
+        return deepest.then_some(segment);
     }
     let (prefix, id) = segment.rsplit_once('-')?;
     // The runtime's monitor process (conmon) has a cgroup named after the container it
@@ -96,6 +105,8 @@ mod tests {
 
     const ID: &str = "3f4e2c1b0a9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f";
     const UID: &str = "8d5b7c2e-1f3a-4b6c-9d8e-7f6a5b4c3d2e";
+    /// A podman pod's id.
+    const POD: &str = "db9abe1b586cfbc9962a7ca7cfc7b6a2759d98cfd81389a7098704a9ffaa1083";
 
     #[test]
     fn container_ids_of_every_runtime_and_driver() {
@@ -120,6 +131,14 @@ mod tests {
             format!(
                 "0::/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope\n"
             ),
+            // podman with the cgroupfs manager on a hybrid v1 + v2 host (captured from
+            // `podman --cgroup-manager=cgroupfs run`), alone and in a pod.
+            format!(
+                "9:name=systemd:/libpod_parent/libpod-{ID}\n4:memory:/libpod_parent/libpod-{ID}\n1:cpu:/libpod_parent/libpod-{ID}\n0::/libpod_parent/libpod-{ID}\n"
+            ),
+            format!(
+                "4:memory:/libpod_parent/{POD}/libpod-{ID}\n0::/libpod_parent/{POD}/libpod-{ID}\n"
+            ),
             // Seen from the agent's own cgroup namespace.
             format!(
                 "0::/../../kubepods-besteffort.slice/kubepods-besteffort-pod{uid_}.slice/cri-containerd-{ID}.scope\n"
@@ -140,6 +159,10 @@ mod tests {
             "garbage".to_owned(),
             format!("0::/kubepods.slice/kubepods-pod{uid_}.slice/crio-conmon-{ID}.scope\n"),
             format!("0::/machine.slice/libpod-conmon-{ID}.scope\n"),
+            // podman's monitors with the cgroupfs manager: alone, and in a pod (whose cgroup
+            // is named by the pod's id, bare).
+            "9:name=systemd:/\n8:pids:/libpod_parent/conmon\n0::/libpod_parent/conmon\n".to_owned(),
+            format!("4:memory:/libpod_parent/{POD}/conmon\n0::/libpod_parent/{POD}/conmon\n"),
             // One hex digit short.
             format!("0::/docker/{}\n", &ID[1..]),
         ] {
