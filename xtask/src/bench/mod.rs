@@ -5,6 +5,7 @@ mod accuracy;
 mod capacity;
 mod db;
 mod fastapi;
+mod host_tax;
 mod kernel_time;
 mod loadgen;
 mod memory;
@@ -42,6 +43,9 @@ enum Bench {
     Capacity(capacity::CapacityArgs),
     /// A CPU-bound workload with no profiler, the agent's profiler, and perf record.
     Profiler(profiler::ProfilerArgs),
+    /// A process that never touches a socket but makes millions of syscalls, timed with no
+    /// agent and with the agent on each capture path.
+    HostTax(host_tax::HostTaxArgs),
     /// A FastAPI app traced by the OpenTelemetry Python SDK and by the agent: span counts,
     /// routes, statuses and durations side by side, paired by trace id.
     SdkCompare(sdk_compare::SdkCompareArgs),
@@ -56,5 +60,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Bench::Capacity(a) => capacity::run(a),
         Bench::Profiler(a) => profiler::run(a),
         Bench::SdkCompare(a) => sdk_compare::run(a),
+        Bench::HostTax(a) => host_tax::run(a),
     }
 }

@@ -2,7 +2,7 @@
 //! words of whatever failed (the verifier's, for a rejected program).
 use std::{fmt::Write as _, time::Duration};
 
-use super::smoke::{CHECK, FALLBACK_SUFFIX, Step};
+use super::smoke::{CHECK, EBPF_TIME, FALLBACK_SUFFIX, Step};
 
 /// One kernel's results.
 pub struct Row {
@@ -94,6 +94,7 @@ pub fn render(rows: &[Row], expected: &[&str]) -> String {
             if r.emulated { "" } else { " (native)" }
         );
     }
+    s.push_str(&ebpf_times(rows));
     for r in rows {
         // Passing steps that accepted a counted loss (see the tests' assert_exact_or_counted).
         for st in r.steps.iter().filter(|st| st.passed()) {
@@ -124,6 +125,55 @@ pub fn render(rows: &[Row], expected: &[&str]) -> String {
         }
     }
     s
+}
+
+/// The eBPF time per request of each capture path, per kernel (from the `ebpf-time` step).
+fn ebpf_times(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "\neBPF time per HTTP request (server and client traced; profiler and TLS off)\n",
+    );
+    let _ = writeln!(
+        s,
+        "{:<26} {:>16} {:>16} {:>8}",
+        "kernel", "syscalls ns/req", "sockets ns/req", "ratio"
+    );
+    let mut any = false;
+    for r in rows {
+        let Some(step) = r.step(EBPF_TIME) else {
+            continue;
+        };
+        let per_request = |path: &str| -> Option<f64> {
+            step.output.lines().find_map(|l| {
+                let rest = l.strip_prefix("ebpf-time ")?;
+                let field = |k: &str| {
+                    rest.split_whitespace()
+                        .find_map(|w| w.strip_prefix(k))
+                        .map(str::to_owned)
+                };
+                (field("path=")? == path).then_some(())?;
+                let requests: f64 = field("requests=")?.parse().ok()?;
+                let ns: f64 = field("ns=")?.parse().ok()?;
+                Some(ns / requests.max(1.0))
+            })
+        };
+        let (sys, sock) = (per_request("syscalls"), per_request("sockets"));
+        let show = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"));
+        let ratio = match (sys, sock) {
+            (Some(a), Some(b)) if a > 0.0 => format!("{:.2}", b / a),
+            _ => "-".to_owned(),
+        };
+        let _ = writeln!(
+            s,
+            "{:<26} {:>16} {:>16} {:>8}{}",
+            r.release,
+            show(sys),
+            show(sock),
+            ratio,
+            if r.emulated { "  (emulated)" } else { "" }
+        );
+        any = true;
+    }
+    if any { s } else { String::new() }
 }
 
 /// A step's cell in the table.

@@ -110,7 +110,58 @@ pub fn script(
         }
         s.push_str("unset APM_CAPTURE_PATH\nfi\n");
     }
+    s.push_str(&ebpf_time(agent));
     s
+}
+
+/// The step that measures the time the agent's eBPF programs take per HTTP request on each
+/// capture path this kernel allows: a Python server and a keep-alive Python client (both
+/// traced), [`TIMED_REQUESTS`] requests, `kernel.bpf_stats_enabled` on only around them, the
+/// sum of `run_time_ns` over the agent's program descriptors. The profiler and TLS are off:
+/// only the capture path is measured. Under emulation the figures are not native speed; the
+/// ratio between the paths on one kernel is what they are for.
+pub const EBPF_TIME: &str = "ebpf-time";
+
+/// Requests per measured path.
+pub const TIMED_REQUESTS: u32 = 300;
+
+fn ebpf_time(agent: &Path) -> String {
+    let servers = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/servers");
+    format!(
+        r#"measure_path() {{
+  "{agent}" run --listen 127.0.0.1:19464 --no-console --no-profiling --no-tls --capture-path "$1" > /tmp/apm-measure.log 2>&1 &
+  ag=$!; n=0
+  until curl -sf -o /dev/null http://127.0.0.1:19464/readyz; do
+    n=$((n+1)); [ $n -gt 600 ] && {{ echo "agent not ready on path $1"; cat /tmp/apm-measure.log; kill $ag; return 1; }}
+    kill -0 $ag 2>/dev/null || {{ echo "path $1 unavailable: $(tail -1 /tmp/apm-measure.log)"; return 0; }}
+    sleep 0.2
+  done
+  sysctl -qw kernel.bpf_stats_enabled=1
+  echo | python3 "{servers}/keepalive_client.py" 18081 {TIMED_REQUESTS} > /dev/null
+  sysctl -qw kernel.bpf_stats_enabled=0
+  t=0
+  for f in /proc/$ag/fdinfo/*; do
+    v=$(awk '/^run_time_ns:/ {{print $2}}' "$f" 2>/dev/null); [ -n "$v" ] && t=$((t+v))
+  done
+  echo "ebpf-time path=$1 requests={TIMED_REQUESTS} ns=$t"
+  kill $ag; wait $ag 2>/dev/null
+  return 0
+}}
+measure_all() {{
+  python3 "{servers}/app.py" 18081 > /dev/null 2>&1 &
+  app=$!
+  n=0; until curl -sf -o /dev/null http://127.0.0.1:18081/users/0; do n=$((n+1)); [ $n -gt 300 ] && break; sleep 0.2; done
+  rc=0
+  measure_path syscalls || rc=1
+  measure_path sockets || rc=1
+  kill $app
+  return $rc
+}}
+step {EBPF_TIME} measure_all
+"#,
+        agent = agent.display(),
+        servers = servers.display(),
+    )
 }
 
 /// The result of one step.
