@@ -12,6 +12,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use tests::{
     agent::{Agent, binary},
+    bpfmaps::{left_loaded, programs_of},
     net::{free_port, http_get},
     require_root,
     servers::{Nginx, Proc, SelfSigned, app_server, curl, python, temp_dir},
@@ -148,53 +149,6 @@ fn the_agents_own_endpoints_are_not_counted() -> Result<()> {
     Ok(())
 }
 
-/// Ids of the BPF programs process `pid` holds: program and link file descriptors show
-/// `prog_id:` in their `/proc/<pid>/fdinfo` entry.
-fn programs_of(pid: u32) -> Result<Vec<u64>> {
-    let mut ids: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))?
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-        .filter_map(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("prog_id:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    Ok(ids)
-}
-
-/// Ids of every loaded program (bpftool).
-fn loaded_programs() -> Result<Vec<u64>> {
-    let out = Command::new("bpftool")
-        .args(["-j", "prog", "show"])
-        .output()
-        .context("bpftool")?;
-    let progs: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    Ok(progs
-        .as_array()
-        .map(|a| a.iter().filter_map(|p| p.get("id")?.as_u64()).collect())
-        .unwrap_or_default())
-}
-
-/// Waits until none of `ids` is loaded any more; returns those still there.
-fn wait_gone(ids: &[u64]) -> Result<Vec<u64>> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let loaded = loaded_programs()?;
-        let left: Vec<u64> = ids
-            .iter()
-            .copied()
-            .filter(|id| loaded.contains(id))
-            .collect();
-        if left.is_empty() || Instant::now() > deadline {
-            return Ok(left);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn sigterm_detaches_and_sigkill_leaves_nothing_attached() -> Result<()> {
     if !require_root("sigterm_detaches_and_sigkill_leaves_nothing_attached") {
@@ -215,7 +169,7 @@ fn sigterm_detaches_and_sigkill_leaves_nothing_attached() -> Result<()> {
     );
     assert!(agent.log().contains("detaching"), "{}", agent.log());
     assert_eq!(
-        wait_gone(&ids)?,
+        left_loaded(&ids)?,
         Vec::<u64>::new(),
         "programs left after SIGTERM"
     );
@@ -225,7 +179,7 @@ fn sigterm_detaches_and_sigkill_leaves_nothing_attached() -> Result<()> {
     assert_eq!(ids.len(), expected_programs());
     agent.signal_and_wait(libc::SIGKILL, Duration::from_secs(15))?;
     assert_eq!(
-        wait_gone(&ids)?,
+        left_loaded(&ids)?,
         Vec::<u64>::new(),
         "programs left after SIGKILL"
     );
@@ -381,7 +335,7 @@ fn sigkill_with_openssl_hooked_leaves_no_link_perf_event_or_uprobe() -> Result<(
 
     agent.signal_and_wait(libc::SIGKILL, Duration::from_secs(15))?;
     assert_eq!(
-        wait_gone(&progs)?,
+        left_loaded(&progs)?,
         Vec::<u64>::new(),
         "programs left after SIGKILL"
     );
