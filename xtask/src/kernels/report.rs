@@ -134,15 +134,16 @@ fn ebpf_times(rows: &[Row]) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<26} {:>16} {:>16} {:>8}",
-        "kernel", "syscalls ns/req", "sockets ns/req", "ratio"
+        "{:<26} {:>16} {:>16} {:>8} {:>16}",
+        "kernel", "syscalls ns/req", "sockets ns/req", "ratio", "skipped sys/sock"
     );
     let mut any = false;
     for r in rows {
         let Some(step) = r.step(EBPF_TIME) else {
             continue;
         };
-        let per_request = |path: &str| -> Option<f64> {
+        // (ns per request, skipped program runs) of one path's line.
+        let figures = |path: &str| -> Option<(f64, String)> {
             step.output.lines().find_map(|l| {
                 let rest = l.strip_prefix("ebpf-time ")?;
                 let field = |k: &str| {
@@ -153,10 +154,19 @@ fn ebpf_times(rows: &[Row]) -> String {
                 (field("path=")? == path).then_some(())?;
                 let requests: f64 = field("requests=")?.parse().ok()?;
                 let ns: f64 = field("ns=")?.parse().ok()?;
-                Some(ns / requests.max(1.0))
+                Some((
+                    ns / requests.max(1.0),
+                    field("skipped=").unwrap_or_default(),
+                ))
             })
         };
-        let (sys, sock) = (per_request("syscalls"), per_request("sockets"));
+        let (sys_f, sock_f) = (figures("syscalls"), figures("sockets"));
+        let (sys, sock) = (sys_f.as_ref().map(|f| f.0), sock_f.as_ref().map(|f| f.0));
+        let skipped = format!(
+            "{}/{}",
+            sys_f.map_or_else(|| "-".to_owned(), |f| f.1),
+            sock_f.map_or_else(|| "-".to_owned(), |f| f.1)
+        );
         let show = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"));
         let ratio = match (sys, sock) {
             (Some(a), Some(b)) if a > 0.0 => format!("{:.2}", b / a),
@@ -164,11 +174,12 @@ fn ebpf_times(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             s,
-            "{:<26} {:>16} {:>16} {:>8}{}",
+            "{:<26} {:>16} {:>16} {:>8} {:>16}{}",
             r.release,
             show(sys),
             show(sock),
             ratio,
+            skipped,
             if r.emulated { "  (emulated)" } else { "" }
         );
         any = true;

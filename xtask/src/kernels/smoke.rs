@@ -143,7 +143,9 @@ fn ebpf_time(agent: &Path) -> String {
   for f in /proc/$ag/fdinfo/*; do
     v=$(awk '/^run_time_ns:/ {{print $2}}' "$f" 2>/dev/null); [ -n "$v" ] && t=$((t+v))
   done
-  echo "ebpf-time path=$1 requests={TIMED_REQUESTS} ns=$t"
+  sleep 1.2  # the agent reads the programs' counters every second
+  skipped=$(curl -s http://127.0.0.1:19464/metrics | awk '/^apm_kernel_program_runs_skipped_total/ {{s+=$2}} END {{print s+0}}')
+  echo "ebpf-time path=$1 requests={TIMED_REQUESTS} ns=$t skipped=$skipped"
   kill $ag; wait $ag 2>/dev/null
   return 0
 }}
