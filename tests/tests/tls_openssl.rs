@@ -110,10 +110,10 @@ fn nginx_https_under_curl_counted_once_on_both_sides() -> Result<()> {
     let server_404 = agent.settle(5.0, WAIT, |m| by_status(m, SERVER, "nginx", "404"))?;
     let client_404 = agent.settle(5.0, WAIT, |m| curl_by_status(m, port, "404"))?;
     let m = agent.metrics()?;
-    assert_eq!(server_ok, 10.0, "nginx's 200s\n{}", agent.log());
-    assert_eq!(client_ok, 10.0, "curl's 200s");
-    assert_eq!(server_404, 5.0, "nginx's 404s");
-    assert_eq!(client_404, 5.0, "curl's 404s");
+    agent.assert_exact_or_counted(server_ok, 10.0, "nginx's 200s")?;
+    agent.assert_exact_or_counted(client_ok, 10.0, "curl's 200s")?;
+    agent.assert_exact_or_counted(server_404, 5.0, "nginx's 404s")?;
+    agent.assert_exact_or_counted(client_404, 5.0, "curl's 404s")?;
     assert_eq!(garbage(&m), before, "encrypted bytes reached the parsers");
     assert!(m.value("apm_tls_plaintext_records_total") >= 30.0);
     assert_eq!(

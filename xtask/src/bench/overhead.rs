@@ -71,6 +71,10 @@ pub struct OverheadArgs {
     /// elsewhere.
     #[arg(long, allow_hyphen_values = true, default_value = "")]
     agent_args: String,
+    /// The agent binary to measure instead of this tree's release build: another commit's
+    /// build, for a before/after comparison with the same harness on the same machine.
+    #[arg(long)]
+    agent_bin: Option<PathBuf>,
     /// Do not pin the server to CPU 0 and wrk to CPU 1 (pinning makes rounds comparable:
     /// unpinned, the two sometimes share a core).
     #[arg(long)]
@@ -209,7 +213,12 @@ pub fn run(args: &OverheadArgs) -> Result<()> {
     } else {
         None
     };
-    let agent_bin = util::build_release_agent()?;
+    let agent_bin = match &args.agent_bin {
+        Some(bin) if bin.is_file() => bin.clone(),
+        Some(bin) => bail!("--agent-bin {}: no such file", bin.display()),
+        None => util::build_release_agent()?,
+    };
+    eprintln!("agent measured: {}", agent_bin.display());
     let wrk_cpu = (!args.no_pin).then_some(1);
     let mut loads = args.loads.clone();
     if args.tls && loads.iter().any(|&l| l < 100) {
@@ -428,7 +437,7 @@ fn measure_case(
 fn report(args: &OverheadArgs, cases: &[Case]) {
     println!(
         "\noverhead: {} x {} s rounds per side and case, medians of rounds; saturation: wrk -t{} -c{}; \
-         loads below 100%: constant rate (bench/loadgen.rs){}{}{}",
+         loads below 100%: constant rate (bench/loadgen.rs){}{}{}{}",
         args.rounds,
         args.seconds,
         args.threads,
@@ -443,7 +452,11 @@ fn report(args: &OverheadArgs, cases: &[Case]) {
             ""
         } else {
             "; server pinned to CPU 0, wrk to CPU 1"
-        }
+        },
+        args.agent_bin.as_ref().map_or(String::new(), |b| format!(
+            "; agent binary: {}",
+            b.display()
+        ))
     );
     println!(
         "{:<14} {:>5} {:>9} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>6} {:>8}",
