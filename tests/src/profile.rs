@@ -78,3 +78,25 @@ pub fn of_service(folded: &[(Vec<String>, u64)], service: &str) -> Vec<(Vec<Stri
         .cloned()
         .collect()
 }
+
+/// The root frames (services) of a profile with their sample counts, busiest first, and the
+/// roots of the stacks that contain `frame`: what a test prints when the samples it looked for
+/// are not under the service it expected (named after another process, or missing).
+pub fn roots_summary(folded: &[(Vec<String>, u64)], frame: &str) -> String {
+    let mut roots: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
+    for (frames, n) in folded {
+        let root = frames.first().map_or("", String::as_str);
+        let e = roots.entry(root).or_default();
+        e.0 += n;
+        if frames.iter().any(|f| f == frame) {
+            e.1 += n;
+        }
+    }
+    let mut v: Vec<_> = roots.into_iter().collect();
+    v.sort_by_key(|e| std::cmp::Reverse(e.1.0));
+    v.iter()
+        .take(15)
+        .map(|(root, (n, with))| format!("{root:?}: {n} samples, {with} with {frame}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result, bail};
 use tests::{
     agent::Agent,
     net::{http_get, http_get_bytes},
-    profile::{ProfileRun, of_service, read_folded},
+    profile::{ProfileRun, of_service, read_folded, roots_summary},
     require_root,
     servers::temp_dir,
     unique,
@@ -61,9 +61,16 @@ fn known_split_and_sample_count_match_the_workloads_cpu_time() -> Result<()> {
     let want_alpha = in_alpha / cpu * 100.0;
     let want_beta = in_beta / cpu * 100.0;
     run.finish(FINISH)?;
-    let mine = of_service(&read_folded(&out)?, &service);
+    let folded = read_folded(&out)?;
+    let mine = of_service(&folded, &service);
     let total: u64 = mine.iter().map(|(_, n)| n).sum();
     let expected = FREQUENCY * cpu;
+    if total == 0 {
+        eprintln!(
+            "no sample under {service:?}; the profile's roots:\n{}",
+            roots_summary(&folded, "hot_alpha")
+        );
+    }
     let alpha = samples(&mine, has("hot_alpha")) as f64 / total as f64 * 100.0;
     let beta = samples(&mine, has("hot_beta")) as f64 / total as f64 * 100.0;
     eprintln!(

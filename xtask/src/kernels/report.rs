@@ -16,6 +16,9 @@ pub struct Row {
     pub emulated: bool,
     pub steps: Vec<Step>,
     pub elapsed: Duration,
+    /// Why the kernel was booted a second time, when it was (an emulator fault, never a
+    /// failed step).
+    pub retried: Option<String>,
 }
 
 impl Row {
@@ -95,6 +98,11 @@ pub fn render(rows: &[Row], expected: &[&str]) -> String {
         );
     }
     s.push_str(&ebpf_times(rows));
+    for r in rows {
+        if let Some(why) = &r.retried {
+            let _ = writeln!(s, "  note {}: {why}", r.release);
+        }
+    }
     for r in rows {
         // Passing steps that accepted a counted loss (see the tests' assert_exact_or_counted).
         for st in r.steps.iter().filter(|st| st.passed()) {

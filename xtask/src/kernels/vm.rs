@@ -246,3 +246,45 @@ fn tempdir(prefix: &str) -> Result<std::path::PathBuf> {
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
+
+/// The guest kernel's oops line when it died on an `int3` trap inside kernel text: the
+/// breakpoint x86 kernels put on an instruction while they patch it (jump labels, static
+/// calls), removed before the trap was taken. Real CPUs serialise on the kernel's sync IPIs;
+/// multi-threaded TCG can still run the stale translation on another vCPU. Any other oops
+/// is not this and is not retried.
+pub fn emulator_text_poke_fault(console: &str) -> Option<String> {
+    let mut lines = console.lines();
+    let oops = lines.find(|l| l.contains("Oops: int3"))?;
+    // The trap must be in kernel text (`RIP: 0010:`), not a user-space breakpoint.
+    let rip = lines.find(|l| l.contains("RIP: "))?;
+    rip.contains("RIP: 0010:").then(|| {
+        let at = rip.split("RIP: 0010:").nth(1).unwrap_or("").trim();
+        let from = oops.find("Oops:").unwrap_or(0);
+        format!("{} at {at}", oops[from..].trim())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::emulator_text_poke_fault;
+
+    #[test]
+    fn an_int3_oops_in_kernel_text_is_recognised() {
+        let console = "[   29.120235] Oops: int3: 0000 [#1] SMP NOPTI\n\
+                       [   29.122548] CPU: 0 UID: 0 PID: 146 Comm: apm-listener\n\
+                       [   29.124576] RIP: 0010:sock_recvmsg+0x5a/0xa0\n";
+        assert_eq!(
+            emulator_text_poke_fault(console).as_deref(),
+            Some("Oops: int3: 0000 [#1] SMP NOPTI at sock_recvmsg+0x5a/0xa0")
+        );
+    }
+
+    #[test]
+    fn other_oopses_are_not() {
+        let page_fault = "[ 1.0] Oops: general protection fault [#1]\n[ 1.1] RIP: 0010:f+0x1/0x2\n";
+        assert_eq!(emulator_text_poke_fault(page_fault), None);
+        let user = "[ 1.0] Oops: int3: 0000 [#1]\n[ 1.1] RIP: 0033:0x7f00\n";
+        assert_eq!(emulator_text_poke_fault(user), None);
+        assert_eq!(emulator_text_poke_fault("booted fine\n"), None);
+    }
+}
