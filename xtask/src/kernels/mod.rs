@@ -129,7 +129,7 @@ pub fn run(args: &TestKernelsArgs) -> Result<()> {
         let mut outcome = vm::boot(&boot)?;
         let mut retried = None;
         if let Some(oops) = vm::emulator_text_poke_fault(&outcome.console) {
-            // Seen once in about twenty 7.x boots: an int3 the kernel had already removed
+            // Seen once so far (on 7.3): an int3 the kernel had already removed
             // from a patched instruction (a static key flipped when a tracepoint gets its
             // first program) still trapped on the other vCPU. Multi-threaded TCG executes
             // cross-modified code late; the guest dies, so every later step would fail
