@@ -179,16 +179,7 @@ impl Agent {
     /// Polls `f` until it reaches `want` (or `timeout`), then waits a little longer so that
     /// over-counting would show, and returns the final value.
     pub fn settle(&self, want: f64, timeout: Duration, f: impl Fn(&Metrics) -> f64) -> Result<f64> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let v = f(&self.metrics()?);
-            if v >= want || Instant::now() > deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        std::thread::sleep(Duration::from_millis(600));
-        Ok(f(&self.metrics()?))
+        crate::prom::settle(|| self.metrics(), want, timeout, f)
     }
 
     /// CPU time the agent's threads have used, in nanoseconds (from schedstat).

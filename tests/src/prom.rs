@@ -170,6 +170,27 @@ fn parse_labels(s: &str) -> Option<(BTreeMap<String, String>, &str)> {
     }
 }
 
+/// Polls `f` over the expositions `fetch` returns until it reaches `want` (or `timeout`),
+/// then waits a little longer so that over-counting would show, and returns the final value.
+/// Shared by the agent run as a process and the agent run in a pod.
+pub fn settle(
+    fetch: impl Fn() -> anyhow::Result<Metrics>,
+    want: f64,
+    timeout: std::time::Duration,
+    f: impl Fn(&Metrics) -> f64,
+) -> anyhow::Result<f64> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let v = f(&fetch()?);
+        if v >= want || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    Ok(f(&fetch()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
