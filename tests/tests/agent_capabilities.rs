@@ -17,6 +17,7 @@ use tests::{
     agent::{Agent, binary},
     deploy::{DocumentedCap, Need, load_yaml, manifests, readme_capabilities},
     net::{free_port, wait_port},
+    podman::ensure_host_tracefs,
     require_root,
     servers::{Nginx, Proc, SelfSigned, curl, temp_dir},
     servers_dir, unique,
@@ -82,23 +83,6 @@ fn nobody_with(caps: &[DocumentedCap]) -> Vec<String> {
 
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
-}
-
-/// tracefs mounted before the restricted runs: without it the agent would (rightly) ask for
-/// CAP_SYS_ADMIN to mount it, which is not what these tests are about.
-fn ensure_tracefs() -> Result<()> {
-    if Path::new("/sys/kernel/tracing/events").is_dir()
-        || Path::new("/sys/kernel/debug/tracing/events").is_dir()
-    {
-        return Ok(());
-    }
-    let out = Command::new("mount")
-        .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
-        .output()?;
-    if !out.status.success() {
-        bail!("mounting tracefs: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
 }
 
 /// A directory everyone can read and search, holding copies of the test servers (the
@@ -169,7 +153,9 @@ fn the_documented_capabilities_are_enough_for_uid_0() -> Result<()> {
     if !require_root("the_documented_capabilities_are_enough_for_uid_0") {
         return Ok(());
     }
-    ensure_tracefs()?;
+    // tracefs mounted before the restricted runs: without it the agent would (rightly) ask
+    // for CAP_SYS_ADMIN to mount it, which is not what these tests are about.
+    ensure_host_tracefs()?;
     let dir = shared_servers()?;
     let port = free_port();
     let service = unique("it-caps-app");
@@ -323,7 +309,7 @@ fn the_documented_capabilities_are_enough_for_another_user() -> Result<()> {
     if !require_root("the_documented_capabilities_are_enough_for_another_user") {
         return Ok(());
     }
-    ensure_tracefs()?;
+    ensure_host_tracefs()?;
     // The binary where nobody can execute it; the server runs as root this time.
     let dir = temp_dir("caps-bin")?;
     let bin = dir.join("apm-agent");
@@ -357,7 +343,7 @@ fn the_daemonsets_set_also_names_kernel_frames() -> Result<()> {
     if !require_root("the_daemonsets_set_also_names_kernel_frames") {
         return Ok(());
     }
-    ensure_tracefs()?;
+    ensure_host_tracefs()?;
     let caps = daemonset_set()?;
     let mut command = root_with_only(&caps);
     command.push(binary().to_string_lossy().into_owned());
@@ -401,7 +387,7 @@ fn without_any_required_capability_it_refuses_and_names_it() -> Result<()> {
     if !require_root("without_any_required_capability_it_refuses_and_names_it") {
         return Ok(());
     }
-    ensure_tracefs()?;
+    ensure_host_tracefs()?;
     let all = daemonset_set()?;
     for dropped in always()? {
         let rest: Vec<DocumentedCap> = all
