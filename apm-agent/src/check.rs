@@ -114,7 +114,7 @@ pub fn run_checks() -> Vec<Item> {
     ));
     // The fallback of this kernel, when auto chose the socket layer: does it load too?
     if let Ok(loaded) = &attach
-        && loaded.features.capture == CapturePath::Sockets
+        && loaded.features.capture.socket_layer()
     {
         let fallback = load_and_attach(CapturePath::Syscalls);
         items.push(item(
@@ -238,6 +238,9 @@ fn feature_items(f: Features) -> Vec<Item> {
             false,
             match f.endpoints {
                 EndpointHooks::Tracepoints => "tracepoints sock_send_length/sock_recv_length",
+                EndpointHooks::Fexit => {
+                    "fexit on inet_, inet6_, unix_stream_sendmsg/recvmsg: TCP and unix sockets"
+                }
                 EndpointHooks::Kprobes => {
                     "kprobes tcp_sendmsg/tcp_recvmsg (no socket tracepoints before 6.4): TCP \
                      connections only"

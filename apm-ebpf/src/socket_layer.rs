@@ -1,4 +1,5 @@
-//! The `sockets` capture path (6.4+): programs that run only where sockets move bytes.
+//! The `sockets` capture path (6.4+; `sockets-fexit` from 5.15): programs that run only where
+//! sockets move bytes.
 //!
 //! The syscall path runs a program at the entry and exit of every syscall of every process and
 //! filters inside it: a process doing file I/O, futexes or epoll pays for each call, and on
@@ -12,6 +13,9 @@
 //!   registers (`bpf_task_pt_regs`); a send or receive that is not a read/write-family
 //!   syscall of the task (sendfile, splice, io_uring workers, kernel sockets) is counted and
 //!   left alone.
+//!   Kernels with fentry/fexit but before 6.4 (5.15 to 6.3: `bpf_task_pt_regs` is 5.15+) get
+//!   the same data from BPF trampolines on the functions around them (`inet_sendmsg`,
+//!   `tcp_cleanup_rbuf`, ...: the `sockets-fexit` value of the setting).
 //! - **Connections** are followed from their first data: an fd the table does not know is
 //!   taken in then (its role from the TCP handshake, below, else inferred by the agent from
 //!   the traffic). The socket's cookie identifies it: the same fd moving bytes through another
@@ -30,15 +34,15 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         generated::{bpf_get_current_task_btf, bpf_get_socket_cookie, bpf_task_pt_regs},
     },
-    macros::{btf_tracepoint, map},
+    macros::{btf_tracepoint, fentry, fexit, map},
     maps::LruHashMap,
-    programs::BtfTracePointContext,
+    programs::{BtfTracePointContext, FEntryContext, FExitContext},
 };
 
 use crate::{
     endpoints::{SKC_DADDR, SKC_DPORT, SKC_FAMILY, SKC_STATE},
     maps::{FORK_PARENT, SKIP_PEER_PORT, SOCKETS, bump, output},
-    sockets::{AF_INET, Call, args, caller, capture, data_call, is_tracked_family},
+    sockets::{AF_INET, Call, args, caller, capture, data_call, is_tracked_family, peeked},
 };
 
 /// Roles learnt from TCP handshakes, by socket cookie, until the socket's first data.
@@ -60,22 +64,88 @@ const TCP_CLOSE: i32 = 7;
 /// `sock_send_length(struct sock *sk, int ret, int flags)`.
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn apm_sock_send_data(ctx: BtfTracePointContext) -> i32 {
-    on_socket_data(&ctx, direction::EGRESS);
+    on_socket_data(ctx.arg(0), ctx.arg(1), ctx.arg(2), direction::EGRESS);
     0
 }
 
 /// `sock_recv_length(struct sock *sk, int ret, int flags)`.
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn apm_sock_recv_data(ctx: BtfTracePointContext) -> i32 {
-    on_socket_data(&ctx, direction::INGRESS);
+    on_socket_data(ctx.arg(0), ctx.arg(1), ctx.arg(2), direction::INGRESS);
     0
 }
 
+/// The `sockets-fexit` path, for kernels with fentry/fexit but before the socket tracepoints
+/// (6.4): the same data as `sock_send_length`/`sock_recv_length`, from BPF trampolines.
+///
+/// - **Sends**: fexit of the functions `sock_sendmsg` calls through the socket's operations,
+///   one per family (`sock_sendmsg` itself is inlined into its callers in `net/socket.c`:
+///   measured on 6.1, its fexit never ran for a `write`; these are in other files and never
+///   are). They take `(struct socket *sock, struct msghdr *msg, size_t len)`; their `int`
+///   result follows the arguments.
+/// - **TCP receives**: fentry of `tcp_cleanup_rbuf(struct sock *sk, int copied)`, which
+///   `tcp_recvmsg` calls once the bytes are in the caller's buffer. An fexit would miss the
+///   receive of a thread that was already blocked in `recv` when the program was attached (it
+///   returns past the trampoline): an idle keep-alive connection's next request. This call
+///   comes after the wake-up. (It also runs before the thread sleeps, with `copied` 0 unless
+///   the call asked for more than one byte: `MSG_WAITALL`, `SO_RCVLOWAT`.)
+/// - **Unix-stream receives**: fexit of `unix_stream_recvmsg` (`int flags` after the length).
+///
+/// Where the program has a `struct socket *`, the socket is `sock->sk`, read through the
+/// argument's kernel type so that it stays a typed socket pointer for `bpf_get_socket_cookie`.
+/// That is also what checks [`SOCKET_SK`] on each kernel: a load at any other field gives a
+/// value of another type, and the verifier rejects the helper call (the agent then falls back
+/// to the syscalls).
+macro_rules! socket_fexit {
+    ($name:ident, $function:literal, send) => {
+        #[doc = concat!("`", $function, "`, on return: one send.")]
+        #[fexit(function = $function)]
+        pub fn $name(ctx: FExitContext) -> i32 {
+            let sock: *const u64 = ctx.arg(0);
+            let ret: i32 = ctx.arg(3);
+            // SAFETY: `sock` is the traced function's `struct socket *`, a kernel pointer
+            // the verifier types from BTF; `sk` is its pointer field at SOCKET_SK.
+            let sk = unsafe { *sock.byte_add(SOCKET_SK) };
+            on_socket_data(sk, ret, 0, direction::EGRESS);
+            0
+        }
+    };
+    ($name:ident, $function:literal, recv) => {
+        #[doc = concat!("`", $function, "`, on return: one receive.")]
+        #[fexit(function = $function)]
+        pub fn $name(ctx: FExitContext) -> i32 {
+            let sock: *const u64 = ctx.arg(0);
+            let flags: i32 = ctx.arg(3);
+            let ret: i32 = ctx.arg(4);
+            // SAFETY: as for the sends.
+            let sk = unsafe { *sock.byte_add(SOCKET_SK) };
+            on_socket_data(sk, ret, flags, direction::INGRESS);
+            0
+        }
+    };
+}
+
+socket_fexit!(apm_inet_sendmsg_exit, "inet_sendmsg", send);
+socket_fexit!(apm_inet6_sendmsg_exit, "inet6_sendmsg", send);
+socket_fexit!(apm_unix_stream_sendmsg_exit, "unix_stream_sendmsg", send);
+socket_fexit!(apm_unix_stream_recvmsg_exit, "unix_stream_recvmsg", recv);
+
+/// `tcp_cleanup_rbuf(struct sock *sk, int copied)`: one TCP receive of `copied` bytes (see
+/// above). A peek is recognised from the syscall's own flags in `on_socket_data`.
+#[fentry(function = "tcp_cleanup_rbuf")]
+pub fn apm_tcp_cleanup_rbuf(ctx: FEntryContext) -> i32 {
+    on_socket_data(ctx.arg(0), ctx.arg(1), 0, direction::INGRESS);
+    0
+}
+
+/// Offset of `sk` in `struct socket` (after `state`, `type`, `flags` and `file`): the same
+/// from 5.10 to 6.18 (the verifier checks it: see `socket_fexit!`).
+pub const SOCKET_SK: usize = 24;
+
+/// One send (`dir` egress) or receive of `ret` bytes through socket `sk`, from inside
+/// `sock_sendmsg`/`sock_recvmsg`: the tracepoints' or the fexit programs' arguments.
 #[inline(always)]
-fn on_socket_data(ctx: &BtfTracePointContext, dir: u32) {
-    let sk: u64 = ctx.arg(0);
-    let ret: i32 = ctx.arg(1);
-    let flags: i32 = ctx.arg(2);
+fn on_socket_data(sk: u64, ret: i32, flags: i32, dir: u32) {
     if ret <= 0 || (dir == direction::INGRESS && flags & MSG_PEEK != 0) {
         // Nothing moved, or a peek: the bytes stay in the socket for the next receive.
         return;
@@ -97,6 +167,10 @@ fn on_socket_data(ctx: &BtfTracePointContext, dir: u32) {
         return;
     }
     let a = args(regs);
+    if dir == direction::INGRESS && peeked(regs, sc, &a) {
+        // A peek the hook's own arguments do not show (`tcp_cleanup_rbuf` has no flags).
+        return;
+    }
     let fd = a.a0 as u32;
     // SAFETY: `sk` is the tracepoint's socket.
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };

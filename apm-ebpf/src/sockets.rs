@@ -287,7 +287,7 @@ const MSG_PEEK: u64 = 2;
 /// port, to answer plain HTTP with an error: outside any OpenSSL call, so it would otherwise
 /// reach the parsers as one stray byte before the plaintext.)
 #[inline(always)]
-fn peeked(regs: *const pt_regs, sc: u32, a: &Args) -> bool {
+pub(crate) fn peeked(regs: *const pt_regs, sc: u32, a: &Args) -> bool {
     let flags = match sc {
         // recvfrom(fd, buf, len, flags, ...): the fourth argument is in r10.
         // SAFETY: the tracepoint's trusted pt_regs pointer.

@@ -176,6 +176,30 @@ impl Agent {
         )
     }
 
+    /// A counter of garbage (bytes parsed that should not have been: encrypted records read as
+    /// plaintext, a connection left unclassified) must not have moved from `before`; it may
+    /// move by at most the number of program runs the kernel skipped, each counted
+    /// (`apm_kernel_program_runs_skipped_total`): a skipped run of the program that marks a
+    /// socket as TLS lets that socket's next encrypted record through to the parsers. A move
+    /// with no skipped run never passes.
+    pub fn assert_unmoved_or_counted(&self, before: f64, after: f64, what: &str) -> Result<()> {
+        if after == before {
+            return Ok(());
+        }
+        let skipped = self.skipped_runs()?;
+        if after > before && after - before <= skipped {
+            eprintln!(
+                "note: {what}: moved by {}; the kernel skipped {skipped} program runs (counted)",
+                after - before
+            );
+            return Ok(());
+        }
+        bail!(
+            "{what}: {before} before, {after} after (skipped program runs: {skipped})\n{}",
+            self.log()
+        )
+    }
+
     /// Polls `f` until it reaches `want` (or `timeout`), then waits a little longer so that
     /// over-counting would show, and returns the final value.
     pub fn settle(&self, want: f64, timeout: Duration, f: impl Fn(&Metrics) -> f64) -> Result<f64> {

@@ -20,21 +20,31 @@ use tests::{
 };
 
 const WAIT: Duration = Duration::from_secs(20);
-/// Kernel programs the agent loads: seven for sockets and processes (exec, exit, fork, and
-/// two that note the socket of each send and receive), one for the profiler, six OpenSSL
-/// uprobes (five entries, one shared return). Before 6.4 there are no
-/// `sock_send_length`/`sock_recv_length` tracepoints; kprobes take their place where the
-/// kernel has them, else those two are missing.
-fn expected_programs() -> usize {
-    let btf = std::fs::read("/sys/kernel/btf/vmlinux").unwrap_or_default();
-    let needle = b"btf_trace_sock_send_length\0";
-    let socket_tracepoints = btf.windows(needle.len()).any(|w| w == needle);
-    let kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists();
-    if socket_tracepoints || kprobes {
-        14
+/// Kernel programs `agent` loads, by the capture path it reports: one for the profiler, six
+/// OpenSSL uprobes (five entries, one shared return), three for processes (exec, exit, fork),
+/// and
+/// - `sockets`: three at the socket layer (send, receive, TCP state) and the dynamic
+///   loader's library-load uprobe;
+/// - `sockets-fexit`: six there (three sends, the TCP and the unix-stream receive, TCP
+///   state) and the loader's uprobe;
+/// - `syscalls`: `sys_enter`, `sys_exit`, and two that note the socket of each send and
+///   receive: the socket tracepoints (6.4+), else kprobes where the kernel has them, else
+///   none.
+fn expected_programs(agent: &Agent) -> Result<usize> {
+    let m = agent.metrics()?;
+    let path = |p: &str| m.sum("apm_capture_path", &[("path", p)]) == 1.0;
+    let common = 1 + 6 + 3;
+    Ok(if path("sockets") {
+        common + 3 + 1
+    } else if path("sockets-fexit") {
+        common + 6 + 1
     } else {
-        12
-    }
+        let btf = std::fs::read("/sys/kernel/btf/vmlinux").unwrap_or_default();
+        let needle = b"btf_trace_sock_send_length\0";
+        let socket_tracepoints = btf.windows(needle.len()).any(|w| w == needle);
+        let kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists();
+        common + 2 + if socket_tracepoints || kprobes { 2 } else { 0 }
+    })
 }
 
 #[test]
@@ -158,7 +168,7 @@ fn sigterm_detaches_and_sigkill_leaves_nothing_attached() -> Result<()> {
     let ids = programs_of(agent.pid())?;
     assert_eq!(
         ids.len(),
-        expected_programs(),
+        expected_programs(&agent)?,
         "programs held while running: {ids:?}"
     );
     let status = agent.signal_and_wait(libc::SIGTERM, Duration::from_secs(15))?;
@@ -176,7 +186,7 @@ fn sigterm_detaches_and_sigkill_leaves_nothing_attached() -> Result<()> {
 
     let mut agent = Agent::start(&[])?;
     let ids = programs_of(agent.pid())?;
-    assert_eq!(ids.len(), expected_programs());
+    assert_eq!(ids.len(), expected_programs(&agent)?);
     agent.signal_and_wait(libc::SIGKILL, Duration::from_secs(15))?;
     assert_eq!(
         left_loaded(&ids)?,
@@ -186,7 +196,7 @@ fn sigterm_detaches_and_sigkill_leaves_nothing_attached() -> Result<()> {
 
     // And it starts again.
     let agent = Agent::start(&[])?;
-    assert_eq!(programs_of(agent.pid())?.len(), expected_programs());
+    assert_eq!(programs_of(agent.pid())?.len(), expected_programs(&agent)?);
     drop(agent);
     Ok(())
 }
@@ -281,7 +291,11 @@ fn sigkill_with_openssl_hooked_leaves_no_link_perf_event_or_uprobe() -> Result<(
     assert!(seen >= 3.0, "HTTPS not seen in plaintext\n{}", agent.log());
 
     let progs = programs_of(pid)?;
-    assert_eq!(progs.len(), expected_programs(), "programs held: {progs:?}");
+    assert_eq!(
+        progs.len(),
+        expected_programs(&agent)?,
+        "programs held: {progs:?}"
+    );
     // Uprobe programs are of the kprobe type; each hooked function holds a BPF link of type
     // perf_event (a perf-event uprobe) for its entry and one for its return.
     let uprobe_progs: Vec<u64> = bpftool(&["prog", "show"])?
@@ -293,7 +307,7 @@ fn sigkill_with_openssl_hooked_leaves_no_link_perf_event_or_uprobe() -> Result<(
     // Five entries and one shared return; on the socket-layer capture path also the
     // loader's library-load hook.
     let metrics = agent.metrics()?;
-    let sockets_path = metrics.sum("apm_capture_path", &[("path", "sockets")]) == 1.0;
+    let sockets_path = metrics.sum("apm_capture_path", &[("path", "syscalls")]) == 0.0;
     assert_eq!(
         uprobe_progs.len(),
         if sockets_path { 7 } else { 6 },

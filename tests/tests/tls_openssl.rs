@@ -114,13 +114,14 @@ fn nginx_https_under_curl_counted_once_on_both_sides() -> Result<()> {
     agent.assert_exact_or_counted(client_ok, 10.0, "curl's 200s")?;
     agent.assert_exact_or_counted(server_404, 5.0, "nginx's 404s")?;
     agent.assert_exact_or_counted(client_404, 5.0, "curl's 404s")?;
-    assert_eq!(garbage(&m), before, "encrypted bytes reached the parsers");
+    let after = garbage(&m);
+    agent.assert_unmoved_or_counted(before.0, after.0, "unclassified connections")?;
+    agent.assert_unmoved_or_counted(before.1, after.1, "HTTP/1 parse errors")?;
     assert!(m.value("apm_tls_plaintext_records_total") >= 30.0);
-    assert_eq!(
-        m.sum("apm_tls_plaintext_dropped_total", &[]),
-        0.0,
-        "plaintext dropped"
-    );
+    // A skipped run of the program that ties a call to its socket leaves that call's
+    // plaintext without a socket: dropped, and counted as such.
+    let dropped = m.sum("apm_tls_plaintext_dropped_total", &[]);
+    agent.assert_unmoved_or_counted(0.0, dropped, "plaintext dropped")?;
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 //! tracepoints.
 use aya::{
     Btf,
-    programs::{BtfTracePoint, KProbe, TracePoint},
+    programs::{BtfTracePoint, FEntry, FExit, KProbe, TracePoint},
 };
 
 use super::{
@@ -36,13 +36,44 @@ pub const ENDPOINT_KPROBES: &[(&str, &str)] = &[
     ("apm_tcp_recvmsg", "tcp_recvmsg"),
 ];
 
-/// The `sockets` path: programs at the socket layer, (program function, BTF tracepoint). See
-/// apm-ebpf/src/socket_layer.rs.
+/// The `sockets` path: the data programs at the socket layer, (program function, BTF
+/// tracepoint), with [`TCP_STATE`]. See apm-ebpf/src/socket_layer.rs.
 pub const SOCKET_PROGRAMS: &[(&str, &str)] = &[
     ("apm_sock_send_data", "sock_send_length"),
     ("apm_sock_recv_data", "sock_recv_length"),
-    ("apm_tcp_state", "inet_sock_set_state"),
 ];
+
+/// How a program of a socket-layer path hooks the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    BtfTracepoint,
+    Fentry,
+    Fexit,
+}
+
+/// The `sockets-fexit` path, for kernels before 6.4: the same data programs on BPF
+/// trampolines around the functions where the tracepoints of [`SOCKET_PROGRAMS`] sit on 6.4+
+/// (see apm-ebpf/src/socket_layer.rs for why these), (program function, kernel function,
+/// hook). All are required: without one of them a family's connections would be half seen.
+/// The TCP state program is the same.
+pub const SOCKET_FEXIT_PROGRAMS: &[(&str, &str, Hook)] = &[
+    ("apm_inet_sendmsg_exit", "inet_sendmsg", Hook::Fexit),
+    ("apm_inet6_sendmsg_exit", "inet6_sendmsg", Hook::Fexit),
+    (
+        "apm_unix_stream_sendmsg_exit",
+        "unix_stream_sendmsg",
+        Hook::Fexit,
+    ),
+    ("apm_tcp_cleanup_rbuf", "tcp_cleanup_rbuf", Hook::Fentry),
+    (
+        "apm_unix_stream_recvmsg_exit",
+        "unix_stream_recvmsg",
+        Hook::Fexit,
+    ),
+];
+
+/// The TCP state program of both socket-layer paths.
+const TCP_STATE: (&str, &str, Hook) = ("apm_tcp_state", "inet_sock_set_state", Hook::BtfTracepoint);
 
 /// Programs on classic tracepoints: (program function, category, tracepoint).
 pub const TRACEPOINT_PROGRAMS: &[(&str, &str, &str)] = &[
@@ -59,28 +90,11 @@ impl Probes {
     pub fn attach_all(&mut self, wanted: CapturePath) -> Result<(), LoadError> {
         let btf = Btf::from_sys_fs().map_err(|e| LoadError::Btf(Box::new(e)))?;
         let (path, reason) = match wanted {
-            CapturePath::Sockets => {
-                self.attach_socket_path(&btf)?;
-                (CapturePath::Sockets, "set by capture_path".to_owned())
+            CapturePath::Auto => self.attach_auto(&btf)?,
+            forced => {
+                self.attach_path(forced, &btf)?;
+                (forced, "set by capture_path".to_owned())
             }
-            CapturePath::Syscalls => {
-                self.attach_syscall_path(&btf)?;
-                (CapturePath::Syscalls, "set by capture_path".to_owned())
-            }
-            CapturePath::Auto => match self.attach_socket_path(&btf) {
-                Ok(()) => (
-                    CapturePath::Sockets,
-                    "auto: this kernel has the socket tracepoints".to_owned(),
-                ),
-                Err(e) => {
-                    log::info!("socket-layer capture unavailable, using the syscalls: {e}");
-                    self.attach_syscall_path(&btf)?;
-                    (
-                        CapturePath::Syscalls,
-                        format!("auto: the socket layer is unavailable ({e})"),
-                    )
-                }
-            },
         };
         self.features.capture = path;
         self.capture_reason = reason;
@@ -92,24 +106,116 @@ impl Probes {
         &self.capture_reason
     }
 
-    /// The programs of [`SOCKET_PROGRAMS`], all or none.
-    fn attach_socket_path(&mut self, btf: &Btf) -> Result<(), LoadError> {
-        for &(name, tracepoint) in SOCKET_PROGRAMS {
-            if let Err(e) = self.attach_btf(name, tracepoint, btf) {
-                for &(name, _) in SOCKET_PROGRAMS {
-                    if let Some(Ok(p)) = self
-                        .bpf
-                        .program_mut(name)
-                        .map(<&mut BtfTracePoint>::try_from)
-                    {
-                        let _ = p.unload();
+    /// `auto`: the first path of `sockets`, `sockets-fexit`, `syscalls` this kernel accepts,
+    /// and why.
+    fn attach_auto(&mut self, btf: &Btf) -> Result<(CapturePath, String), LoadError> {
+        let tracepoints = match self.attach_path(CapturePath::Sockets, btf) {
+            Ok(()) => {
+                let why = "auto: this kernel has the socket tracepoints";
+                return Ok((CapturePath::Sockets, why.to_owned()));
+            }
+            Err(e) => e,
+        };
+        log::info!("socket tracepoints unavailable: {tracepoints}");
+        let fexit = match self.attach_path(CapturePath::SocketsFexit, btf) {
+            Ok(()) => {
+                let why = format!(
+                    "auto: no socket tracepoints ({tracepoints}); fexit on the per-family \
+                     sendmsg/recvmsg"
+                );
+                return Ok((CapturePath::SocketsFexit, why));
+            }
+            Err(e) => e,
+        };
+        log::info!("socket-layer capture unavailable, using the syscalls: {fexit}");
+        self.attach_path(CapturePath::Syscalls, btf)?;
+        Ok((
+            CapturePath::Syscalls,
+            format!(
+                "auto: the socket layer is unavailable (tracepoints: {tracepoints}; fexit: {fexit})"
+            ),
+        ))
+    }
+
+    /// The programs of one path (not `Auto`): for the socket layer all or none.
+    fn attach_path(&mut self, path: CapturePath, btf: &Btf) -> Result<(), LoadError> {
+        match path {
+            CapturePath::Sockets => {
+                let mut programs: Vec<_> = SOCKET_PROGRAMS
+                    .iter()
+                    .map(|&(name, target)| (name, target, Hook::BtfTracepoint))
+                    .collect();
+                programs.push(TCP_STATE);
+                self.attach_socket_path(&programs, btf)?;
+                self.features.endpoints = EndpointHooks::Tracepoints;
+            }
+            CapturePath::SocketsFexit => {
+                let mut programs = SOCKET_FEXIT_PROGRAMS.to_vec();
+                programs.push(TCP_STATE);
+                self.attach_socket_path(&programs, btf)?;
+                self.features.endpoints = EndpointHooks::Fexit;
+            }
+            CapturePath::Syscalls | CapturePath::Auto => self.attach_syscall_path(btf)?,
+        }
+        Ok(())
+    }
+
+    /// The socket-layer `programs`, all or none.
+    fn attach_socket_path(
+        &mut self,
+        programs: &[(&'static str, &'static str, Hook)],
+        btf: &Btf,
+    ) -> Result<(), LoadError> {
+        for &(name, target, hook) in programs {
+            let result = match hook {
+                Hook::BtfTracepoint => self.attach_btf(name, target, btf),
+                Hook::Fentry | Hook::Fexit => self.attach_trampoline(name, target, hook, btf),
+            };
+            if let Err(e) = result {
+                for &(name, _, _) in programs {
+                    match self.bpf.program_mut(name) {
+                        Some(aya::programs::Program::BtfTracePoint(p)) => {
+                            let _ = p.unload();
+                        }
+                        Some(aya::programs::Program::FEntry(p)) => {
+                            let _ = p.unload();
+                        }
+                        Some(aya::programs::Program::FExit(p)) => {
+                            let _ = p.unload();
+                        }
+                        _ => {}
                     }
                     self.attached.retain(|a| *a != name);
                 }
                 return Err(e);
             }
         }
-        self.features.endpoints = EndpointHooks::Tracepoints;
+        Ok(())
+    }
+
+    /// Loads and attaches the fentry or fexit program `name` to kernel function `function`.
+    fn attach_trampoline(
+        &mut self,
+        name: &'static str,
+        function: &'static str,
+        hook: Hook,
+        btf: &Btf,
+    ) -> Result<(), LoadError> {
+        let err = |source| program_error(name, function, source);
+        let program = self
+            .bpf
+            .program_mut(name)
+            .ok_or(LoadError::MissingProgram(name))?;
+        if hook == Hook::Fentry {
+            let program: &mut FEntry = program.try_into().map_err(err)?;
+            program.load(function, btf).map_err(err)?;
+            program.attach().map_err(err)?;
+        } else {
+            let program: &mut FExit = program.try_into().map_err(err)?;
+            program.load(function, btf).map_err(err)?;
+            program.attach().map_err(err)?;
+        }
+        self.attached.push(name);
         Ok(())
     }
 

@@ -3,11 +3,14 @@
 //! - `sockets` (6.4+): programs at the socket layer only (`sock_send_length`,
 //!   `sock_recv_length`, `inet_sock_set_state`, a uprobe on the dynamic loader for library
 //!   loads); nothing runs on syscalls that move no socket bytes (apm-ebpf/src/socket_layer.rs).
+//! - `sockets-fexit` (5.15+ with fentry/fexit, BTF): the same programs, fed by fexit
+//!   programs on the per-family send and receive functions (`inet_sendmsg`, ...) instead of
+//!   the tracepoints: the socket layer on kernels before 6.4 (6.1, 5.15).
 //! - `syscalls`: the raw `sys_enter`/`sys_exit` tracepoints, a program on every syscall of
 //!   every process that filters by number (apm-ebpf/src/sockets.rs): the path for kernels
 //!   without the socket tracepoints.
 //! - `auto` (default): `sockets` where the kernel has its tracepoints and accepts its
-//!   programs, else `syscalls`.
+//!   programs, else `sockets-fexit` where it has fexit and accepts those, else `syscalls`.
 use std::{fmt, str::FromStr};
 
 /// The `capture_path` setting.
@@ -16,17 +19,37 @@ pub enum CapturePath {
     #[default]
     Auto,
     Sockets,
+    SocketsFexit,
     Syscalls,
 }
 
 impl CapturePath {
     /// Every value, as the setting spells it.
-    pub const ALLOWED: &'static str = "auto, sockets or syscalls";
+    pub const ALLOWED: &'static str = "auto, sockets, sockets-fexit or syscalls";
+
+    /// Every value, in the order of [`Self::index`].
+    pub const ALL: [Self; 4] = [
+        Self::Auto,
+        Self::Sockets,
+        Self::SocketsFexit,
+        Self::Syscalls,
+    ];
+
+    /// Position in [`Self::ALL`] (for a counter that stores the path in use).
+    pub fn index(self) -> usize {
+        Self::ALL.iter().position(|p| *p == self).unwrap_or(0)
+    }
+
+    /// Programs at the socket layer only (either kind of hook), nothing on every syscall.
+    pub fn socket_layer(self) -> bool {
+        matches!(self, Self::Sockets | Self::SocketsFexit)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Auto => "auto",
             Self::Sockets => "sockets",
+            Self::SocketsFexit => "sockets-fexit",
             Self::Syscalls => "syscalls",
         }
     }
@@ -50,6 +73,7 @@ impl FromStr for CapturePath {
         match s.trim() {
             "auto" => Ok(Self::Auto),
             "sockets" => Ok(Self::Sockets),
+            "sockets-fexit" => Ok(Self::SocketsFexit),
             "syscalls" => Ok(Self::Syscalls),
             _ => Err(UnknownCapturePath),
         }
@@ -62,13 +86,12 @@ mod tests {
 
     #[test]
     fn every_value_round_trips_and_others_are_refused() {
-        for p in [
-            CapturePath::Auto,
-            CapturePath::Sockets,
-            CapturePath::Syscalls,
-        ] {
+        for (i, p) in CapturePath::ALL.into_iter().enumerate() {
             assert_eq!(p.as_str().parse::<CapturePath>(), Ok(p));
+            assert_eq!(p.index(), i);
         }
+        assert!(CapturePath::SocketsFexit.socket_layer());
+        assert!(!CapturePath::Syscalls.socket_layer());
         assert_eq!(" sockets ".parse::<CapturePath>(), Ok(CapturePath::Sockets));
         assert_eq!("fentry".parse::<CapturePath>(), Err(UnknownCapturePath));
     }

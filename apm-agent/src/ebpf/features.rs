@@ -17,6 +17,8 @@ const FETCH_ADD_PROBE: &str = "apm_probe_fetch_add";
 pub enum EndpointHooks {
     /// The `sock_send_length`/`sock_recv_length` tracepoints (6.4+), any socket family.
     Tracepoints,
+    /// The `sockets-fexit` path's programs on the per-family sendmsg/recvmsg: TCP, unix.
+    Fexit,
     /// Kprobes on `tcp_sendmsg`/`tcp_recvmsg`: TCP only.
     Kprobes,
     /// Nothing: no endpoints, no adoption.
@@ -35,7 +37,7 @@ pub struct Features {
     pub exit_group_dead: Option<u32>,
     /// Known once the programs are attached.
     pub endpoints: EndpointHooks,
-    /// The capture path attached (`Sockets` or `Syscalls`; `Auto` before attaching).
+    /// The capture path attached (`Auto` before attaching).
     pub capture: CapturePath,
 }
 

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use aya::programs::{UProbe, uprobe::UProbeScope};
 
-use super::{LoadError, Probes, capture_path::CapturePath};
+use super::{LoadError, Probes};
 
 /// (OpenSSL function, entry program). The return program is shared.
 pub const TLS_FUNCTIONS: [(&str, &str); 5] = [
@@ -47,7 +47,7 @@ impl Probes {
     /// Loads (verifies) the TLS programs, and on the `sockets` capture path the loader hook
     /// that reports library loads; nothing is attached yet.
     pub fn load_tls(&mut self) -> Result<(), LoadError> {
-        if self.features.capture == CapturePath::Sockets {
+        if self.features.capture.socket_layer() {
             let (name, _) = LOADER_HOOK;
             self.uprobe(name)?
                 .load()

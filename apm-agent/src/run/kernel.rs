@@ -60,10 +60,9 @@ pub fn attach(
     stats
         .programs_attached
         .store(probes.attached().len() as u64, Relaxed);
-    stats.capture_sockets.store(
-        u64::from(probes.features().capture == CapturePath::Sockets),
-        Relaxed,
-    );
+    stats
+        .capture_path
+        .store(probes.features().capture.index() as u64, Relaxed);
     stats
         .seeded_connections
         .store(u64::from(seeded.seeded), Relaxed);

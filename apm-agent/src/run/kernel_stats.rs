@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use apm_common::stat;
 
-use crate::ebpf::program_runs::TRACKED;
+use crate::ebpf::{capture_path::CapturePath, program_runs::TRACKED};
 
 use crate::{
     profiles::stats::PROFILE_LOST,
@@ -29,8 +29,8 @@ counters! {
         pub unknown_kinds: AtomicU64,
         pub muted_connections: AtomicU64,
         pub mute_failures: AtomicU64,
-        /// 1 while the `sockets` capture path is in use, 0 on the `syscalls` path.
-        pub capture_sockets: AtomicU64,
+        /// The capture path in use, as its [`CapturePath::index`] (0 before attaching).
+        pub capture_path: AtomicU64,
         /// Skipped runs of each program of `program_runs::TRACKED`.
         pub program_runs_skipped: [AtomicU64; TRACKED.len()],
     }
@@ -153,7 +153,7 @@ const PROGRAM_RUNS_SKIPPED: Family = Family::counter(
 );
 const CAPTURE_PATH: Family = Family::gauge(
     "apm_capture_path",
-    "The capture path in use (1) and the other (0): sockets (programs at the socket layer only) or syscalls (a program on every syscall).",
+    "The capture path in use (1) and the others (0): sockets (programs at the socket layer only, on its tracepoints), sockets-fexit (the same, on fexit of the per-family sendmsg/recvmsg) or syscalls (a program on every syscall).",
 );
 const PROGRAMS_ATTACHED: Family =
     Family::gauge("apm_programs_attached", "Kernel programs attached.");
@@ -185,9 +185,16 @@ impl Stats for KernelStats {
             self.seeded_connections.load(Relaxed),
         );
         out.add(&PROGRAMS_ATTACHED, "", self.programs_attached.load(Relaxed));
-        let sockets = self.capture_sockets.load(Relaxed).min(1);
-        out.add(&CAPTURE_PATH, "path=\"sockets\"", sockets);
-        out.add(&CAPTURE_PATH, "path=\"syscalls\"", 1 - sockets);
+        // (Only `run::kernel` stores it, from `CapturePath::index`: nothing is beyond the last.)
+        let last = CapturePath::ALL.len() as u64 - 1;
+        let in_use = self.capture_path.load(Relaxed).min(last);
+        for path in &CapturePath::ALL[1..] {
+            out.add(
+                &CAPTURE_PATH,
+                format!("path=\"{path}\""),
+                u64::from(path.index() as u64 == in_use),
+            );
+        }
         for (program, skipped) in TRACKED.iter().zip(&self.program_runs_skipped) {
             out.add(
                 &PROGRAM_RUNS_SKIPPED,

@@ -135,64 +135,73 @@ pub fn render(rows: &[Row], expected: &[&str]) -> String {
     s
 }
 
-/// The eBPF time per request of each capture path, per kernel (from the `ebpf-time` step).
+/// The capture paths whose eBPF time the `ebpf-time` step measures, in table order.
+const TIMED_PATHS: [&str; 3] = ["syscalls", "sockets", "sockets-fexit"];
+
+/// The eBPF time per request of each capture path, per kernel (from the `ebpf-time` step),
+/// with each socket-layer path as a ratio of the syscalls path of the same kernel.
 fn ebpf_times(rows: &[Row]) -> String {
     let mut s = String::from(
-        "\neBPF time per HTTP request (server and client traced; profiler and TLS off)\n",
+        "\neBPF time per HTTP request, ns (server and client traced; profiler and TLS off); \
+         ratios against syscalls on the same kernel\n",
     );
     let _ = writeln!(
         s,
-        "{:<26} {:>16} {:>16} {:>8} {:>16}",
-        "kernel", "syscalls ns/req", "sockets ns/req", "ratio", "skipped sys/sock"
+        "{:<26} {:>10} {:>10} {:>14} {:>8} {:>8} {:>14}",
+        "kernel", "syscalls", "sockets", "sockets-fexit", "sock/sys", "fexit/sys", "skipped s/s/f"
     );
     let mut any = false;
     for r in rows {
         let Some(step) = r.step(EBPF_TIME) else {
             continue;
         };
-        // (ns per request, skipped program runs) of one path's line.
-        let figures = |path: &str| -> Option<(f64, String)> {
-            step.output.lines().find_map(|l| {
-                let rest = l.strip_prefix("ebpf-time ")?;
-                let field = |k: &str| {
-                    rest.split_whitespace()
-                        .find_map(|w| w.strip_prefix(k))
-                        .map(str::to_owned)
-                };
-                (field("path=")? == path).then_some(())?;
-                let requests: f64 = field("requests=")?.parse().ok()?;
-                let ns: f64 = field("ns=")?.parse().ok()?;
-                Some((
-                    ns / requests.max(1.0),
-                    field("skipped=").unwrap_or_default(),
-                ))
-            })
-        };
-        let (sys_f, sock_f) = (figures("syscalls"), figures("sockets"));
-        let (sys, sock) = (sys_f.as_ref().map(|f| f.0), sock_f.as_ref().map(|f| f.0));
-        let skipped = format!(
-            "{}/{}",
-            sys_f.map_or_else(|| "-".to_owned(), |f| f.1),
-            sock_f.map_or_else(|| "-".to_owned(), |f| f.1)
-        );
+        let figures = TIMED_PATHS.map(|path| path_figures(&step.output, path));
+        let ns = |i: usize| figures[i].as_ref().map(|f| f.0);
         let show = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"));
-        let ratio = match (sys, sock) {
+        let ratio = |i: usize| match (ns(0), ns(i)) {
             (Some(a), Some(b)) if a > 0.0 => format!("{:.2}", b / a),
             _ => "-".to_owned(),
         };
+        let skipped = figures
+            .iter()
+            .map(|f| f.as_ref().map_or("-", |f| f.1.as_str()))
+            .collect::<Vec<_>>()
+            .join("/");
         let _ = writeln!(
             s,
-            "{:<26} {:>16} {:>16} {:>8} {:>16}{}",
+            "{:<26} {:>10} {:>10} {:>14} {:>8} {:>8} {:>14}{}",
             r.release,
-            show(sys),
-            show(sock),
-            ratio,
+            show(ns(0)),
+            show(ns(1)),
+            show(ns(2)),
+            ratio(1),
+            ratio(2),
             skipped,
             if r.emulated { "  (emulated)" } else { "" }
         );
         any = true;
     }
     if any { s } else { String::new() }
+}
+
+/// (ns per request, skipped program runs) of `path` in an `ebpf-time` step's output, from
+/// its line `ebpf-time path=<path> requests=<n> ns=<t> skipped=<k>`.
+fn path_figures(output: &str, path: &str) -> Option<(f64, String)> {
+    output.lines().find_map(|l| {
+        let rest = l.strip_prefix("ebpf-time ")?;
+        let field = |k: &str| {
+            rest.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .map(str::to_owned)
+        };
+        (field("path=")? == path).then_some(())?;
+        let requests: f64 = field("requests=")?.parse().ok()?;
+        let ns: f64 = field("ns=")?.parse().ok()?;
+        Some((
+            ns / requests.max(1.0),
+            field("skipped=").unwrap_or_default(),
+        ))
+    })
 }
 
 /// A step's cell in the table.
@@ -209,5 +218,25 @@ fn status(st: &Step) -> String {
     match st.status {
         Some(code) => format!("exit status {code}"),
         None => "did not finish".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_figures;
+
+    #[test]
+    fn each_path_is_read_from_its_own_line() {
+        let out = "ebpf-time path=syscalls requests=300 ns=268397412 skipped=0\n\
+                   path sockets unavailable: unknown BTF type\n\
+                   ebpf-time path=sockets-fexit requests=300 ns=90000000 skipped=2\n";
+        let (ns, skipped) = path_figures(out, "syscalls").expect("syscalls line");
+        assert!((ns - 894_658.04).abs() < 0.01);
+        assert_eq!(skipped, "0");
+        assert_eq!(path_figures(out, "sockets"), None);
+        assert_eq!(
+            path_figures(out, "sockets-fexit"),
+            Some((300_000.0, "2".to_owned()))
+        );
     }
 }

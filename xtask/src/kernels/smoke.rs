@@ -156,6 +156,7 @@ measure_all() {{
   rc=0
   measure_path syscalls || rc=1
   measure_path sockets || rc=1
+  measure_path sockets-fexit || rc=1
   kill $app
   return $rc
 }}
