@@ -131,6 +131,21 @@ pub fn run_checks() -> Vec<Item> {
             },
         ));
     }
+    // The opt-in socket-layer path on BPF trampolines: does this kernel accept it?
+    let fexit = load_and_attach(CapturePath::SocketsFexit);
+    items.push(item(
+        "capture path sockets-fexit (optional)",
+        fexit.is_ok(),
+        false,
+        match &fexit {
+            Ok(f) => format!(
+                "{} programs loaded, verified and attached (then detached); only when set: \
+                 capture_path = sockets-fexit",
+                f.attached
+            ),
+            Err(e) => e.clone(),
+        },
+    ));
     if let Ok(loaded) = &attach {
         items.extend(feature_items(loaded.features));
     }

@@ -106,8 +106,11 @@ impl Probes {
         &self.capture_reason
     }
 
-    /// `auto`: the first path of `sockets`, `sockets-fexit`, `syscalls` this kernel accepts,
-    /// and why.
+    /// `auto`: `sockets` where this kernel accepts it, else `syscalls`, and why. Not
+    /// `sockets-fexit` (only when set): its TCP receive hook still double-counts some
+    /// receives (`MSG_WAITALL`, `SO_RCVLOWAT`; every backlog pass on 5.15) and can misread
+    /// receives the kernel does for itself in softirq (kTLS, strparser, sockmap): see
+    /// apm-ebpf/src/socket_layer.rs.
     fn attach_auto(&mut self, btf: &Btf) -> Result<(CapturePath, String), LoadError> {
         let tracepoints = match self.attach_path(CapturePath::Sockets, btf) {
             Ok(()) => {
@@ -116,24 +119,11 @@ impl Probes {
             }
             Err(e) => e,
         };
-        log::info!("socket tracepoints unavailable: {tracepoints}");
-        let fexit = match self.attach_path(CapturePath::SocketsFexit, btf) {
-            Ok(()) => {
-                let why = format!(
-                    "auto: no socket tracepoints ({tracepoints}); fexit on the per-family \
-                     sendmsg/recvmsg"
-                );
-                return Ok((CapturePath::SocketsFexit, why));
-            }
-            Err(e) => e,
-        };
-        log::info!("socket-layer capture unavailable, using the syscalls: {fexit}");
+        log::info!("socket-layer capture unavailable, using the syscalls: {tracepoints}");
         self.attach_path(CapturePath::Syscalls, btf)?;
         Ok((
             CapturePath::Syscalls,
-            format!(
-                "auto: the socket layer is unavailable (tracepoints: {tracepoints}; fexit: {fexit})"
-            ),
+            format!("auto: the socket layer is unavailable ({tracepoints})"),
         ))
     }
 

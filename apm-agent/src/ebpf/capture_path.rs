@@ -10,7 +10,8 @@
 //!   every process that filters by number (apm-ebpf/src/sockets.rs): the path for kernels
 //!   without the socket tracepoints.
 //! - `auto` (default): `sockets` where the kernel has its tracepoints and accepts its
-//!   programs, else `sockets-fexit` where it has fexit and accepts those, else `syscalls`.
+//!   programs, else `syscalls`. `sockets-fexit` is used only when set: its TCP receive hook
+//!   has known double counts (see apm-ebpf/src/socket_layer.rs).
 use std::{fmt, str::FromStr};
 
 /// The `capture_path` setting.

@@ -129,11 +129,12 @@ pub fn run(args: &TestKernelsArgs) -> Result<()> {
         let mut outcome = vm::boot(&boot)?;
         let mut retried = None;
         if let Some(oops) = vm::emulator_text_poke_fault(&outcome.console) {
-            // Seen once so far (on 7.3): an int3 the kernel had already removed
-            // from a patched instruction (a static key flipped when a tracepoint gets its
-            // first program) still trapped on the other vCPU. Multi-threaded TCG executes
-            // cross-modified code late; the guest dies, so every later step would fail
-            // for the emulator's sake. The whole kernel runs once more; the table says so.
+            // Seen twice so far: on 7.3 an int3 the kernel had already removed from a
+            // patched instruction (a static key flipped when a tracepoint gets its first
+            // program) still trapped on the other vCPU; on 6.1 a call into a kprobed
+            // function jumped to address 0. Multi-threaded TCG executes cross-modified code
+            // late; the guest dies, so every later step would fail for the emulator's sake.
+            // The whole kernel runs once more; the table says so.
             let first = dir.join("console-first-boot.log");
             std::fs::write(&first, &outcome.console)?;
             eprintln!(
@@ -141,8 +142,8 @@ pub fn run(args: &TestKernelsArgs) -> Result<()> {
                 kernel.release
             );
             retried = Some(format!(
-                "the first boot died on an int3 in patched kernel text under multi-threaded \
-                 TCG ({oops}; console in {}); these are the results of a second boot",
+                "the first boot died running patched kernel text under multi-threaded TCG \
+                 ({oops}; console in {}); these are the results of a second boot",
                 first.display()
             ));
             outcome = vm::boot(&boot)?;

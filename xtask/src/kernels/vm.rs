@@ -247,12 +247,20 @@ fn tempdir(prefix: &str) -> Result<std::path::PathBuf> {
     Ok(dir)
 }
 
-/// The guest kernel's oops line when it died on an `int3` trap inside kernel text: the
-/// breakpoint x86 kernels put on an instruction while they patch it (jump labels, static
-/// calls), removed before the trap was taken. Real CPUs serialise on the kernel's sync IPIs;
-/// multi-threaded TCG can still run the stale translation on another vCPU. Any other oops
-/// is not this and is not retried.
+/// The guest kernel's oops line when it died of running kernel text that was being patched:
+/// - an `int3` trap inside kernel text: the breakpoint x86 kernels put on an instruction while
+///   they patch it (jump labels, static calls, ftrace), removed before the trap was taken;
+/// - a kernel-mode instruction fetch at address 0 (`RIP: 0010:0x0`), reached by a call from
+///   kernel code (seen once on 6.1: `inet_recvmsg` calling `tcp_recvmsg` while the agent's
+///   kprobe on it was attached or removed, i.e. its ftrace call site rewritten).
+///
+/// Real CPUs serialise on the kernel's sync IPIs; multi-threaded TCG can still run the stale
+/// translation on another vCPU. Any other oops is not this and is not retried (and a real
+/// kernel bug of this shape would show again on the one retry).
 pub fn emulator_text_poke_fault(console: &str) -> Option<String> {
+    if let Some(fault) = null_call_fault(console) {
+        return Some(fault);
+    }
     let mut lines = console.lines();
     let oops = lines.find(|l| l.contains("Oops: int3"))?;
     // The trap must be in kernel text (`RIP: 0010:`), not a user-space breakpoint.
@@ -264,9 +272,45 @@ pub fn emulator_text_poke_fault(console: &str) -> Option<String> {
     })
 }
 
+/// The `RIP: 0010:0x0` case of [`emulator_text_poke_fault`], with the caller from the trace.
+fn null_call_fault(console: &str) -> Option<String> {
+    let mut lines = console.lines();
+    lines.find(|l| l.contains("#PF: supervisor instruction fetch in kernel mode"))?;
+    lines
+        .find(|l| l.contains("RIP: "))?
+        .contains("RIP: 0010:0x0")
+        .then_some(())?;
+    let caller = lines
+        .skip_while(|l| !l.contains("Call Trace:"))
+        .find(|l| l.contains("+0x"))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap_or("?");
+    Some(format!("kernel-mode call to address 0 from {caller}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::emulator_text_poke_fault;
+
+    #[test]
+    fn a_call_to_address_zero_from_kernel_text_is_recognised() {
+        let console = "[  119.440923] BUG: kernel NULL pointer dereference, address: 0000000000000000\n\
+                       [  119.441788] #PF: supervisor instruction fetch in kernel mode\n\
+                       [  119.441788] RIP: 0010:0x0\n\
+                       [  119.441788] Call Trace:\n\
+                       [  119.441788]  <TASK>\n\
+                       [  119.441788]  inet_recvmsg+0x52/0x130\n\
+                       [  119.441788]  __sys_recvfrom+0xcb/0x140\n";
+        assert_eq!(
+            emulator_text_poke_fault(console).as_deref(),
+            Some("kernel-mode call to address 0 from inet_recvmsg+0x52/0x130")
+        );
+        // A NULL data dereference is not it.
+        let data = "[ 1.0] BUG: kernel NULL pointer dereference, address: 0000000000000010\n\
+                    [ 1.0] #PF: supervisor read access in kernel mode\n\
+                    [ 1.1] RIP: 0010:f+0x1/0x2\n";
+        assert_eq!(emulator_text_poke_fault(data), None);
+    }
 
     #[test]
     fn an_int3_oops_in_kernel_text_is_recognised() {
