@@ -148,8 +148,12 @@ pub mod stat {
     /// (sendfile, splice, io_uring, kernel sockets), on the socket-layer capture path: not
     /// copied.
     pub const SOCKET_CALL_OTHER: u32 = 16;
+    /// A data record found its CPU's scratch area in use by a program that was preempted
+    /// while assembling one (kernels with full or lazy preemption run tracing programs
+    /// preemptibly): not written, so that neither record is corrupted; an event lost.
+    pub const SCRATCH_BUSY: u32 = 17;
     /// Number of counters.
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 18;
 }
 
 /// Key of the profiler's sample counts: one (thread, user stack, kernel stack) combination.

@@ -12,7 +12,9 @@ use aya_ebpf::helpers::{
     bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_probe_read_user as raw_read_user,
 };
 
-use crate::maps::{CAPTURE_BYTES, EVENTS, SCRATCH, bump, next_record, wakeup_flags};
+use crate::maps::{
+    CAPTURE_BYTES, EVENTS, SCRATCH, SCRATCH_BUSY, atomic_add, bump, next_record, wakeup_flags,
+};
 
 const HEADER_LEN: usize = core::mem::size_of::<DataEventHeader>();
 const MASK: u64 = (MAX_CAPTURE as u64) - 1;
@@ -52,10 +54,19 @@ pub(crate) struct Moved {
 /// [`next_record`]).
 #[inline(always)]
 pub(crate) fn emit_data<const FETCH: bool>(m: &Moved) {
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+    let (Some(scratch), Some(busy)) = (SCRATCH.get_ptr_mut(0), SCRATCH_BUSY.get_ptr_mut(0)) else {
         return;
     };
-    // SAFETY: a per-CPU array slot, used by one program at a time on this CPU.
+    // On kernels with full or lazy preemption a program can be preempted halfway through
+    // this function while another task's program runs on the same CPU: the scratch area is
+    // claimed first, and a record that finds it taken is dropped and counted rather than
+    // written over the other (or written half-overwritten).
+    if next_record::<FETCH>(busy) != 0 {
+        atomic_add(busy, u64::MAX);
+        bump(stat::SCRATCH_BUSY);
+        return;
+    }
+    // SAFETY: a per-CPU array slot, claimed above: no other program writes it meanwhile.
     let scratch: &mut DataEventScratch = unsafe { &mut *scratch };
 
     let mut want = CAPTURE_BYTES.load() as u64;
@@ -101,6 +112,8 @@ pub(crate) fn emit_data<const FETCH: bool>(m: &Moved) {
     if EVENTS.output::<[u8]>(record, wakeup_flags(ts_ns)).is_err() {
         bump(stat::EVENTS_LOST);
     }
+    // Released (`u64::MAX` is -1).
+    atomic_add(busy, u64::MAX);
 }
 
 /// Copies `len` (clamped to `MAX_CAPTURE`) user bytes from `src` to payload offset `offset`.

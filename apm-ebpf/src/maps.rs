@@ -34,6 +34,11 @@ pub(crate) static LAST_SOCK: PerCpuArray<LastSock> = PerCpuArray::with_max_entri
 #[map]
 pub(crate) static SCRATCH: PerCpuArray<DataEventScratch> = PerCpuArray::with_max_entries(1, 0);
 
+/// Whether this CPU's [`SCRATCH`] is in use (non-zero): a program preempted while it
+/// assembles a record keeps it, and another program on the same CPU must not write over it.
+#[map]
+pub(crate) static SCRATCH_BUSY: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// The kernel side's own counters (see `apm_common::stat`).
 #[map]
 pub(crate) static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);

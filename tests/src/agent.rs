@@ -133,11 +133,13 @@ impl Agent {
     }
 
     /// Runs of the agent's kernel programs the kernel skipped (preempted mid-run: see
-    /// `apm_kernel_program_runs_skipped_total`).
+    /// `apm_kernel_program_runs_skipped_total`), and data records dropped because a preempted
+    /// program held their CPU's scratch area (`apm_capture_scratch_busy_total`): the two
+    /// counted losses of kernels whose tracing programs are preemptible.
     pub fn skipped_runs(&self) -> Result<f64> {
-        Ok(self
-            .metrics()?
-            .sum("apm_kernel_program_runs_skipped_total", &[]))
+        let m = self.metrics()?;
+        Ok(m.sum("apm_kernel_program_runs_skipped_total", &[])
+            + m.sum("apm_capture_scratch_busy_total", &[]))
     }
 
     /// `got` must equal `want`; a shortfall passes only when the kernel reported at least as

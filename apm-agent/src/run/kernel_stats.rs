@@ -40,6 +40,10 @@ const EVENTS_LOST: Family = Family::counter(
     "apm_events_lost_total",
     "Events the kernel could not write because the ring buffer was full.",
 );
+const SCRATCH_BUSY: Family = Family::counter(
+    "apm_capture_scratch_busy_total",
+    "Data records not written because their CPU's scratch area was held by a preempted program (kernels with full or lazy preemption): each is an event lost, never a corrupted one.",
+);
 const CAPTURE_PARTIAL: Family = Family::counter(
     "apm_capture_partial_total",
     "Syscalls whose captured bytes are fewer than they could be.",
@@ -85,6 +89,7 @@ pub const KERNEL_STATS: [(u32, &Family, &str); stat::COUNT as usize] = [
         &CAPTURE_SKIPPED,
         "reason=\"not_a_data_syscall\"",
     ),
+    (stat::SCRATCH_BUSY, &SCRATCH_BUSY, ""),
     (stat::SOCK_ADOPTED, &CONNECTIONS_ADOPTED, ""),
     (stat::TLS_RECORDS, &TLS_PLAINTEXT_RECORDS, ""),
     (
