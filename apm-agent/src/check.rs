@@ -131,21 +131,26 @@ pub fn run_checks() -> Vec<Item> {
             },
         ));
     }
-    // The opt-in socket-layer path on BPF trampolines: does this kernel accept it?
-    let fexit = load_and_attach(CapturePath::SocketsFexit);
-    items.push(item(
-        "capture path sockets-fexit (optional)",
-        fexit.is_ok(),
-        false,
-        match &fexit {
-            Ok(f) => format!(
-                "{} programs loaded, verified and attached (then detached); only when set: \
-                 capture_path = sockets-fexit",
-                f.attached
-            ),
-            Err(e) => e.clone(),
-        },
-    ));
+    // The trampoline path, where auto chose another: does this kernel accept it too?
+    if attach
+        .as_ref()
+        .map_or(true, |l| l.features.capture != CapturePath::SocketsFexit)
+    {
+        let fexit = load_and_attach(CapturePath::SocketsFexit);
+        items.push(item(
+            "capture path sockets-fexit (optional)",
+            fexit.is_ok(),
+            false,
+            match &fexit {
+                Ok(f) => format!(
+                    "{} programs loaded, verified and attached (then detached); \
+                     capture_path = sockets-fexit forces it",
+                    f.attached
+                ),
+                Err(e) => e.clone(),
+            },
+        ));
+    }
     if let Ok(loaded) = &attach {
         items.extend(feature_items(loaded.features));
     }

@@ -136,8 +136,8 @@ pub struct RunArgs {
     /// Do not hook OpenSSL (no TLS plaintext).
     #[arg(long, env = "APM_NO_TLS")]
     pub no_tls: bool,
-    /// Which kernel programs see socket traffic: auto, sockets (6.4+) or syscalls [default:
-    /// auto].
+    /// Which kernel programs see socket traffic: auto, sockets (6.4+), sockets-fexit (5.15+
+    /// with fexit) or syscalls [default: auto].
     #[arg(long, env = "APM_CAPTURE_PATH")]
     pub capture_path: Option<String>,
     /// Turn the continuous CPU profiler off.

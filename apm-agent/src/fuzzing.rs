@@ -307,7 +307,7 @@ fn check(
         assert!(side.is_none_or(|side| r.side == side), "{r:?}");
         assert!(r.start_ns <= r.end_ns, "{r:?}");
         match (&r.detail, protocol) {
-            (Detail::Http(h), Protocol::Http1) => {
+            (Detail::Http(h), Protocol::Http1 | Protocol::Http2) => {
                 // Query strings and fragments (their values) never leave the parser.
                 assert!(!h.path.contains(['?', '#']), "{r:?}");
             }
@@ -587,6 +587,7 @@ mod tests {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
         let protocols = [
             ("http1", Protocol::Http1),
+            ("http2", Protocol::Http2),
             ("postgres", Protocol::Postgres),
             ("mysql", Protocol::Mysql),
             ("redis", Protocol::Redis),

@@ -7,6 +7,7 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
     Http1,
+    Http2,
     Postgres,
     Mysql,
     Redis,
@@ -15,8 +16,9 @@ pub enum Protocol {
 
 impl Protocol {
     /// Every protocol, in [`Protocol::index`] order.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Http1,
+        Self::Http2,
         Self::Postgres,
         Self::Mysql,
         Self::Redis,
@@ -32,6 +34,7 @@ impl Protocol {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Http1 => "http1",
+            Self::Http2 => "http2",
             Self::Postgres => "postgresql",
             Self::Mysql => "mysql",
             Self::Redis => "redis",
@@ -100,6 +103,34 @@ impl Method {
             Self::Trace => "TRACE",
             Self::Patch => "PATCH",
             Self::Other => "_OTHER",
+        }
+    }
+}
+
+/// HTTP version of an exchange (`network.protocol.version`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HttpVersion {
+    Http10,
+    Http11,
+    Http2,
+}
+
+impl HttpVersion {
+    /// HTTP/1.x by its minor version: `0` is 1.0, anything else is read as 1.1.
+    pub fn http1(minor: u8) -> Self {
+        if minor == 0 {
+            Self::Http10
+        } else {
+            Self::Http11
+        }
+    }
+
+    /// The value of `network.protocol.version`, as the OpenTelemetry conventions spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http10 => "1.0",
+            Self::Http11 => "1.1",
+            Self::Http2 => "2",
         }
     }
 }
@@ -185,8 +216,8 @@ pub struct HttpInfo {
     /// parser), truncated to a bounded length.
     pub path: String,
     pub status: u16,
-    /// `1` for HTTP/1.1, `0` for HTTP/1.0.
-    pub version_minor: u8,
+    /// HTTP/1.0, HTTP/1.1 or HTTP/2.
+    pub version: HttpVersion,
     /// `Host` header (client side: it names the server, `server.address`/`server.port`).
     pub host: Option<String>,
     /// `User-Agent` header (allow-listed: `user_agent.original`), bounded.

@@ -152,8 +152,11 @@ pub mod stat {
     /// while assembling one (kernels with full or lazy preemption run tracing programs
     /// preemptibly): not written, so that neither record is corrupted; an event lost.
     pub const SCRATCH_BUSY: u32 = 17;
+    /// A send or receive that was already blocked when the `sockets-fexit` programs were
+    /// attached, seen at its syscall's exit by the catch-up program.
+    pub const CAUGHT_UP: u32 = 18;
     /// Number of counters.
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 19;
 }
 
 /// Key of the profiler's sample counts: one (thread, user stack, kernel stack) combination.

@@ -8,6 +8,7 @@
 #![feature(asm_experimental_arch)]
 
 mod capture;
+mod catch_up;
 mod endpoints;
 mod libraries;
 mod maps;

@@ -15,7 +15,7 @@
 //!   left alone.
 //!   Kernels with fentry/fexit but before 6.4 (5.15 to 6.3: `bpf_task_pt_regs` is 5.15+) get
 //!   the same data from BPF trampolines on the functions around them (`inet_sendmsg`,
-//!   `tcp_cleanup_rbuf`, ...: the `sockets-fexit` value of the setting).
+//!   `inet_recvmsg`, ...: the `sockets-fexit` value of the setting).
 //! - **Connections** are followed from their first data: an fd the table does not know is
 //!   taken in then (its role from the TCP handshake, below, else inferred by the agent from
 //!   the traffic). The socket's cookie identifies it: the same fd moving bytes through another
@@ -34,12 +34,13 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         generated::{bpf_get_current_task_btf, bpf_get_socket_cookie, bpf_task_pt_regs},
     },
-    macros::{btf_tracepoint, fentry, fexit, map},
+    macros::{btf_tracepoint, fexit, map},
     maps::LruHashMap,
-    programs::{BtfTracePointContext, FEntryContext, FExitContext},
+    programs::{BtfTracePointContext, FExitContext},
 };
 
 use crate::{
+    catch_up::seen_by_fexit,
     endpoints::{SKC_DADDR, SKC_DPORT, SKC_FAMILY, SKC_STATE},
     maps::{FORK_PARENT, SKIP_PEER_PORT, SOCKETS, bump, output},
     sockets::{AF_INET, Call, args, caller, capture, data_call, is_tracked_family, peeked},
@@ -76,20 +77,17 @@ pub fn apm_sock_recv_data(ctx: BtfTracePointContext) -> i32 {
 }
 
 /// The `sockets-fexit` path, for kernels with fentry/fexit but before the socket tracepoints
-/// (6.4): the same data as `sock_send_length`/`sock_recv_length`, from BPF trampolines.
+/// (6.4): the same data as `sock_send_length`/`sock_recv_length`, from BPF trampolines on
+/// the functions `sock_sendmsg`/`sock_recvmsg` call through the socket's operations, one per
+/// family (those two are inlined into their callers in `net/socket.c`: measured on 6.1, an
+/// fexit of `sock_sendmsg` never ran for a `write`; these are in other files and never are).
+/// They take `(struct socket *sock, struct msghdr *msg, size_t len)`, the receives then
+/// `int flags`; their `int` result follows the arguments. Each runs once per call, after the
+/// bytes moved.
 ///
-/// - **Sends**: fexit of the functions `sock_sendmsg` calls through the socket's operations,
-///   one per family (`sock_sendmsg` itself is inlined into its callers in `net/socket.c`:
-///   measured on 6.1, its fexit never ran for a `write`; these are in other files and never
-///   are). They take `(struct socket *sock, struct msghdr *msg, size_t len)`; their `int`
-///   result follows the arguments.
-/// - **TCP receives**: fentry of `tcp_cleanup_rbuf(struct sock *sk, int copied)`, which
-///   `tcp_recvmsg` calls once the bytes are in the caller's buffer. An fexit would miss the
-///   receive of a thread that was already blocked in `recv` when the program was attached (it
-///   returns past the trampoline): an idle keep-alive connection's next request. This call
-///   comes after the wake-up. (It also runs before the thread sleeps, with `copied` 0 unless
-///   the call asked for more than one byte: `MSG_WAITALL`, `SO_RCVLOWAT`.)
-/// - **Unix-stream receives**: fexit of `unix_stream_recvmsg` (`int flags` after the length).
+/// A call that was already blocked when the trampolines were installed returns past them:
+/// the catch-up program sees those (see catch_up.rs), and each fexit program takes its
+/// thread off the catch-up's list.
 ///
 /// Where the program has a `struct socket *`, the socket is `sock->sk`, read through the
 /// argument's kernel type so that it stays a typed socket pointer for `bpf_get_socket_cookie`.
@@ -106,6 +104,7 @@ macro_rules! socket_fexit {
             // SAFETY: `sock` is the traced function's `struct socket *`, a kernel pointer
             // the verifier types from BTF; `sk` is its pointer field at SOCKET_SK.
             let sk = unsafe { *sock.byte_add(SOCKET_SK) };
+            seen_by_fexit();
             on_socket_data(sk, ret, 0, direction::EGRESS);
             0
         }
@@ -119,6 +118,7 @@ macro_rules! socket_fexit {
             let ret: i32 = ctx.arg(4);
             // SAFETY: as for the sends.
             let sk = unsafe { *sock.byte_add(SOCKET_SK) };
+            seen_by_fexit();
             on_socket_data(sk, ret, flags, direction::INGRESS);
             0
         }
@@ -129,14 +129,8 @@ socket_fexit!(apm_inet_sendmsg_exit, "inet_sendmsg", send);
 socket_fexit!(apm_inet6_sendmsg_exit, "inet6_sendmsg", send);
 socket_fexit!(apm_unix_stream_sendmsg_exit, "unix_stream_sendmsg", send);
 socket_fexit!(apm_unix_stream_recvmsg_exit, "unix_stream_recvmsg", recv);
-
-/// `tcp_cleanup_rbuf(struct sock *sk, int copied)`: one TCP receive of `copied` bytes (see
-/// above). A peek is recognised from the syscall's own flags in `on_socket_data`.
-#[fentry(function = "tcp_cleanup_rbuf")]
-pub fn apm_tcp_cleanup_rbuf(ctx: FEntryContext) -> i32 {
-    on_socket_data(ctx.arg(0), ctx.arg(1), 0, direction::INGRESS);
-    0
-}
+socket_fexit!(apm_inet_recvmsg_exit, "inet_recvmsg", recv);
+socket_fexit!(apm_inet6_recvmsg_exit, "inet6_recvmsg", recv);
 
 /// Offset of `sk` in `struct socket` (after `state`, `type`, `flags` and `file`): the same
 /// from 5.10 to 6.18 (the verifier checks it: see `socket_fexit!`).
@@ -168,7 +162,7 @@ fn on_socket_data(sk: u64, ret: i32, flags: i32, dir: u32) {
     }
     let a = args(regs);
     if dir == direction::INGRESS && peeked(regs, sc, &a) {
-        // A peek the hook's own arguments do not show (`tcp_cleanup_rbuf` has no flags).
+        // A peek by the syscall's own flags (the hook's are the same but for `read`'s).
         return;
     }
     let fd = a.a0 as u32;

@@ -178,8 +178,16 @@ pub(crate) enum Layout {
     Msghdr,
 }
 
+/// A data syscall's exit: `ret` bytes moved on fd `args(regs).a0`, copied when the socket
+/// is in the table (or adopted).
 #[inline(always)]
-fn on_data<const FETCH: bool>(regs: *const pt_regs, ret: i64, sc: u32, dir: u32, layout: Layout) {
+pub(crate) fn on_data<const FETCH: bool>(
+    regs: *const pt_regs,
+    ret: i64,
+    sc: u32,
+    dir: u32,
+    layout: Layout,
+) {
     if ret <= 0 {
         return;
     }

@@ -126,6 +126,9 @@ pub struct NginxTuning {
     pub rlimit_nofile: Option<u64>,
     /// Directives added inside the `server` block, e.g. `location / { try_files ... }`.
     pub server_extra: String,
+    /// Serve HTTP/2 (nginx 1.22's `listen ... http2`): with prior knowledge in cleartext,
+    /// negotiated by ALPN over TLS.
+    pub http2: bool,
 }
 
 impl Default for NginxTuning {
@@ -135,6 +138,7 @@ impl Default for NginxTuning {
             worker_connections: 4096,
             rlimit_nofile: None,
             server_extra: String::new(),
+            http2: false,
         }
     }
 }
@@ -159,6 +163,19 @@ impl Nginx {
         Self::start_with(port, files, &NginxTuning::default(), Some(tls))
     }
 
+    /// HTTP/2 only: with prior knowledge (`tls` None), or over TLS with ALPN h2.
+    pub fn start_http2(
+        port: u16,
+        files: &[(&str, &[u8])],
+        tls: Option<&SelfSigned>,
+    ) -> Result<Self> {
+        let tuning = NginxTuning {
+            http2: true,
+            ..NginxTuning::default()
+        };
+        Self::start_with(port, files, &tuning, tls)
+    }
+
     fn start_with(
         port: u16,
         files: &[(&str, &[u8])],
@@ -166,13 +183,14 @@ impl Nginx {
         tls: Option<&SelfSigned>,
     ) -> Result<Self> {
         let dir = temp_dir("nginx")?;
+        let h2 = if tuning.http2 { " http2" } else { "" };
         let listen = match tls {
             Some(t) => format!(
-                "listen 127.0.0.1:{port} ssl; ssl_certificate {}; ssl_certificate_key {};",
+                "listen 127.0.0.1:{port} ssl{h2}; ssl_certificate {}; ssl_certificate_key {};",
                 t.cert.display(),
                 t.key.display()
             ),
-            None => format!("listen 127.0.0.1:{port};"),
+            None => format!("listen 127.0.0.1:{port}{h2};"),
         };
         let www = dir.join("www");
         std::fs::create_dir_all(&www)?;
@@ -185,6 +203,7 @@ impl Nginx {
             worker_connections,
             rlimit_nofile,
             server_extra,
+            http2: _,
         } = tuning;
         let rlimit =
             rlimit_nofile.map_or(String::new(), |n| format!("worker_rlimit_nofile {n};\n"));

@@ -25,8 +25,9 @@ const WAIT: Duration = Duration::from_secs(20);
 /// and
 /// - `sockets`: three at the socket layer (send, receive, TCP state) and the dynamic
 ///   loader's library-load uprobe;
-/// - `sockets-fexit`: six there (three sends, the TCP and the unix-stream receive, TCP
-///   state) and the loader's uprobe;
+/// - `sockets-fexit`: seven there (three sends, three receives, TCP state), the loader's
+///   uprobe, and the catch-up program on `sys_exit` (loaded for good, attached only during
+///   its window after the start);
 /// - `syscalls`: `sys_enter`, `sys_exit`, and two that note the socket of each send and
 ///   receive: the socket tracepoints (6.4+), else kprobes where the kernel has them, else
 ///   none.
@@ -37,7 +38,7 @@ fn expected_programs(agent: &Agent) -> Result<usize> {
     Ok(if path("sockets") {
         common + 3 + 1
     } else if path("sockets-fexit") {
-        common + 6 + 1
+        common + 7 + 1 + 1
     } else {
         let btf = std::fs::read("/sys/kernel/btf/vmlinux").unwrap_or_default();
         let needle = b"btf_trace_sock_send_length\0";

@@ -21,6 +21,7 @@ use crate::{prereq, util};
 /// Every target in `fuzz/fuzz_targets/`.
 pub const TARGETS: &[&str] = &[
     "http1",
+    "http2",
     "postgres",
     "mysql",
     "redis",

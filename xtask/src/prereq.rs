@@ -17,6 +17,10 @@ const TEST_PACKAGES: &[&str] = &[
     "nginx-light",
     "wrk",
     "curl",
+    // HTTP/2 tests: nghttp (streams in flight at once) and h2load (one stream after the
+    // other on one connection) in cleartext, where curl 7.88 fails to reuse a
+    // prior-knowledge connection ("Error in the HTTP2 framing layer").
+    "nghttp2-client",
     "bpftool",
     "util-linux",
     "procps",

@@ -51,8 +51,10 @@ pub struct Config {
     /// `min(bytes moved, capture_bytes)` is ever copied, so small exchanges cost the same.
     pub capture_bytes: u32,
     /// Which kernel programs see socket traffic: `sockets` (programs at the socket layer
-    /// only, 6.4+), `syscalls` (a program on every syscall, filtering by number: for older
-    /// kernels) or `auto` (`sockets` where the kernel allows it). Default `auto`.
+    /// only, on its 6.4+ tracepoints), `sockets-fexit` (the same on fexit of the socket
+    /// functions: 5.15+ with fentry/fexit), `syscalls` (a program on every syscall, filtering
+    /// by number: any kernel) or `auto` (the first of those the kernel allows). Default
+    /// `auto`.
     pub capture_path: String,
     /// Kernel ring buffer size in bytes (a power of two). Default 8 MiB: room for bursts.
     pub ring_buffer_bytes: u32,

@@ -2,7 +2,7 @@
 //! tracepoints.
 use aya::{
     Btf,
-    programs::{BtfTracePoint, FEntry, FExit, KProbe, TracePoint},
+    programs::{BtfTracePoint, FExit, KProbe, TracePoint},
 };
 
 use super::{
@@ -47,7 +47,6 @@ pub const SOCKET_PROGRAMS: &[(&str, &str)] = &[
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
     BtfTracepoint,
-    Fentry,
     Fexit,
 }
 
@@ -64,13 +63,18 @@ pub const SOCKET_FEXIT_PROGRAMS: &[(&str, &str, Hook)] = &[
         "unix_stream_sendmsg",
         Hook::Fexit,
     ),
-    ("apm_tcp_cleanup_rbuf", "tcp_cleanup_rbuf", Hook::Fentry),
+    ("apm_inet_recvmsg_exit", "inet_recvmsg", Hook::Fexit),
+    ("apm_inet6_recvmsg_exit", "inet6_recvmsg", Hook::Fexit),
     (
         "apm_unix_stream_recvmsg_exit",
         "unix_stream_recvmsg",
         Hook::Fexit,
     ),
 ];
+
+/// The catch-up program of the `sockets-fexit` path, on `sys_exit` for a short window after
+/// the start (see [`super::catch_up`]).
+pub const CATCH_UP: &str = "apm_catch_up_exit";
 
 /// The TCP state program of both socket-layer paths.
 const TCP_STATE: (&str, &str, Hook) = ("apm_tcp_state", "inet_sock_set_state", Hook::BtfTracepoint);
@@ -106,11 +110,8 @@ impl Probes {
         &self.capture_reason
     }
 
-    /// `auto`: `sockets` where this kernel accepts it, else `syscalls`, and why. Not
-    /// `sockets-fexit` (only when set): its TCP receive hook still double-counts some
-    /// receives (`MSG_WAITALL`, `SO_RCVLOWAT`; every backlog pass on 5.15) and can misread
-    /// receives the kernel does for itself in softirq (kTLS, strparser, sockmap): see
-    /// apm-ebpf/src/socket_layer.rs.
+    /// `auto`: the first of `sockets`, `sockets-fexit`, `syscalls` this kernel accepts, and
+    /// why.
     fn attach_auto(&mut self, btf: &Btf) -> Result<(CapturePath, String), LoadError> {
         let tracepoints = match self.attach_path(CapturePath::Sockets, btf) {
             Ok(()) => {
@@ -119,11 +120,22 @@ impl Probes {
             }
             Err(e) => e,
         };
-        log::info!("socket-layer capture unavailable, using the syscalls: {tracepoints}");
+        log::info!("socket tracepoints unavailable: {tracepoints}");
+        let trampolines = match self.attach_path(CapturePath::SocketsFexit, btf) {
+            Ok(()) => {
+                let why = "auto: no socket tracepoints (6.4+), fexit on the socket functions";
+                return Ok((CapturePath::SocketsFexit, why.to_owned()));
+            }
+            Err(e) => e,
+        };
+        log::info!("socket-layer capture unavailable, using the syscalls: {trampolines}");
         self.attach_path(CapturePath::Syscalls, btf)?;
         Ok((
             CapturePath::Syscalls,
-            format!("auto: the socket layer is unavailable ({tracepoints})"),
+            format!(
+                "auto: the socket layer is unavailable (tracepoints: {tracepoints}; fexit: \
+                 {trampolines})"
+            ),
         ))
     }
 
@@ -143,6 +155,10 @@ impl Probes {
                 let mut programs = SOCKET_FEXIT_PROGRAMS.to_vec();
                 programs.push(TCP_STATE);
                 self.attach_socket_path(&programs, btf)?;
+                if let Err(e) = self.attach_catch_up(btf) {
+                    self.detach_socket_path(&programs);
+                    return Err(e);
+                }
                 self.features.endpoints = EndpointHooks::Fexit;
             }
             CapturePath::Syscalls | CapturePath::Auto => self.attach_syscall_path(btf)?,
@@ -159,52 +175,64 @@ impl Probes {
         for &(name, target, hook) in programs {
             let result = match hook {
                 Hook::BtfTracepoint => self.attach_btf(name, target, btf),
-                Hook::Fentry | Hook::Fexit => self.attach_trampoline(name, target, hook, btf),
+                Hook::Fexit => self.attach_fexit(name, target, btf),
             };
             if let Err(e) = result {
-                for &(name, _, _) in programs {
-                    match self.bpf.program_mut(name) {
-                        Some(aya::programs::Program::BtfTracePoint(p)) => {
-                            let _ = p.unload();
-                        }
-                        Some(aya::programs::Program::FEntry(p)) => {
-                            let _ = p.unload();
-                        }
-                        Some(aya::programs::Program::FExit(p)) => {
-                            let _ = p.unload();
-                        }
-                        _ => {}
-                    }
-                    self.attached.retain(|a| *a != name);
-                }
+                self.detach_socket_path(programs);
                 return Err(e);
             }
         }
         Ok(())
     }
 
-    /// Loads and attaches the fentry or fexit program `name` to kernel function `function`.
-    fn attach_trampoline(
+    /// Unloads (and so detaches) the socket-layer `programs` that were attached.
+    fn detach_socket_path(&mut self, programs: &[(&'static str, &'static str, Hook)]) {
+        for &(name, _, _) in programs {
+            match self.bpf.program_mut(name) {
+                Some(aya::programs::Program::BtfTracePoint(p)) => {
+                    let _ = p.unload();
+                }
+                Some(aya::programs::Program::FExit(p)) => {
+                    let _ = p.unload();
+                }
+                _ => {}
+            }
+            self.attached.retain(|a| *a != name);
+        }
+    }
+
+    /// Loads [`CATCH_UP`] and attaches it to `sys_exit`, keeping the link apart: the event
+    /// loop drops it when the window closes.
+    fn attach_catch_up(&mut self, btf: &Btf) -> Result<(), LoadError> {
+        let err = |source| program_error(CATCH_UP, "sys_exit", source);
+        let program: &mut BtfTracePoint = self
+            .bpf
+            .program_mut(CATCH_UP)
+            .ok_or(LoadError::MissingProgram(CATCH_UP))?
+            .try_into()
+            .map_err(err)?;
+        program.load("sys_exit", btf).map_err(err)?;
+        let id = program.attach().map_err(err)?;
+        self.catch_up_link = Some(program.take_link(id).map_err(err)?);
+        Ok(())
+    }
+
+    /// Loads and attaches the fexit program `name` to kernel function `function`.
+    fn attach_fexit(
         &mut self,
         name: &'static str,
         function: &'static str,
-        hook: Hook,
         btf: &Btf,
     ) -> Result<(), LoadError> {
         let err = |source| program_error(name, function, source);
-        let program = self
+        let program: &mut FExit = self
             .bpf
             .program_mut(name)
-            .ok_or(LoadError::MissingProgram(name))?;
-        if hook == Hook::Fentry {
-            let program: &mut FEntry = program.try_into().map_err(err)?;
-            program.load(function, btf).map_err(err)?;
-            program.attach().map_err(err)?;
-        } else {
-            let program: &mut FExit = program.try_into().map_err(err)?;
-            program.load(function, btf).map_err(err)?;
-            program.attach().map_err(err)?;
-        }
+            .ok_or(LoadError::MissingProgram(name))?
+            .try_into()
+            .map_err(err)?;
+        program.load(function, btf).map_err(err)?;
+        program.attach().map_err(err)?;
         self.attached.push(name);
         Ok(())
     }

@@ -4,14 +4,15 @@
 //!   `sock_recv_length`, `inet_sock_set_state`, a uprobe on the dynamic loader for library
 //!   loads); nothing runs on syscalls that move no socket bytes (apm-ebpf/src/socket_layer.rs).
 //! - `sockets-fexit` (5.15+ with fentry/fexit, BTF): the same programs, fed by fexit
-//!   programs on the per-family send and receive functions (`inet_sendmsg`, ...) instead of
-//!   the tracepoints: the socket layer on kernels before 6.4 (6.1, 5.15).
+//!   programs on the per-family send and receive functions (`inet_sendmsg`,
+//!   `inet_recvmsg`, ...) instead of the tracepoints: the socket layer on kernels before 6.4
+//!   (6.1, 5.15). For a short window after the start a program on `sys_exit` also sees the
+//!   calls that were already blocked at attach (`catch_up`).
 //! - `syscalls`: the raw `sys_enter`/`sys_exit` tracepoints, a program on every syscall of
 //!   every process that filters by number (apm-ebpf/src/sockets.rs): the path for kernels
 //!   without the socket tracepoints.
-//! - `auto` (default): `sockets` where the kernel has its tracepoints and accepts its
-//!   programs, else `syscalls`. `sockets-fexit` is used only when set: its TCP receive hook
-//!   has known double counts (see apm-ebpf/src/socket_layer.rs).
+//! - `auto` (default): the first of `sockets`, `sockets-fexit` and `syscalls` that the
+//!   kernel has and accepts.
 use std::{fmt, str::FromStr};
 
 /// The `capture_path` setting.

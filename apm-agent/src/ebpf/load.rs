@@ -11,7 +11,7 @@ use aya::{
     programs::ProgramError,
 };
 
-use super::{features::Features, program_runs::ProgramRuns, verifier};
+use super::{catch_up::CatchUp, features::Features, program_runs::ProgramRuns, verifier};
 
 /// The kernel object built by build.rs (aya-build) from `apm-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/apm"));
@@ -122,6 +122,8 @@ pub struct KernelMaps {
     pub stats: PerCpuArray<MapData, u64>,
     /// The attached programs' skipped runs.
     pub programs: ProgramRuns,
+    /// The catch-up window of the `sockets-fexit` path, until it closes.
+    pub catch_up: Option<CatchUp>,
 }
 
 /// The loaded object; its programs stay attached until it is dropped.
@@ -133,6 +135,8 @@ pub struct Probes {
     pub(super) capture_reason: String,
     /// The loader hook is loaded (see `uprobes::LOADER_HOOK`).
     pub(super) loader_hook: bool,
+    /// The catch-up program's link, on the `sockets-fexit` path (see [`super::catch_up`]).
+    pub(super) catch_up_link: Option<aya::programs::tp_btf::BtfTracePointLink>,
 }
 
 impl Probes {
@@ -195,6 +199,7 @@ impl Probes {
             features,
             capture_reason: String::new(),
             loader_hook: false,
+            catch_up_link: None,
         })
     }
 
@@ -215,6 +220,14 @@ impl Probes {
             sockets: self.typed_map("SOCKETS")?,
             stats: self.typed_map("STATS")?,
             programs: ProgramRuns::of(&self.bpf, &self.attached),
+            catch_up: match self.catch_up_link.take() {
+                Some(link) => Some(CatchUp::new(
+                    link,
+                    self.typed_map("BLOCKED_AT_ATTACH")?,
+                    self.typed_map("CATCH_UP_ON")?,
+                )),
+                None => None,
+            },
         })
     }
 

@@ -5,6 +5,7 @@
 //! the wiring).
 pub mod attach;
 pub mod capture_path;
+pub mod catch_up;
 pub mod decode;
 pub mod features;
 pub mod load;

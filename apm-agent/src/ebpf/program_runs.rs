@@ -16,13 +16,14 @@ use aya::Ebpf;
 
 /// The programs whose skipped runs are counted, by the name they are exported under. The
 /// variant of a program for older kernels is counted under its main name.
-pub const TRACKED: [&str; 18] = [
+pub const TRACKED: [&str; 19] = [
     "apm_sock_send_data",
     "apm_sock_recv_data",
     "apm_inet_sendmsg_exit",
     "apm_inet6_sendmsg_exit",
     "apm_unix_stream_sendmsg_exit",
-    "apm_tcp_cleanup_rbuf",
+    "apm_inet_recvmsg_exit",
+    "apm_inet6_recvmsg_exit",
     "apm_unix_stream_recvmsg_exit",
     "apm_tcp_state",
     "apm_sys_enter",

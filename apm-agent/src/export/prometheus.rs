@@ -386,7 +386,7 @@ mod tests {
                 method: Method::Get,
                 path: "/a\\b".to_owned(),
                 status: 404,
-                version_minor: 1,
+                version: crate::request::HttpVersion::Http11,
                 host: None,
                 user_agent: None,
                 traceparent: None,

@@ -15,7 +15,7 @@ use super::{
     exponential::ExpHistogram,
     red::{BUCKETS_S, SeriesKey},
 };
-use crate::traces::span::Resource;
+use crate::{request::HttpVersion, traces::span::Resource};
 
 /// How data points relate over time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,8 +82,8 @@ pub struct PointKey {
     pub series: SeriesId,
     /// Server side: the port served on (`server.port`), 0 when unknown.
     pub local_port: u16,
-    /// HTTP minor version (`network.protocol.version` 1.0 / 1.1).
-    pub version_minor: u8,
+    /// HTTP version (`network.protocol.version` 1.0 / 1.1 / 2); None for database calls.
+    pub version: Option<HttpVersion>,
 }
 
 /// Histogram data of one point.
@@ -146,7 +146,7 @@ impl OtelMetrics {
         resource: &Arc<Resource>,
         series: impl Into<SeriesId>,
         local_port: u16,
-        version_minor: u8,
+        version: Option<HttpVersion>,
         duration_ns: u64,
         now_unix_ns: u64,
     ) {
@@ -156,7 +156,7 @@ impl OtelMetrics {
             resource: Arc::as_ptr(resource) as usize,
             series,
             local_port,
-            version_minor,
+            version,
         };
         let point = match self.points.get_mut(&key) {
             Some(p) => p,
@@ -302,8 +302,22 @@ mod tests {
     fn cumulative_points_keep_totals_and_expire_when_idle() {
         let mut m = OtelMetrics::new(cfg(Temporality::Cumulative, Aggregation::Exponential));
         let a = resource("a");
-        m.record(&a, series(200), 80, 1, 2_000_000, 10);
-        m.record(&a, series(200), 80, 1, 8_000_000, 20);
+        m.record(
+            &a,
+            series(200),
+            80,
+            Some(HttpVersion::Http11),
+            2_000_000,
+            10,
+        );
+        m.record(
+            &a,
+            series(200),
+            80,
+            Some(HttpVersion::Http11),
+            8_000_000,
+            20,
+        );
         let first = m.collect(100);
         assert_eq!(first.len(), 1);
         let p = &first[0].point;
@@ -311,7 +325,14 @@ mod tests {
         assert!((p.sum_s - 0.010).abs() < 1e-12);
         assert!((p.min_s - 0.002).abs() < 1e-12 && (p.max_s - 0.008).abs() < 1e-12);
         assert_eq!(p.start_unix_ns, 10);
-        m.record(&a, series(200), 80, 1, 1_000_000, 200);
+        m.record(
+            &a,
+            series(200),
+            80,
+            Some(HttpVersion::Http11),
+            1_000_000,
+            200,
+        );
         let second = m.collect(300);
         assert_eq!(second[0].point.count, 3, "cumulative");
         assert_eq!(second[0].point.start_unix_ns, 10);
@@ -326,8 +347,22 @@ mod tests {
     fn delta_points_restart_each_interval() {
         let mut m = OtelMetrics::new(cfg(Temporality::Delta, Aggregation::Explicit));
         let a = resource("a");
-        m.record(&a, series(200), 80, 1, 3_000_000, 10);
-        m.record(&a, series(500), 80, 1, 300_000_000, 10);
+        m.record(
+            &a,
+            series(200),
+            80,
+            Some(HttpVersion::Http11),
+            3_000_000,
+            10,
+        );
+        m.record(
+            &a,
+            series(500),
+            80,
+            Some(HttpVersion::Http11),
+            300_000_000,
+            10,
+        );
         let first = m.collect(100);
         assert_eq!(first.len(), 2);
         let ok = first
@@ -341,7 +376,14 @@ mod tests {
             }
             Buckets::Exponential(_) => panic!("explicit expected"),
         }
-        m.record(&a, series(200), 80, 1, 3_000_000, 150);
+        m.record(
+            &a,
+            series(200),
+            80,
+            Some(HttpVersion::Http11),
+            3_000_000,
+            150,
+        );
         let second = m.collect(200);
         assert_eq!(second.len(), 1, "only what changed");
         assert_eq!(second[0].point.count, 1);
@@ -354,9 +396,9 @@ mod tests {
         let mut m = OtelMetrics::new(cfg(Temporality::Cumulative, Aggregation::Exponential));
         let (a, b) = (resource("a"), resource("b"));
         for status in [200, 201, 202, 203] {
-            m.record(&a, series(status), 80, 1, 1_000, 1);
+            m.record(&a, series(status), 80, Some(HttpVersion::Http11), 1_000, 1);
         }
-        m.record(&b, series(200), 80, 1, 1_000, 1);
+        m.record(&b, series(200), 80, Some(HttpVersion::Http11), 1_000, 1);
         assert_eq!(m.len(), 3);
         assert_eq!(m.overflows(), 2);
         let points = m.collect(2);

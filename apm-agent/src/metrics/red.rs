@@ -485,7 +485,7 @@ mod tests {
                 method: Method::Get,
                 path: path.to_owned(),
                 status,
-                version_minor: 1,
+                version: crate::request::HttpVersion::Http11,
                 host: None,
                 user_agent: None,
                 traceparent: None,

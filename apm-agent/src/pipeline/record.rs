@@ -115,7 +115,7 @@ impl Consumers {
                             resource,
                             series,
                             local_port,
-                            http.version_minor,
+                            Some(http.version),
                             req.duration_ns(),
                             self.clock.to_unix(req.end_ns),
                         );
@@ -148,7 +148,7 @@ impl Consumers {
                             resource,
                             series,
                             0,
-                            0,
+                            None,
                             req.duration_ns(),
                             self.clock.to_unix(req.end_ns),
                         );

@@ -8,6 +8,7 @@
 //! streak) is in `duplex.rs`.
 pub mod duplex;
 pub mod http1;
+pub mod http2;
 pub mod memcached;
 pub mod mysql;
 pub mod postgres;
@@ -77,6 +78,17 @@ pub struct ParseStats {
     pub end_inferred: u64,
     /// ... of which a head ran past the captured bytes.
     pub head_truncated: u64,
+    /// HTTP/2 header blocks whose headers could not be read: bytes of them past the capture
+    /// or lost in a gap, undecodable, or decoded against an HPACK table whose state is no
+    /// longer known. Their streams are followed to their end but not reported (a route is
+    /// never guessed).
+    pub header_blocks_lost: u64,
+    /// HTTP/2 streams not followed because their connection already had the most open
+    /// streams a connection may have.
+    pub streams_overflow: u64,
+    /// HTTP/2 server pushes announced (PUSH_PROMISE): their exchanges are not requests the
+    /// client made, so they are counted, not reported.
+    pub push_promises: u64,
 }
 
 /// What a connection's first segment says about one protocol.
@@ -222,8 +234,11 @@ macro_rules! parsers {
     };
 }
 
-// The registration list, in detection order.
+// The registration list, in detection order. HTTP/2 first: its preface is a definite match
+// (`PRI` is no method HTTP/1 accepts, so the order does not change what HTTP/1 detects), and
+// checking it costs one prefix comparison.
 parsers! {
+    Http2 => http2::Http2Parser,
     Http1 => http1::Http1Parser,
     Redis => redis::RedisParser,
     Memcached => memcached::MemcachedParser,

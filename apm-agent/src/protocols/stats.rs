@@ -22,6 +22,12 @@ counters! {
         pub end_inferred: AtomicU64,
         /// Requests whose head ran past the captured bytes.
         pub head_truncated: AtomicU64,
+        /// HTTP/2 header blocks that could not be read.
+        pub header_blocks_lost: AtomicU64,
+        /// HTTP/2 streams refused by the per-connection budget.
+        pub streams_overflow: AtomicU64,
+        /// HTTP/2 server pushes announced.
+        pub push_promises: AtomicU64,
     }
 }
 
@@ -37,6 +43,10 @@ impl ProtocolCounters {
         self.pipeline_overflow
             .fetch_add(s.pipeline_overflow, Relaxed);
         self.resyncs.fetch_add(s.resyncs, Relaxed);
+        self.header_blocks_lost
+            .fetch_add(s.header_blocks_lost, Relaxed);
+        self.streams_overflow.fetch_add(s.streams_overflow, Relaxed);
+        self.push_promises.fetch_add(s.push_promises, Relaxed);
     }
 }
 
@@ -86,6 +96,18 @@ const PER_PROTOCOL: [(Family, Pick); 5] = [
     ),
 ];
 
+/// HTTP/2 only: header blocks that could not be read.
+const HEADER_BLOCKS_LOST: Family = Family::counter(
+    "apm_http2_header_blocks_lost_total",
+    "HTTP/2 header blocks whose headers could not be read (bytes past the capture or lost, undecodable, or decoded against an HPACK table in an unknown state); their streams are not reported.",
+);
+
+/// HTTP/2 only: server pushes announced.
+const PUSH_PROMISES: Family = Family::counter(
+    "apm_http2_push_promises_total",
+    "HTTP/2 server pushes announced (PUSH_PROMISE frames): counted, not reported as requests.",
+);
+
 const APPROXIMATE: Family = Family::counter(
     "apm_requests_approximate_total",
     "Completed exchanges recorded from partial information (see reason).",
@@ -114,5 +136,15 @@ impl Stats for ProtocolStats {
             .map(|c| c.pipeline_overflow.load(Relaxed))
             .sum();
         out.add(&MAP_OVERFLOWS, "map=\"pipelined_requests\"", pipelined);
+        // Only the HTTP/2 parser moves these: the sums are its counts.
+        let sum =
+            |pick: Pick| -> u64 { self.protocols.iter().map(|c| pick(c).load(Relaxed)).sum() };
+        out.add(
+            &MAP_OVERFLOWS,
+            "map=\"http2_streams\"",
+            sum(|c| &c.streams_overflow),
+        );
+        out.add(&HEADER_BLOCKS_LOST, "", sum(|c| &c.header_blocks_lost));
+        out.add(&PUSH_PROMISES, "", sum(|c| &c.push_promises));
     }
 }

@@ -89,6 +89,7 @@ impl EventLoop {
             if last_housekeeping.elapsed() >= Duration::from_secs(1) {
                 last_housekeeping = Instant::now();
                 self.read_kernel_stats();
+                self.poll_catch_up();
                 let mut red = lock(&self.red);
                 self.pipeline.housekeeping(monotonic_ns(), &mut red);
             }
@@ -216,6 +217,22 @@ impl EventLoop {
             if let Some(tls) = &self.tls {
                 tls.scan(tgid);
             }
+        }
+    }
+
+    /// Closes the `sockets-fexit` catch-up window when it is done (see `ebpf::catch_up`).
+    fn poll_catch_up(&mut self) {
+        let Some(catch_up) = &mut self.maps.catch_up else {
+            return;
+        };
+        let report = catch_up.poll(Instant::now());
+        if report.closed {
+            self.maps.catch_up = None;
+            self.kernel_stats.record_catch_up(report);
+            log::info!(
+                "sockets-fexit catch-up closed: {} threads still blocked (their calls unseen)",
+                report.abandoned
+            );
         }
     }
 

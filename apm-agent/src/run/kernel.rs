@@ -57,6 +57,23 @@ pub fn attach(
     };
     let mut maps = probes.take_maps()?;
     let seeded = seed::seed_existing(&mut maps.sockets, std::process::id(), cfg.listen.port());
+    // After seeding: a blocked thread's call is copied only when its socket is in the table.
+    if let Some(catch_up) = &mut maps.catch_up {
+        let opened = catch_up.open(std::process::id());
+        stats.record_catch_up(opened);
+        if opened.closed {
+            maps.catch_up = None;
+        }
+        log::info!(
+            "sockets-fexit catch-up: {} threads blocked in a socket send or receive at attach{}",
+            opened.listed,
+            if opened.closed {
+                ""
+            } else {
+                ", watched at their syscall exit"
+            }
+        );
+    }
     stats
         .programs_attached
         .store(probes.attached().len() as u64, Relaxed);

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use apm_common::stat;
 
-use crate::ebpf::{capture_path::CapturePath, program_runs::TRACKED};
+use crate::ebpf::{capture_path::CapturePath, catch_up::CatchUpReport, program_runs::TRACKED};
 
 use crate::{
     profiles::stats::PROFILE_LOST,
@@ -33,6 +33,21 @@ counters! {
         pub capture_path: AtomicU64,
         /// Skipped runs of each program of `program_runs::TRACKED`.
         pub program_runs_skipped: [AtomicU64; TRACKED.len()],
+        /// The `sockets-fexit` catch-up window (`ebpf::catch_up`): threads listed, found
+        /// but not listed (the kernel's list was full), still blocked at its close.
+        pub catch_up_listed: AtomicU64,
+        pub catch_up_not_listed: AtomicU64,
+        pub catch_up_abandoned: AtomicU64,
+    }
+}
+
+impl KernelStats {
+    /// Adds what one look at the catch-up window found.
+    pub fn record_catch_up(&self, report: CatchUpReport) {
+        self.catch_up_listed.fetch_add(report.listed, Relaxed);
+        self.catch_up_not_listed
+            .fetch_add(report.not_listed, Relaxed);
+        self.catch_up_abandoned.fetch_add(report.abandoned, Relaxed);
     }
 }
 
@@ -64,6 +79,10 @@ const CAPTURE_SKIPPED: Family = Family::counter(
     "apm_capture_skipped_total",
     "Socket sends and receives not copied: outside a read/write-family syscall (sendfile, splice, io_uring, kernel sockets).",
 );
+const BLOCKED_AT_ATTACH: Family = Family::counter(
+    "apm_capture_blocked_at_attach_total",
+    "Threads blocked in a socket send or receive when the sockets-fexit programs were attached, by outcome: listed for the catch-up at syscall exit, seen_at_exit (their call copied), not_listed (the kernel's list was full) and abandoned (still blocked when the catch-up closed): the calls of the last two are not seen.",
+);
 const PROFILE_SAMPLES: Family = Family::counter(
     "apm_profile_samples_total",
     "CPU profiler samples: of threads, and of idle CPUs (not attributed).",
@@ -90,6 +109,11 @@ pub const KERNEL_STATS: [(u32, &Family, &str); stat::COUNT as usize] = [
         "reason=\"not_a_data_syscall\"",
     ),
     (stat::SCRATCH_BUSY, &SCRATCH_BUSY, ""),
+    (
+        stat::CAUGHT_UP,
+        &BLOCKED_AT_ATTACH,
+        "outcome=\"seen_at_exit\"",
+    ),
     (stat::SOCK_ADOPTED, &CONNECTIONS_ADOPTED, ""),
     (stat::TLS_RECORDS, &TLS_PLAINTEXT_RECORDS, ""),
     (
@@ -182,6 +206,17 @@ impl Stats for KernelStats {
             "reason=\"malformed\"",
             self.decode_errors.load(Relaxed),
         );
+        for (outcome, counter) in [
+            ("listed", &self.catch_up_listed),
+            ("not_listed", &self.catch_up_not_listed),
+            ("abandoned", &self.catch_up_abandoned),
+        ] {
+            out.add(
+                &BLOCKED_AT_ATTACH,
+                format!("outcome=\"{outcome}\""),
+                counter.load(Relaxed),
+            );
+        }
         out.add(&CONNECTIONS_MUTED, "", self.muted_connections.load(Relaxed));
         out.add(&MUTE_FAILURES, "", self.mute_failures.load(Relaxed));
         out.add(

@@ -132,14 +132,7 @@ fn http_span(
     }
     put(
         "network.protocol.version",
-        Value::Str(
-            if http.version_minor == 0 {
-                "1.0"
-            } else {
-                "1.1"
-            }
-            .to_owned(),
-        ),
+        Value::Str(http.version.as_str().to_owned()),
     );
     if let Some(ua) = &http.user_agent {
         put("user_agent.original", Value::Str(ua.clone()));

@@ -2,7 +2,7 @@
 //! words of whatever failed (the verifier's, for a rejected program).
 use std::{fmt::Write as _, time::Duration};
 
-use super::smoke::{CHECK, EBPF_TIME, FALLBACK_SUFFIX, FEXIT_SUFFIX, Step};
+use super::smoke::{CHECK, EBPF_TIME, FALLBACK_SUFFIX, Step};
 
 /// One kernel's results.
 pub struct Row {
@@ -78,20 +78,14 @@ pub fn render(rows: &[Row], expected: &[&str]) -> String {
         }
         let verdict = if r.passed(expected) { "pass" } else { "FAIL" };
         let _ = writeln!(s, " {:>6}s  {verdict}", r.elapsed.as_secs());
-        // The second pass on the syscall path, where the first used the socket layer, and
-        // the pass on the opt-in trampoline path where the first used the syscalls.
-        for (suffix, path) in [
-            (FALLBACK_SUFFIX, "syscalls"),
-            (FEXIT_SUFFIX, "sockets-fexit"),
-        ] {
-            if r.steps.iter().any(|st| st.name.ends_with(suffix)) {
-                let _ = write!(s, "{:<26} {:<8} {:<14}", "", "", path);
-                for name in expected {
-                    let step = r.step(&format!("{name}{suffix}"));
-                    let _ = write!(s, " {:<w$}", cell(step), w = name.len().max(4));
-                }
-                let _ = writeln!(s);
+        // The second pass on the syscall path, where the first used the socket layer.
+        if r.steps.iter().any(|st| st.name.ends_with(FALLBACK_SUFFIX)) {
+            let _ = write!(s, "{:<26} {:<8} {:<14}", "", "", "syscalls");
+            for name in expected {
+                let step = r.step(&format!("{name}{FALLBACK_SUFFIX}"));
+                let _ = write!(s, " {:<w$}", cell(step), w = name.len().max(4));
             }
+            let _ = writeln!(s);
         }
     }
     for r in rows {

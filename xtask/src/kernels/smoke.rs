@@ -62,9 +62,6 @@ pub const FALLBACK_TESTS: &[&str] = &["http-preexisting", "redis", "tls-openssl"
 /// Suffix of the step names of the second pass.
 pub const FALLBACK_SUFFIX: &str = "@syscalls";
 
-/// Suffix of the step names of the pass on the opt-in `sockets-fexit` path.
-pub const FEXIT_SUFFIX: &str = "@sockets-fexit";
-
 /// The shell script run on each kernel. `binaries` maps test targets to their executables;
 /// `agent` is the release binary. Every step runs even when one fails. When `check` reports
 /// the socket-layer capture path, the [`FALLBACK_TESTS`] among `only` run again with
@@ -110,17 +107,6 @@ pub fn script(
         );
         for t in &fallback {
             s.push_str(&test_line(t, &format!("{}{FALLBACK_SUFFIX}", t.label)));
-        }
-        s.push_str("unset APM_CAPTURE_PATH\nfi\n");
-        // Where auto took the syscalls and the kernel accepts the opt-in trampoline path
-        // (6.1), that path runs the same tests.
-        s.push_str(
-            "if grep -q 'capture path   *syscalls' /tmp/apm-check.out && \
-             grep -q 'ok]  *capture path sockets-fexit' /tmp/apm-check.out; then\n\
-             export APM_CAPTURE_PATH=sockets-fexit\n",
-        );
-        for t in &fallback {
-            s.push_str(&test_line(t, &format!("{}{FEXIT_SUFFIX}", t.label)));
         }
         s.push_str("unset APM_CAPTURE_PATH\nfi\n");
     }

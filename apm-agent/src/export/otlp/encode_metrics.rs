@@ -244,17 +244,12 @@ fn http_attributes(c: &Collected, s: &SeriesKey, red: &Red) -> Vec<KeyValue> {
         Value::Str(s.method.as_str().to_owned()),
     );
     put("url.scheme", Value::Str("http".to_owned()));
-    put(
-        "network.protocol.version",
-        Value::Str(
-            if c.key.version_minor == 0 {
-                "1.0"
-            } else {
-                "1.1"
-            }
-            .to_owned(),
-        ),
-    );
+    if let Some(version) = c.key.version {
+        put(
+            "network.protocol.version",
+            Value::Str(version.as_str().to_owned()),
+        );
+    }
     if s.status != 0 {
         put("http.response.status_code", Value::Int(i64::from(s.status)));
     }
@@ -310,7 +305,7 @@ mod tests {
                 method: Method::Get,
                 path: path.to_owned(),
                 status,
-                version_minor: 1,
+                version: crate::request::HttpVersion::Http11,
                 host: host.map(str::to_owned),
                 user_agent: None,
                 traceparent: None,
@@ -368,7 +363,14 @@ mod tests {
             ),
         ] {
             let key = record_http(&mut red, svc, peer, &r);
-            m.record(&resource, key, 9000, 1, r.duration_ns(), 5);
+            m.record(
+                &resource,
+                key,
+                9000,
+                Some(crate::request::HttpVersion::Http11),
+                r.duration_ns(),
+                5,
+            );
         }
         let out = request(m.collect(10), &red, Temporality::Cumulative, 10).expect("points");
         assert_eq!(out.resource_metrics.len(), 1);
@@ -440,7 +442,7 @@ mod tests {
             error: true,
         };
         let (key, _) = red.db.record(svc, Side::Client, peer, &info, 2_000_000);
-        m.record(&resource, key, 0, 0, 2_000_000, 5);
+        m.record(&resource, key, 0, None, 2_000_000, 5);
         let out = request(m.collect(10), &red, Temporality::Delta, 10).expect("points");
         let metrics = &out.resource_metrics[0].scope_metrics[0].metrics;
         assert_eq!(metrics.len(), 1);

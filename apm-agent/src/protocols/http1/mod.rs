@@ -20,7 +20,7 @@ use super::{
     duplex::{Duplex, ErrorStreak, Half, walk},
 };
 use crate::request::{
-    Detail, HttpInfo, Method, Protocol, Request, Side, Started, TraceParent, Trust,
+    Detail, HttpInfo, HttpVersion, Method, Protocol, Request, Side, Started, TraceParent, Trust,
 };
 
 /// Requests that may await their response at once (pipelining depth).
@@ -461,7 +461,7 @@ impl Http1Parser {
                 method: p.method,
                 path: p.path,
                 status: open.status,
-                version_minor: p.version_minor,
+                version: HttpVersion::http1(p.version_minor),
                 host: p.host,
                 user_agent: p.user_agent,
                 traceparent: p.traceparent,

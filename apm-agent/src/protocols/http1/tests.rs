@@ -241,7 +241,10 @@ fn http10_response_delimited_by_close() {
         c.out.done[0].end_ns, 1305,
         "ends with the last write, not the close"
     );
-    assert_eq!(c.out.done[0].http().expect("http").version_minor, 0);
+    assert_eq!(
+        c.out.done[0].http().expect("http").version,
+        HttpVersion::Http10
+    );
     assert_eq!(c.out.done[0].trust, Trust::default());
     assert_eq!(c.stats.incomplete, 0);
 }

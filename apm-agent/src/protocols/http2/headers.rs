@@ -1,0 +1,210 @@
+//! HPACK (RFC 7541) of one direction, with `loona-hpack`: each direction has its own dynamic
+//! table, which only stays right if every header block of that direction is decoded in
+//! order. A block that cannot be decoded (bytes of it not captured, lost in a gap, or not
+//! valid HPACK) leaves the table in an unknown state: from then on a block of that direction
+//! is trusted only if it names no dynamic-table entry at all (static-table indices and
+//! literals decode the same whatever the table holds; many servers, nginx among them, encode
+//! their responses that way), and every other block is counted as lost: a wrong table would
+//! name the wrong route.
+use loona_hpack::Decoder;
+
+use crate::request::{Method, TraceParent};
+
+/// The dynamic table size every HPACK context starts with (SETTINGS_HEADER_TABLE_SIZE's
+/// initial value).
+pub const DEFAULT_TABLE_SIZE: usize = 4096;
+/// Largest dynamic table a peer may make the agent keep, whatever its SETTINGS say: the
+/// table is memory held per connection direction, and its size is chosen by outside input.
+/// A size update above it makes the block undecodable (counted).
+pub const MAX_TABLE_SIZE: usize = 64 * 1024;
+/// Longest path kept (bytes), as for HTTP/1.
+const MAX_PATH_BYTES: usize = 512;
+/// Longest `:authority` kept (bytes), as the HTTP/1 Host header.
+const MAX_AUTHORITY_BYTES: usize = 255;
+/// Longest User-Agent kept (bytes).
+const MAX_USER_AGENT_BYTES: usize = 256;
+/// Longest tracestate kept (bytes; the W3C limit is 512).
+const MAX_TRACESTATE_BYTES: usize = 512;
+
+/// What the agent reads from a header block: the same allow-list as HTTP/1 (method, path
+/// without its query, status, authority as the Host header, user agent, trace context).
+/// Every other header is decoded (the table needs it) and dropped at once.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Fields {
+    pub method: Option<Method>,
+    pub path: Option<String>,
+    pub authority: Option<String>,
+    pub status: Option<u16>,
+    pub user_agent: Option<String>,
+    pub traceparent: Option<TraceParent>,
+    pub tracestate: Option<String>,
+}
+
+/// The HPACK decoding context of one direction.
+pub struct Hpack {
+    decoder: Decoder<'static>,
+    /// A block was lost or undecodable: the dynamic table is unknown.
+    poisoned: bool,
+}
+
+impl std::fmt::Debug for Hpack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hpack")
+            .field("poisoned", &self.poisoned)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Hpack {
+    fn default() -> Self {
+        let mut decoder = Decoder::new();
+        decoder.set_max_allowed_table_size(DEFAULT_TABLE_SIZE);
+        Self {
+            decoder,
+            poisoned: false,
+        }
+    }
+}
+
+impl Hpack {
+    #[cfg(test)]
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    /// The table's state is no longer known (a block was lost).
+    pub fn poison(&mut self) {
+        self.poisoned = true;
+    }
+
+    /// The decoding endpoint announced SETTINGS_HEADER_TABLE_SIZE = `size`: the encoder of
+    /// this direction may now resize the table up to it (with a size update inside a block;
+    /// the decoder never resizes on its own). Lowering takes effect through the encoder's
+    /// mandatory size update, so the bound kept is never below the initial size: a block the
+    /// encoder sent before it saw the SETTINGS still decodes.
+    pub fn allow_table_size(&mut self, size: u32) {
+        let size = (size as usize).clamp(DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE);
+        self.decoder.set_max_allowed_table_size(size);
+    }
+
+    /// Decodes one complete header block. None when the block does not decode (which makes
+    /// the table unknown), or it names a dynamic-table entry while the table is unknown.
+    pub fn decode(&mut self, block: &[u8]) -> Option<Fields> {
+        if self.poisoned && names_dynamic_entries(block) != Some(false) {
+            return None;
+        }
+        let mut fields = Fields::default();
+        let result = self
+            .decoder
+            .decode_with_cb(block, |name, value| keep(&mut fields, &name, &value));
+        match result {
+            Ok(()) => Some(fields),
+            Err(_) => {
+                self.poisoned = true;
+                None
+            }
+        }
+    }
+}
+
+/// Does a header block name an entry of the dynamic table (an index past the static
+/// table's 61)? A walk over the representations (RFC 7541 §6), reading integers and skipping
+/// strings by their length, without decoding anything. None when the block is malformed.
+pub(super) fn names_dynamic_entries(block: &[u8]) -> Option<bool> {
+    /// Entries of the static table (RFC 7541 Appendix A).
+    const STATIC_ENTRIES: usize = 61;
+    let mut pos = 0;
+    while let Some(&first) = block.get(pos) {
+        let (prefix, literal) = match first {
+            b if b & 0x80 != 0 => (7, false), // indexed field
+            b if b & 0x40 != 0 => (6, true),  // literal, incremental indexing
+            b if b & 0x20 != 0 => (5, false), // dynamic table size update
+            _ => (4, true),                   // literal, not indexed / never indexed
+        };
+        let (index, used) = integer(block.get(pos..)?, prefix)?;
+        pos += used;
+        let is_size_update = first & 0xe0 == 0x20;
+        if !is_size_update && index > STATIC_ENTRIES {
+            return Some(true);
+        }
+        if literal {
+            if index == 0 {
+                pos += string_len(block.get(pos..)?)?;
+            }
+            pos += string_len(block.get(pos..)?)?;
+        }
+    }
+    Some(false)
+}
+
+/// An HPACK integer with an N-bit prefix (RFC 7541 §5.1): its value and the bytes it took.
+/// At most 4 continuation bytes, as decoders limit it.
+fn integer(buf: &[u8], prefix: u32) -> Option<(usize, usize)> {
+    let max = (1usize << prefix) - 1;
+    let mut value = usize::from(*buf.first()?) & max;
+    if value < max {
+        return Some((value, 1));
+    }
+    for (i, &b) in buf.iter().skip(1).take(4).enumerate() {
+        value += usize::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((value, i + 2));
+        }
+    }
+    None
+}
+
+/// Bytes taken by a string literal (its length prefix and its octets).
+fn string_len(buf: &[u8]) -> Option<usize> {
+    let (len, used) = integer(buf, 7)?;
+    let total = used.checked_add(len)?;
+    (total <= buf.len()).then_some(total)
+}
+
+/// Keeps a header the agent reads, bounded; drops every other at once.
+fn keep(fields: &mut Fields, name: &[u8], value: &[u8]) {
+    match name {
+        b":method" => {
+            fields.method = std::str::from_utf8(value).ok().map(Method::parse);
+        }
+        b":path" => fields.path = Some(clean_path(value)),
+        b":authority" => fields.authority = bounded_text(value, MAX_AUTHORITY_BYTES),
+        b":status" => {
+            fields.status = std::str::from_utf8(value)
+                .ok()
+                .filter(|s| s.len() == 3)
+                .and_then(|s| s.parse().ok());
+        }
+        b"user-agent" => fields.user_agent = bounded_text(value, MAX_USER_AGENT_BYTES),
+        b"traceparent" => fields.traceparent = TraceParent::parse(value),
+        b"tracestate" => fields.tracestate = bounded_text(value, MAX_TRACESTATE_BYTES),
+        _ => {}
+    }
+}
+
+/// A header value as text, when it is printable UTF-8 of at most `max` bytes.
+fn bounded_text(value: &[u8], max: usize) -> Option<String> {
+    let v = Some(value).filter(|v| v.len() <= max)?;
+    let s = std::str::from_utf8(v).ok()?;
+    (!s.chars().any(char::is_control)).then(|| s.to_owned())
+}
+
+/// The `:path` without query string or fragment (their values never leave the parser),
+/// bounded in length; `*` (OPTIONS) stays `*`.
+fn clean_path(value: &[u8]) -> String {
+    let end = value
+        .iter()
+        .position(|&b| b == b'?' || b == b'#')
+        .unwrap_or(value.len());
+    let path = value.get(..end.min(MAX_PATH_BYTES)).unwrap_or(&[]);
+    let mut s = String::from_utf8_lossy(path).into_owned();
+    // HTTP/1 paths are visible characters only (httparse); hold HTTP/2 paths to the same.
+    s.retain(|c| !c.is_control());
+    // A cut inside a multi-byte character leaves a replacement character: drop it.
+    if end > MAX_PATH_BYTES {
+        while s.ends_with('\u{fffd}') {
+            s.pop();
+        }
+    }
+    s
+}

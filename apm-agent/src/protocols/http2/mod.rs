@@ -1,0 +1,439 @@
+//! HTTP/2 exchanges on one connection, seen from either end (cleartext with prior knowledge,
+//! or the plaintext of TLS with ALPN h2: both start with the client preface, though over TLS
+//! the server may write its SETTINGS before it reads it).
+//!
+//! Each direction has a frame reader (`frames.rs`) and its own HPACK context (`headers.rs`).
+//! A stream is one exchange (`streams.rs`): it starts with the first byte of the client's
+//! HEADERS and ends with the last byte of the server's frame carrying END_STREAM; streams
+//! interleave freely, so each keeps its own times. A stream reset, refused by GOAWAY, or
+//! still open at the close is counted as incomplete, as HTTP/1 counts an exchange without
+//! its response. The result is the same [`Request`] as HTTP/1's, with
+//! [`HttpVersion::Http2`], so RED metrics, routes and spans treat both alike.
+//!
+//! Not covered: `Upgrade: h2c` (the connection is detected as HTTP/1 and given up at the
+//! 101), connections that began before the agent (their HPACK tables are unknown: no
+//! preface, never detected), gRPC's own status and attributes.
+mod frames;
+mod headers;
+mod streams;
+#[cfg(test)]
+mod tests;
+
+use frames::{Event, Frame, FrameReader, PREFACE, Payload, flag, kind};
+use headers::{Fields, Hpack};
+use streams::{Stream, Streams};
+
+use super::{
+    Detected, Direction, ParseStats, ParserOut, ProtocolParser, Segment,
+    duplex::{Duplex, Half},
+};
+use crate::request::{Detail, HttpInfo, HttpVersion, Method, Protocol, Request, Side, Started};
+
+/// Longest header block buffered (HEADERS or PUSH_PROMISE plus its CONTINUATIONs); a longer
+/// one is lost (counted, and its direction's table becomes unknown).
+const MAX_HEADER_BLOCK: usize = 64 * 1024;
+
+/// A header block being gathered from HEADERS/PUSH_PROMISE and CONTINUATION frames.
+#[derive(Debug)]
+struct Block {
+    stream: u32,
+    /// A PUSH_PROMISE's block (the pushed request's headers).
+    push: bool,
+    end_stream: bool,
+    start_ns: u64,
+    tid: u32,
+    buf: Vec<u8>,
+    /// Some of it was not captured, or it ran over [`MAX_HEADER_BLOCK`].
+    lost: bool,
+}
+
+/// Everything but the frame readers, so that a reader and the state its frames change
+/// borrow separately.
+#[derive(Debug)]
+struct Conn {
+    side: Side,
+    hpack: Duplex<Hpack>,
+    blocks: Duplex<Option<Block>>,
+    streams: Streams,
+    next_seq: u64,
+    /// A connection error (a frame no peer would accept): the connection is given up.
+    broken: bool,
+}
+
+/// HTTP/2 parser for one connection. Both parts are boxed: with two frame readers, two HPACK
+/// decoders and the stream table it is some 300 bytes, and every connection's state (whatever
+/// its protocol) is as large as the largest parser.
+#[derive(Debug)]
+pub struct Http2Parser {
+    readers: Box<Duplex<FrameReader>>,
+    conn: Box<Conn>,
+}
+
+fn other(half: Half) -> Half {
+    match half {
+        Half::Requests => Half::Responses,
+        Half::Responses => Half::Requests,
+    }
+}
+
+impl Conn {
+    /// Bytes no peer would send: counted, and the connection given up (its streams in
+    /// flight with it, counted as incomplete: nothing more will be read of them).
+    fn error(&mut self, stats: &mut ParseStats) {
+        stats.parse_errors += 1;
+        self.broken = true;
+        self.drop_streams(stats);
+    }
+
+    fn on_event(
+        &mut self,
+        half: Half,
+        event: Event<'_>,
+        out: &mut ParserOut,
+        stats: &mut ParseStats,
+    ) {
+        if self.broken {
+            return;
+        }
+        match event {
+            Event::Garbage => self.error(stats),
+            Event::FramingLost => {
+                // Whatever went by may have held header blocks: the table is unknown. A block
+                // being gathered is lost, but its stream and END_STREAM are known.
+                self.hpack.get_mut(half).poison();
+                if let Some(mut block) = self.blocks.get_mut(half).take() {
+                    block.lost = true;
+                    let end = block.start_ns;
+                    self.finish_block(half, block, end, out, stats);
+                }
+            }
+            Event::Frame(frame) => self.on_frame(half, frame, out, stats),
+        }
+    }
+
+    fn on_frame(&mut self, half: Half, f: Frame<'_>, out: &mut ParserOut, stats: &mut ParseStats) {
+        let h = f.header;
+        if self.blocks.get_mut(half).is_some() && h.kind != kind::CONTINUATION {
+            // A header block must go on in CONTINUATION frames only (RFC 9113 §6.10).
+            self.error(stats);
+            return;
+        }
+        match h.kind {
+            kind::HEADERS | kind::PUSH_PROMISE => {
+                let push = h.kind == kind::PUSH_PROMISE;
+                if push {
+                    stats.push_promises += 1;
+                }
+                let (fragment, lost) = match f.payload {
+                    Payload::Complete(p) => match frames::fragment(&h, p) {
+                        Some((fragment, _)) => (fragment, false),
+                        None => {
+                            self.error(stats);
+                            return;
+                        }
+                    },
+                    Payload::Skipped | Payload::Lost => (&[][..], true),
+                };
+                let block = Block {
+                    stream: h.stream,
+                    push,
+                    end_stream: !push && h.flags & flag::END_STREAM != 0,
+                    start_ns: f.start_ns,
+                    tid: f.tid,
+                    buf: fragment.to_vec(),
+                    lost,
+                };
+                if h.flags & flag::END_HEADERS != 0 {
+                    self.finish_block(half, block, f.end_ns, out, stats);
+                } else {
+                    *self.blocks.get_mut(half) = Some(block);
+                }
+            }
+            kind::CONTINUATION => {
+                let Some(mut block) = self.blocks.get_mut(half).take() else {
+                    self.error(stats);
+                    return;
+                };
+                if block.stream != h.stream {
+                    self.error(stats);
+                    return;
+                }
+                match f.payload {
+                    Payload::Complete(p) if block.buf.len() + p.len() <= MAX_HEADER_BLOCK => {
+                        if !block.lost {
+                            block.buf.extend_from_slice(p);
+                        }
+                    }
+                    _ => {
+                        block.lost = true;
+                        block.buf = Vec::new();
+                    }
+                }
+                if h.flags & flag::END_HEADERS != 0 {
+                    self.finish_block(half, block, f.end_ns, out, stats);
+                } else {
+                    *self.blocks.get_mut(half) = Some(block);
+                }
+            }
+            kind::DATA if h.flags & flag::END_STREAM != 0 && half == Half::Responses => {
+                self.complete(h.stream, f.end_ns, out, stats);
+            }
+            kind::RST_STREAM if self.streams.remove(h.stream).is_some() => {
+                stats.incomplete += 1;
+            }
+            kind::SETTINGS => match f.payload {
+                _ if h.flags & flag::ACK != 0 => {}
+                Payload::Complete(p) => {
+                    for setting in p.chunks_exact(6) {
+                        if let [0, 1, a, b, c, d] = *setting {
+                            // SETTINGS_HEADER_TABLE_SIZE bounds the table this endpoint
+                            // decodes with: the one of the other direction.
+                            let size = u32::from_be_bytes([a, b, c, d]);
+                            self.hpack.get_mut(other(half)).allow_table_size(size);
+                        }
+                    }
+                }
+                // Longer than any sane SETTINGS frame, or not captured: a table size in it
+                // may be missed (counted; blocks that then fail to decode are counted too).
+                Payload::Skipped | Payload::Lost => stats.parse_errors += 1,
+            },
+            kind::GOAWAY => {
+                if let (Half::Responses, Payload::Complete(p)) = (half, &f.payload)
+                    && let Some(&[a, b, c, d]) = p.get(..4)
+                {
+                    // The server never processed the client's streams above this one.
+                    let last = u32::from_be_bytes([a & 0x7f, b, c, d]);
+                    stats.incomplete += self.streams.drop_above(last) as u64;
+                }
+            }
+            // PRIORITY, PING, WINDOW_UPDATE and unknown types (RFC 9113 §5.5) matter only
+            // by their length, which the reader already skipped.
+            _ => {}
+        }
+    }
+
+    /// A header block is complete (or known lost): decode it to keep the table in step, then
+    /// apply it to its stream.
+    fn finish_block(
+        &mut self,
+        half: Half,
+        block: Block,
+        end_ns: u64,
+        out: &mut ParserOut,
+        stats: &mut ParseStats,
+    ) {
+        let hpack = self.hpack.get_mut(half);
+        let fields = if block.lost {
+            hpack.poison();
+            None
+        } else {
+            hpack.decode(&block.buf)
+        };
+        if fields.is_none() {
+            stats.header_blocks_lost += 1;
+        }
+        if block.push {
+            return;
+        }
+        let id = block.stream;
+        match half {
+            Half::Requests => {
+                // Trailers of a stream in flight or over, or not a client stream: nothing new.
+                if id.is_multiple_of(2) || self.streams.seen(id) {
+                    return;
+                }
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                let traceparent = fields.as_ref().and_then(|f| f.traceparent);
+                let known = fields.is_some();
+                let stream = Stream {
+                    seq,
+                    start_ns: block.start_ns,
+                    tid: block.tid,
+                    request: fields,
+                    status: None,
+                    response_lost: false,
+                };
+                if self.streams.open(id, stream).is_err() {
+                    stats.streams_overflow += 1;
+                    return;
+                }
+                if known {
+                    out.started.push(Started {
+                        side: self.side,
+                        seq,
+                        tid: block.tid,
+                        start_ns: block.start_ns,
+                        traceparent,
+                    });
+                }
+            }
+            Half::Responses => {
+                let Some(s) = self.streams.get_mut(id) else {
+                    if !id.is_multiple_of(2) && !self.streams.seen(id) {
+                        stats.unmatched_responses += 1;
+                    }
+                    return;
+                };
+                match fields {
+                    None => s.response_lost = true,
+                    Some(f) => {
+                        // The first final status; 1xx heads are interim, later blocks are
+                        // trailers.
+                        if s.status.is_none() {
+                            s.status = f.status.filter(|st| !(100..200).contains(st));
+                        }
+                    }
+                }
+                if block.end_stream {
+                    self.complete(id, end_ns, out, stats);
+                }
+            }
+        }
+    }
+
+    /// The server ended stream `id` at `end_ns`: report the exchange when both heads were
+    /// read.
+    fn complete(&mut self, id: u32, end_ns: u64, out: &mut ParserOut, stats: &mut ParseStats) {
+        let Some(s) = self.streams.remove(id) else {
+            return;
+        };
+        let (Some(request), Some(status)) = (s.request, s.status) else {
+            // A lost header block was counted; a response with no final status is
+            // incomplete.
+            if !s.response_lost && s.status.is_none() {
+                stats.incomplete += 1;
+            }
+            return;
+        };
+        let Fields {
+            method,
+            path,
+            authority,
+            user_agent,
+            traceparent,
+            tracestate,
+            ..
+        } = request;
+        let method = method.unwrap_or(Method::Other);
+        let path = match path {
+            Some(p) if method != Method::Connect => p,
+            _ => "*".to_owned(),
+        };
+        out.done.push(Request {
+            protocol: Protocol::Http2,
+            side: self.side,
+            start_ns: s.start_ns,
+            end_ns: end_ns.max(s.start_ns),
+            tid: s.tid,
+            seq: s.seq,
+            trust: Default::default(),
+            detail: Detail::Http(HttpInfo {
+                method,
+                path,
+                status,
+                version: HttpVersion::Http2,
+                // As HTTP/1's Host: it names the server of a client's call.
+                host: authority.filter(|_| self.side == Side::Client),
+                user_agent,
+                traceparent,
+                tracestate,
+            }),
+        });
+    }
+
+    /// Drops every stream in flight (counted) and the blocks being gathered.
+    fn drop_streams(&mut self, stats: &mut ParseStats) {
+        stats.incomplete += self.streams.clear() as u64;
+        for b in self.blocks.both_mut() {
+            *b = None;
+        }
+    }
+}
+
+impl ProtocolParser for Http2Parser {
+    const PROTOCOL: Protocol = Protocol::Http2;
+
+    /// The client preface: written by the observed process, it is the client; read, the
+    /// server. Or a server that writes first: with TLS and ALPN h2 the server knows the
+    /// protocol at the end of the handshake and sends its SETTINGS before it reads the
+    /// client's preface (nginx does), so a first segment written that is a SETTINGS frame on
+    /// stream 0 makes the observed process an HTTP/2 server. No other protocol followed has a
+    /// server that writes such bytes first (MySQL's greeting has sequence id 0 where the
+    /// frame type would be).
+    fn detect(seg: &Segment<'_>) -> Detected {
+        let data = seg.data;
+        if seg.direction == Direction::Egress && frames::server_settings_first(data) {
+            return Detected::Side(Side::Server);
+        }
+        if data.starts_with(PREFACE) {
+            return Detected::Side(match seg.direction {
+                Direction::Egress => Side::Client,
+                Direction::Ingress => Side::Server,
+            });
+        }
+        if !data.is_empty() && PREFACE.starts_with(data) && !seg.is_truncated() {
+            return Detected::Undecided;
+        }
+        Detected::No
+    }
+
+    fn new(side: Side) -> Self {
+        Self {
+            readers: Box::new(Duplex {
+                requests: FrameReader::new(true),
+                responses: FrameReader::new(false),
+            }),
+            conn: Box::new(Conn {
+                side,
+                hpack: Duplex {
+                    requests: Hpack::default(),
+                    responses: Hpack::default(),
+                },
+                blocks: Duplex {
+                    requests: None,
+                    responses: None,
+                },
+                streams: Streams::default(),
+                next_seq: 0,
+                broken: false,
+            }),
+        }
+    }
+
+    fn on_segment(&mut self, seg: &Segment<'_>, out: &mut ParserOut, stats: &mut ParseStats) {
+        if self.gave_up() {
+            return;
+        }
+        let half = Half::of(self.conn.side, seg.direction);
+        let conn = &mut self.conn;
+        self.readers
+            .get_mut(half)
+            .feed(seg, |event| conn.on_event(half, event, out, stats));
+    }
+
+    fn on_close(&mut self, _ts_ns: u64, _out: &mut ParserOut, stats: &mut ParseStats) {
+        // HTTP/2 always says where a response ends: a stream still open never got its end.
+        self.conn.drop_streams(stats);
+    }
+
+    /// Nothing to infer: every stream's end is explicit (END_STREAM, RST_STREAM, GOAWAY).
+    fn on_idle(&mut self, _out: &mut ParserOut) {}
+
+    fn on_gap(&mut self, stats: &mut ParseStats) {
+        self.conn.drop_streams(stats);
+        // The lost records may have held header blocks of either direction: both tables are
+        // unknown from now on (later blocks are counted as lost), and framing resumes at the
+        // next segment that starts with frames.
+        for h in self.conn.hpack.both_mut() {
+            h.poison();
+        }
+        for r in self.readers.both_mut() {
+            r.lose_framing();
+        }
+    }
+
+    fn gave_up(&self) -> bool {
+        self.conn.broken || self.readers.requests.is_broken() || self.readers.responses.is_broken()
+    }
+}

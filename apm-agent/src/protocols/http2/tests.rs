@@ -1,0 +1,900 @@
+//! Byte-stream tests: frames built here (header blocks by `loona-hpack`'s encoder, one per
+//! direction as a real peer keeps) are fed as syscall-sized segments, and the exact requests
+//! and counters that come out are checked.
+use loona_hpack::Encoder;
+
+use super::{
+    frames::{flag, kind},
+    *,
+};
+use crate::protocols::{Detection, Parser};
+
+const IN: Direction = Direction::Ingress;
+const OUT: Direction = Direction::Egress;
+
+/// One frame: header and payload.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = (payload.len() as u32).to_be_bytes();
+    let mut f = vec![len[1], len[2], len[3], kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+fn settings(pairs: &[(u16, u32)]) -> Vec<u8> {
+    let mut p = Vec::new();
+    for (id, v) in pairs {
+        p.extend_from_slice(&id.to_be_bytes());
+        p.extend_from_slice(&v.to_be_bytes());
+    }
+    frame(kind::SETTINGS, 0, 0, &p)
+}
+
+/// The two peers' HPACK encoders.
+struct Peers {
+    client: Encoder<'static>,
+    server: Encoder<'static>,
+}
+
+impl Peers {
+    fn new() -> Self {
+        Self {
+            client: Encoder::new(),
+            server: Encoder::new(),
+        }
+    }
+
+    fn request_block(&mut self, method: &str, path: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+        let mut h: Vec<(&[u8], &[u8])> = vec![
+            (b":method", method.as_bytes()),
+            (b":scheme", b"http"),
+            (b":authority", b"example.test:8080"),
+            (b":path", path.as_bytes()),
+            (b"user-agent", b"curl/7.88.1"),
+        ];
+        h.extend(extra.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
+        self.client.encode(h)
+    }
+
+    fn request(&mut self, stream: u32, method: &str, path: &str, end_stream: bool) -> Vec<u8> {
+        let block = self.request_block(method, path, &[]);
+        let flags = flag::END_HEADERS | if end_stream { flag::END_STREAM } else { 0 };
+        frame(kind::HEADERS, flags, stream, &block)
+    }
+
+    fn response_block(&mut self, status: &str) -> Vec<u8> {
+        self.server.encode([
+            (&b":status"[..], status.as_bytes()),
+            (b"server", b"nginx"),
+            (b"content-type", b"text/html"),
+        ])
+    }
+
+    fn response(&mut self, stream: u32, status: &str, end_stream: bool) -> Vec<u8> {
+        let block = self.response_block(status);
+        let flags = flag::END_HEADERS | if end_stream { flag::END_STREAM } else { 0 };
+        frame(kind::HEADERS, flags, stream, &block)
+    }
+}
+
+fn data(stream: u32, body: &[u8], end_stream: bool) -> Vec<u8> {
+    let flags = if end_stream { flag::END_STREAM } else { 0 };
+    frame(kind::DATA, flags, stream, body)
+}
+
+/// The client's first bytes: preface and SETTINGS.
+fn client_start() -> Vec<u8> {
+    let mut b = PREFACE.to_vec();
+    b.extend(settings(&[(3, 100), (4, 65535)]));
+    b
+}
+
+fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
+    parts.concat()
+}
+
+/// One connection under test, with a fake clock: each segment returns at `t + 5`, then the
+/// clock moves on by 100.
+struct Conn {
+    p: Http2Parser,
+    side: Side,
+    out: ParserOut,
+    stats: ParseStats,
+    t: u64,
+}
+
+impl Conn {
+    fn new(side: Side) -> Self {
+        Self {
+            p: Http2Parser::new(side),
+            side,
+            out: ParserOut::default(),
+            stats: ParseStats::default(),
+            t: 1000,
+        }
+    }
+
+    /// Bytes the client sent: read by a server, written by a client.
+    fn client_sent(&mut self, data: &[u8]) {
+        let d = if self.side == Side::Server { IN } else { OUT };
+        self.seg_total(d, data, data.len() as u64);
+    }
+
+    /// Bytes the server sent.
+    fn server_sent(&mut self, data: &[u8]) {
+        let d = if self.side == Side::Server { OUT } else { IN };
+        self.seg_total(d, data, data.len() as u64);
+    }
+
+    fn server_sent_total(&mut self, data: &[u8], total: u64) {
+        let d = if self.side == Side::Server { OUT } else { IN };
+        self.seg_total(d, data, total);
+    }
+
+    fn client_sent_total(&mut self, data: &[u8], total: u64) {
+        let d = if self.side == Side::Server { IN } else { OUT };
+        self.seg_total(d, data, total);
+    }
+
+    fn seg_total(&mut self, direction: Direction, data: &[u8], total: u64) {
+        crate::fuzzing::seeds::record("http2", direction, data, total);
+        let seg = Segment {
+            direction,
+            data,
+            total_len: total,
+            ts_ns: self.t + 5,
+            tid: 42,
+        };
+        self.p.on_segment(&seg, &mut self.out, &mut self.stats);
+        self.t += 100;
+    }
+
+    /// (method, path, status) of every request so far.
+    fn summary(&self) -> Vec<(&'static str, String, u16)> {
+        self.out
+            .done
+            .iter()
+            .map(|r| {
+                let h = r.http().expect("http");
+                (h.method.as_str(), h.path.clone(), h.status)
+            })
+            .collect()
+    }
+
+    /// (path, start, end) of every request so far.
+    fn times(&self) -> Vec<(String, u64, u64)> {
+        self.out
+            .done
+            .iter()
+            .map(|r| (r.http().expect("http").path.clone(), r.start_ns, r.end_ns))
+            .collect()
+    }
+}
+
+fn s(m: &'static str, p: &str, st: u16) -> (&'static str, String, u16) {
+    (m, p.to_owned(), st)
+}
+
+/// Server side: preface, one GET, its response in HEADERS + DATA.
+#[test]
+fn server_single_request() {
+    let mut peers = Peers::new();
+    let mut c = Conn::new(Side::Server);
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let block = peers.request_block("GET", "/users/42?token=secret", &[("traceparent", tp)]);
+    let req = frame(
+        kind::HEADERS,
+        flag::END_HEADERS | flag::END_STREAM,
+        1,
+        &block,
+    );
+    c.client_sent(&cat(&[client_start(), req])); // t=1005
+    c.server_sent(&settings(&[(3, 128)])); // 1105
+    c.client_sent(&frame(kind::SETTINGS, flag::ACK, 0, &[])); // 1205
+    c.server_sent(&peers.response(1, "200", false)); // 1305
+    c.server_sent(&data(1, b"hello", true)); // 1405
+    assert_eq!(c.summary(), vec![s("GET", "/users/42", 200)]);
+    let r = &c.out.done[0];
+    assert_eq!((r.start_ns, r.end_ns, r.seq), (1005, 1405, 0));
+    assert_eq!((r.protocol, r.side), (Protocol::Http2, Side::Server));
+    let h = r.http().expect("http");
+    assert_eq!(h.version, HttpVersion::Http2);
+    assert_eq!(h.version.as_str(), "2");
+    assert_eq!(h.host, None, "the server side keeps no authority");
+    assert_eq!(h.user_agent.as_deref(), Some("curl/7.88.1"));
+    assert!(h.traceparent.is_some());
+    assert_eq!(c.out.started.len(), 1);
+    assert_eq!(c.out.started[0].traceparent, h.traceparent);
+    assert_eq!(c.stats, ParseStats::default());
+    assert!(!c.p.gave_up());
+}
+
+/// Client side: the authority names the server; a trailers-only response (HEADERS with
+/// END_STREAM) ends the stream.
+#[test]
+fn client_side_and_headers_only_response() {
+    let mut peers = Peers::new();
+    let mut c = Conn::new(Side::Client);
+    c.client_sent(&cat(&[
+        client_start(),
+        peers.request(1, "DELETE", "/items/7", true),
+    ]));
+    c.server_sent(&cat(&[settings(&[]), peers.response(1, "404", true)]));
+    assert_eq!(c.summary(), vec![s("DELETE", "/items/7", 404)]);
+    let r = &c.out.done[0];
+    assert_eq!((r.side, r.start_ns, r.end_ns), (Side::Client, 1005, 1105));
+    assert_eq!(
+        r.http().expect("http").host.as_deref(),
+        Some("example.test:8080")
+    );
+    assert_eq!(c.stats, ParseStats::default());
+}
+
+/// Three streams whose requests go out together and whose responses come back out of order,
+/// spread over segments: each keeps its own latency.
+#[test]
+fn interleaved_streams_keep_their_own_times() {
+    let mut peers = Peers::new();
+    let mut c = Conn::new(Side::Server);
+    c.client_sent(&cat(&[
+        client_start(),
+        peers.request(1, "GET", "/a", true),
+        peers.request(3, "GET", "/b", true),
+    ])); // 1005
+    c.client_sent(&peers.request(5, "POST", "/c", false)); // 1105
+    c.server_sent(&cat(&[settings(&[]), peers.response(3, "200", false)])); // 1205
+    c.client_sent(&data(5, b"{\"x\":1}", true)); // 1305
+    c.server_sent(&cat(&[
+        peers.response(1, "200", false),
+        data(3, b"bbb", true),
+        data(1, b"a", false),
+    ])); // 1405
+    c.server_sent(&peers.response(5, "201", true)); // 1505
+    c.server_sent(&data(1, b"aa", true)); // 1605
+    let mut times = c.times();
+    times.sort();
+    assert_eq!(
+        times,
+        vec![
+            ("/a".to_owned(), 1005, 1605),
+            ("/b".to_owned(), 1005, 1405),
+            ("/c".to_owned(), 1105, 1505),
+        ]
+    );
+    let mut seqs: Vec<(String, u64)> = c
+        .out
+        .done
+        .iter()
+        .map(|r| (r.http().expect("http").path.clone(), r.seq))
+        .collect();
+    seqs.sort();
+    assert_eq!(
+        seqs,
+        vec![("/a".into(), 0), ("/b".into(), 1), ("/c".into(), 2)]
+    );
+    assert_eq!(c.summary().len(), 3);
+    assert!(c.summary().contains(&s("POST", "/c", 201)));
+    assert_eq!(c.stats, ParseStats::default());
+}
+
+/// A request header block split over HEADERS and two CONTINUATION frames, in separate
+/// segments.
+#[test]
+fn continuation_frames() {
+    let mut peers = Peers::new();
+    let mut c = Conn::new(Side::Server);
+    let block = peers.request_block("GET", "/long", &[("x-big", &"v".repeat(300))]);
+    let (a, rest) = block.split_at(10);
+    let (b, d) = rest.split_at(100);
+    c.client_sent(&cat(&[
+        client_start(),
+        frame(kind::HEADERS, flag::END_STREAM, 1, a),
+    ]));
+    c.client_sent(&frame(kind::CONTINUATION, 0, 1, b));
+    c.client_sent(&frame(kind::CONTINUATION, flag::END_HEADERS, 1, d));
+    c.server_sent(&cat(&[settings(&[]), peers.response(1, "200", true)]));
+    assert_eq!(c.summary(), vec![s("GET", "/long", 200)]);
+    assert_eq!(c.out.done[0].start_ns, 1005);
+    assert_eq!(c.stats, ParseStats::default());
+}
+
+/// A CONTINUATION that does not follow a header block is a connection error: counted, given
+/// up.
+#[test]
+fn stray_continuation_gives_up() {
+    let mut c = Conn::new(Side::Server);
+    c.client_sent(&cat(&[
+        client_start(),
+        frame(kind::CONTINUATION, 4, 1, b"x"),
+    ]));
+    assert!(c.p.gave_up());
+    assert_eq!(c.stats.parse_errors, 1);
+}
+
+/// PADDED and PRIORITY flags on HEADERS, PADDED on DATA, a PRIORITY frame, PING,
+/// WINDOW_UPDATE and an unknown frame type in between.
+#[test]
+fn padding_priority_and_other_frames() {
+    let mut peers = Peers::new();
+    let mut c = Conn::new(Side::Server);
+    let block = peers.request_block("PUT", "/p", &[]);
+    let mut payload = vec![3]; // pad length
+    payload.extend_from_slice(&[0x80, 0, 0, 0, 16]); // exclusive dependency on 0, weight 16
+    payload.extend_from_slice(&block);
+    payload.extend_from_slice(&[0, 0, 0]);
+    let headers = frame(
+        kind::HEADERS,
+        flag::END_HEADERS | flag::PADDED | flag::PRIORITY,
+        1,
+        &payload,
+    );
+    c.client_sent(&cat(&[
+        client_start(),
+        frame(kind::PRIORITY, 0, 3, &[0, 0, 0, 1, 10]),
+        headers,
+        frame(kind::WINDOW_UPDATE, 0, 0, &[0, 1, 0, 0]),
+        frame(0xfa, 0x3, 1, b"extension frame"),
+        frame(
+            kind::DATA,
+            flag::PADDED | flag::END_STREAM,
+            1,
+            &[2, b'h', b'i', 0, 0],
+        ),
+    ]));
+    c.server_sent(&cat(&[
+        settings(&[]),
+        frame(kind::PING, 0, 0, &[1; 8]),
+        peers.response(1, "204", true),
+    ]));
+    assert_eq!(c.summary(), vec![s("PUT", "/p", 204)]);
+    assert_eq!(c.stats, ParseStats::default());
+}
+
+/// A padding length beyond the payload is a connection error.
+#[test]
+fn padding_longer_than_payload_gives_up() {
+    let mut c = Conn::new(Side::Server);
+    c.client_sent(&cat(&[
+        client_start(),
+        frame(
+            kind::HEADERS,
+            flag::END_HEADERS | flag::PADDED,
+            1,
+            &[200, 0x82],
+        ),
+    ]));
+    assert!(c.p.gave_up());
+    assert_eq!(c.stats.parse_errors, 1);
+}
+
+/// A 100 (Continue) head is interim; trailers after the body end the stream.
+#[test]
+fn interim_response_and_trailers() {
+    let mut peers = Peers::new();
+    let mut c = Conn::new(Side::Client);
+    c.client_sent(&cat(&[
+        client_start(),
+        peers.request(1, "POST", "/upload", false),
+    ]));
+    c.server_sent(&cat(&[settings(&[]), peers.response(1, "100", false)]));
+    c.client_sent(&data(1, b"payload", true));
+    c.server_sent(&peers.response(1, "200", false));
+    c.server_sent(&data(1, b"ok", false));
+    let trailers = peers
+        .server
+        .encode([(&b"grpc-status"[..], &b"0"[..]), (b":status", b"500")]);
+    c.server_sent(&frame(
+        kind::HEADERS,
+        flag::END_HEADERS | flag::END_STREAM,
+        1,
+        &trailers,
+    ));
+    assert_eq!(c.summary(), vec![s("POST", "/upload", 200)]);
+    assert_eq!(c.out.done[0].end_ns, 1505);
+    assert_eq!(c.stats, ParseStats::default());
+}
+
+/// A reset stream is an incomplete exchange; the stream next to it is unaffected.
+#[test]
+fn rst_stream_counts_incomplete() {
+    let mut peers = Peers::new();
+    let mut c = Conn::new(Side::Server);
+    c.client_sent(&cat(&[
+        client_start(),
+        peers.request(1, "GET", "/slow", true),
+        peers.request(3, "GET", "/fast", true),
+    ]));
+    c.client_sent(&frame(kind::RST_STREAM, 0, 1, &[0, 0, 0, 8]));
+    c.server_sent(&cat(&[settings(&[]), peers.response(3, "200", true)]));
+    assert_eq!(c.summary(), vec![s("GET", "/fast", 200)]);
+    assert_eq!(c.stats.incomplete, 1);
+    // A reset after the end changes nothing.
+    c.client_sent(&frame(kind::RST_STREAM, 0, 3, &[0, 0, 0, 8]));
+    assert_eq!(c.stats.incomplete, 1);
+}
+
+/// GOAWAY from the server: streams above its last stream id were never processed.
+#[test]
+fn goaway_drops_unprocessed_streams() {
+    let mut peers = Peers::new();
+    let mut c = Conn::new(Side::Client);
+    c.client_sent(&cat(&[
+        client_start(),
+        peers.request(1, "GET", "/1", true),
+        peers.request(3, "GET", "/3", true),
+        peers.request(5, "GET", "/5", true),
+    ]));
+    let mut goaway = 3u32.to_be_bytes().to_vec();
+    goaway.extend_from_slice(&[0, 0, 0, 0]);
+    c.server_sent(&cat(&[
+        settings(&[]),
+        frame(kind::GOAWAY, 0, 0, &goaway),
+        peers.response(1, "200", true),
+        peers.response(3, "503", true),
+    ]));
+    assert_eq!(c.summary(), vec![s("GET", "/1", 200), s("GET", "/3", 503)]);
+    assert_eq!(c.stats.incomplete, 1);
+    assert_eq!(c.p.conn.streams.len(), 0);
+}
+
+/// The whole of a conversation, one direction split at every byte boundary into two
+/// segments: the same requests come out, whatever the split.
+#[test]
+fn frames_split_at_every_byte() {
+    let mut peers = Peers::new();
+    let client = cat(&[
+        client_start(),
+        peers.request(1, "GET", "/x", true),
+        peers.request(3, "POST", "/y", false),
+        data(3, b"body", true),
+    ]);
+    let server = cat(&[
+        settings(&[]),
+        peers.response(3, "201", false),
+        peers.response(1, "200", false),
+        data(1, b"one", true),
+        data(3, &[b'z'; 100], true),
+    ]);
+    let want = vec![s("GET", "/x", 200), s("POST", "/y", 201)];
+    for side in [Side::Server, Side::Client] {
+        for k in 1..client.len() {
+            let mut c = Conn::new(side);
+            c.client_sent(&client[..k]);
+            c.client_sent(&client[k..]);
+            c.server_sent(&server);
+            assert_eq!(c.summary(), want, "{side:?} client split at {k}");
+            assert_eq!(c.stats, ParseStats::default());
+        }
+        for k in 1..server.len() {
+            let mut c = Conn::new(side);
+            c.client_sent(&client);
+            c.server_sent(&server[..k]);
+            c.server_sent(&server[k..]);
+            assert_eq!(c.summary(), want, "{side:?} server split at {k}");
+            assert_eq!(c.stats, ParseStats::default());
+        }
+    }
+}
+
+/// A DATA frame longer than the capture is skipped by its length: the frames after it in
+/// the next segment, and the next stream, parse.
+#[test]
+fn data_past_the_capture_is_skipped() {
+    let mut peers = Peers::new();
+    let mut c = Conn::new(Side::Server);
+    c.client_sent(&cat(&[
+        client_start(),
+        peers.request(1, "GET", "/big", true),
+    ]));
+    // One write: HEADERS, then a 10000-byte DATA frame ending the stream, captured in part.
+    let body = vec![b'b'; 10_000];
+    let write = cat(&[
+        settings(&[]),
+        peers.response(1, "200", false),
+        data(1, &body, false),
+    ]);
+    c.server_sent_total(&write[..4096], write.len() as u64); // 1105
+    // The body goes on past one frame: another frame, also past the capture.
+    let more = data(1, &body, true);
+    c.server_sent_total(&more[..4096], more.len() as u64); // 1205
+    c.client_sent(&peers.request(3, "GET", "/small", true));
+    c.server_sent(&cat(&[
+        peers.response(3, "200", false),
+        data(3, b"s", true),
+    ]));
+    assert_eq!(
+        c.summary(),
+        vec![s("GET", "/big", 200), s("GET", "/small", 200)]
+    );
+    assert_eq!(c.out.done[0].end_ns, 1205);
+    assert_eq!(c.stats, ParseStats::default());
+}
+
+/// A request header block running past the capture is lost: counted, never guessed; the
+/// direction's table is unknown from then on (the next block is counted too), and the
+/// streams' ends are still followed so nothing stays open.
+#[test]
+fn header_block_past_the_capture_is_lost() {
+    let mut peers = Peers::new();
+    let mut c = Conn::new(Side::Server);
+    let block = peers.request_block(
+        "GET",
+        "/cookie",
+        &[("x-session", "s1"), ("cookie", &"c".repeat(6000))],
+    );
+    let first = cat(&[
+        client_start(),
+        frame(
+            kind::HEADERS,
+            flag::END_HEADERS | flag::END_STREAM,
+            1,
+            &block,
+        ),
+    ]);
+    c.client_sent_total(&first[..4096], first.len() as u64);
+    // The next request names the entry the lost block added to the client's table.
+    let block = peers.request_block("GET", "/next", &[("x-session", "s1")]);
+    c.client_sent(&frame(
+        kind::HEADERS,
+        flag::END_HEADERS | flag::END_STREAM,
+        3,
+        &block,
+    ));
+    c.server_sent(&cat(&[
+        settings(&[]),
+        peers.response(1, "200", true),
+        peers.response(3, "200", true),
+    ]));
+    assert_eq!(c.summary(), vec![]);
+    assert_eq!(c.stats.header_blocks_lost, 2);
+    assert_eq!(c.p.conn.streams.len(), 0, "stream ends followed");
+    assert!(c.p.conn.hpack.requests.is_poisoned());
+    assert!(!c.p.conn.hpack.responses.is_poisoned());
+    assert!(!c.p.gave_up());
+}
+
+/// Bytes after the preface that are not frames (here an HTTP/1 request): counted, given up,
+/// no panic.
+#[test]
+fn garbage_after_the_preface_gives_up() {
+    for side in [Side::Server, Side::Client] {
+        let mut c = Conn::new(side);
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend_from_slice(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        c.client_sent(&bytes);
+        assert!(c.p.gave_up());
+        assert_eq!(c.stats.parse_errors, 1);
+        c.server_sent(b"HTTP/1.1 200 OK\r\n\r\n");
+        assert_eq!(c.stats.parse_errors, 1);
+        assert!(c.out.done.is_empty());
+    }
+    // A wrong preface past the detected prefix.
+    let mut c = Conn::new(Side::Server);
+    c.client_sent(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n");
+    assert!(c.p.gave_up());
+}
+
+/// Detection: the preface, its direction, and a prefix of it; HTTP/1 is still HTTP/1.
+#[test]
+fn detection() {
+    let seg = |direction, data: &'static [u8]| Segment {
+        direction,
+        data,
+        total_len: data.len() as u64,
+        ts_ns: 0,
+        tid: 0,
+    };
+    let preface: &'static [u8] = PREFACE;
+    assert_eq!(
+        Http2Parser::detect(&seg(OUT, preface)),
+        Detected::Side(Side::Client)
+    );
+    assert_eq!(
+        Http2Parser::detect(&seg(IN, preface)),
+        Detected::Side(Side::Server)
+    );
+    assert_eq!(
+        Http2Parser::detect(&seg(IN, b"PRI * HTTP")),
+        Detected::Undecided
+    );
+    assert_eq!(Http2Parser::detect(&seg(IN, b"PRIX")), Detected::No);
+    // A server that writes its SETTINGS first (TLS with ALPN h2).
+    let server_first: &'static [u8] = &[
+        0, 0, 12, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 128, 0, 4, 0, 1, 0, 0,
+    ];
+    assert_eq!(
+        Http2Parser::detect(&seg(OUT, server_first)),
+        Detected::Side(Side::Server)
+    );
+    assert_eq!(Http2Parser::detect(&seg(IN, server_first)), Detected::No);
+    // A SETTINGS ACK, or a frame on a stream, is not a first frame.
+    let ack: &'static [u8] = &[0, 0, 0, 4, 1, 0, 0, 0, 0];
+    assert_eq!(Http2Parser::detect(&seg(OUT, ack)), Detected::No);
+    // MySQL's greeting (length, sequence id 0, protocol 10) is not HTTP/2.
+    let mysql: &'static [u8] = b"\x4a\x00\x00\x00\x0a8.0.36\x00\x01\x00\x00\x00";
+    assert_eq!(Http2Parser::detect(&seg(OUT, mysql)), Detected::No);
+    assert_eq!(
+        Http2Parser::detect(&seg(IN, b"GET / HTTP/1.1\r\n\r\n")),
+        Detected::No
+    );
+    assert!(matches!(
+        Parser::detect(&seg(IN, preface)),
+        Detection::Match(Parser::Http2(_))
+    ));
+    assert!(matches!(
+        Parser::detect(&seg(IN, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")),
+        Detection::Match(Parser::Http1(_))
+    ));
+    assert!(matches!(
+        Parser::detect(&seg(IN, b"POST /a HTTP/1.1\r\n\r\n")),
+        Detection::Match(Parser::Http1(_))
+    ));
+    assert!(matches!(
+        Parser::detect(&seg(IN, b"P")),
+        Detection::Undecided
+    ));
+}
+
+/// SETTINGS_HEADER_TABLE_SIZE from the server bounds the table of the client's blocks (the
+/// other direction): a size update up to it decodes; without it, the same update is refused
+/// and counted.
+#[test]
+fn header_table_size_applies_to_the_other_direction() {
+    let size_update = |size: usize| {
+        let mut b = loona_hpack::encoder::encode_integer(size, 5);
+        b[0] |= 0x20;
+        b
+    };
+    let run = |announce: Option<u32>| {
+        let mut peers = Peers::new();
+        peers.client.set_max_table_size(16384);
+        let mut c = Conn::new(Side::Server);
+        c.client_sent(&client_start());
+        let mut s = vec![(3, 100)];
+        if let Some(v) = announce {
+            s.push((1, v));
+        }
+        c.server_sent(&settings(&s));
+        let mut block = size_update(16384);
+        block.extend(peers.request_block("GET", "/t", &[("x-a", &"a".repeat(5000))]));
+        c.client_sent(&frame(
+            kind::HEADERS,
+            flag::END_HEADERS | flag::END_STREAM,
+            1,
+            &block,
+        ));
+        // The second request refers to the big entry in the dynamic table.
+        let block = peers.request_block("GET", "/u", &[("x-a", &"a".repeat(5000))]);
+        c.client_sent(&frame(
+            kind::HEADERS,
+            flag::END_HEADERS | flag::END_STREAM,
+            3,
+            &block,
+        ));
+        c.server_sent(&peers.response(1, "200", true));
+        c.server_sent(&peers.response(3, "200", true));
+        c
+    };
+    let c = run(Some(16384));
+    assert_eq!(c.summary(), vec![s("GET", "/t", 200), s("GET", "/u", 200)]);
+    assert_eq!(c.stats, ParseStats::default());
+    let c = run(None);
+    assert_eq!(c.summary(), vec![]);
+    assert_eq!(c.stats.header_blocks_lost, 2);
+}
+
+/// A server push: counted, not reported, and its header block still decoded so that the
+/// server's table stays right for the responses after it.
+#[test]
+fn push_promise_keeps_the_table_in_step() {
+    let mut peers = Peers::new();
+    let mut c = Conn::new(Side::Client);
+    c.client_sent(&cat(&[
+        client_start(),
+        peers.request(1, "GET", "/page", true),
+    ]));
+    let pushed = peers.server.encode([
+        (&b":method"[..], &b"GET"[..]),
+        (b":path", b"/style.css"),
+        (b"x-pushed-entry", b"goes into the dynamic table"),
+    ]);
+    let mut payload = 2u32.to_be_bytes().to_vec();
+    payload.extend_from_slice(&pushed);
+    c.server_sent(&cat(&[
+        settings(&[]),
+        frame(kind::PUSH_PROMISE, flag::END_HEADERS, 1, &payload),
+        peers.response(1, "200", false),
+        peers.response(2, "200", false),
+        data(2, b"css", true),
+        data(1, b"html", true),
+    ]));
+    // The next response names the pushed entry by index.
+    c.client_sent(&peers.request(3, "GET", "/again", true));
+    let block = peers.server.encode([
+        (&b":status"[..], &b"404"[..]),
+        (b"x-pushed-entry", b"goes into the dynamic table"),
+    ]);
+    c.server_sent(&frame(
+        kind::HEADERS,
+        flag::END_HEADERS | flag::END_STREAM,
+        3,
+        &block,
+    ));
+    assert_eq!(
+        c.summary(),
+        vec![s("GET", "/page", 200), s("GET", "/again", 404)]
+    );
+    assert_eq!(c.stats.push_promises, 1);
+    assert_eq!(c.stats.header_blocks_lost, 0);
+    assert_eq!(c.stats.unmatched_responses, 0);
+}
+
+/// Records lost (`on_gap`): streams in flight are dropped (counted), both tables become
+/// unknown, and framing resumes at the next segment that starts with frames; later streams
+/// are counted as lost and still followed to their end.
+#[test]
+fn gap_drops_streams_and_poisons_tables() {
+    let mut peers = Peers::new();
+    let mut c = Conn::new(Side::Server);
+    let block = peers.request_block("GET", "/before", &[("x-session", "s1")]);
+    c.client_sent(&cat(&[
+        client_start(),
+        frame(
+            kind::HEADERS,
+            flag::END_HEADERS | flag::END_STREAM,
+            1,
+            &block,
+        ),
+    ]));
+    c.p.on_gap(&mut c.stats);
+    assert_eq!(c.stats.incomplete, 1);
+    // Mid-frame bytes (the tail of a lost frame) are skipped...
+    c.server_sent(&[0x55; 7]);
+    // ... and whole frames picked up again.
+    let block = peers.request_block("GET", "/after", &[("x-session", "s1")]);
+    c.client_sent(&frame(
+        kind::HEADERS,
+        flag::END_HEADERS | flag::END_STREAM,
+        3,
+        &block,
+    ));
+    c.server_sent(&peers.response(3, "200", true));
+    // A request naming an entry of the client's dynamic table (x-session): lost, not
+    // guessed. The response names none: it decodes, but has no request to complete.
+    assert_eq!(c.summary(), vec![]);
+    assert_eq!(c.stats.header_blocks_lost, 1);
+    // A request that names only static entries and literals decodes again.
+    c.client_sent(&peers.request(5, "GET", "/static", true));
+    c.server_sent(&peers.response(5, "200", true));
+    assert_eq!(c.summary(), vec![s("GET", "/static", 200)]);
+    assert_eq!(c.stats.header_blocks_lost, 1);
+    assert_eq!(c.p.conn.streams.len(), 0);
+    assert!(!c.p.gave_up());
+}
+
+/// At most [`streams::MAX_STREAMS`] streams are followed at once; the rest are counted.
+#[test]
+fn stream_budget_overflow_is_counted() {
+    let mut peers = Peers::new();
+    let mut c = Conn::new(Side::Server);
+    c.client_sent(&client_start());
+    let n = streams::MAX_STREAMS as u32 + 2;
+    for i in 0..n {
+        c.client_sent(&peers.request(2 * i + 1, "GET", "/q", true));
+    }
+    assert_eq!(c.stats.streams_overflow, 2);
+    // The refused streams' responses are not counted as unmatched.
+    c.server_sent(&settings(&[]));
+    for i in 0..n {
+        c.server_sent(&peers.response(2 * i + 1, "200", true));
+    }
+    assert_eq!(c.out.done.len(), streams::MAX_STREAMS);
+    assert_eq!(c.stats.unmatched_responses, 0);
+}
+
+/// The close ends streams still open: counted as incomplete.
+#[test]
+fn close_counts_open_streams() {
+    let mut peers = Peers::new();
+    let mut c = Conn::new(Side::Server);
+    c.client_sent(&cat(&[
+        client_start(),
+        peers.request(1, "GET", "/open", true),
+    ]));
+    c.p.on_close(5000, &mut c.out, &mut c.stats);
+    assert_eq!(c.stats.incomplete, 1);
+    assert!(c.out.done.is_empty());
+}
+
+/// A server write of several frames, captured only in part: the frame headers past the
+/// capture are lost, framing resumes at the next write, and the responses after it decode
+/// again as long as they name only static-table entries (nginx encodes responses so); one
+/// naming a dynamic entry is counted as lost. A stream whose end went by unseen is counted
+/// as incomplete at the close.
+#[test]
+fn framing_lost_past_the_capture_recovers_on_static_only_blocks() {
+    let static_only = |status: &str, end: bool| {
+        let mut e = Encoder::new();
+        let flags = flag::END_HEADERS | if end { flag::END_STREAM } else { 0 };
+        frame(
+            kind::HEADERS,
+            flags,
+            0,
+            &e.encode([(&b":status"[..], status.as_bytes())]),
+        )
+    };
+    let on = |mut f: Vec<u8>, stream: u32| {
+        f[5..9].copy_from_slice(&stream.to_be_bytes());
+        f
+    };
+    let mut peers = Peers::new();
+    let mut c = Conn::new(Side::Server);
+    c.client_sent(&cat(&[
+        client_start(),
+        peers.request(1, "GET", "/big", true),
+        peers.request(3, "GET", "/small", true),
+    ]));
+    let body = vec![b'b'; 8192];
+    let write = cat(&[
+        settings(&[]),
+        on(static_only("200", false), 1),
+        data(1, &body, false),
+        data(1, &body, true),
+    ]);
+    c.server_sent_total(&write[..4096], write.len() as u64);
+    assert!(c.p.conn.hpack.responses.is_poisoned());
+    c.server_sent(&cat(&[on(static_only("404", true), 3)]));
+    assert_eq!(c.summary(), vec![s("GET", "/small", 404)]);
+    // A block naming the server's dynamic table is not trusted.
+    c.client_sent(&peers.request(5, "GET", "/dyn", true));
+    peers.server.encode([(&b"x-cache"[..], &b"HIT"[..])]); // in a block that went by unseen
+    let block = peers
+        .server
+        .encode([(&b":status"[..], &b"200"[..]), (b"x-cache", b"HIT")]);
+    c.server_sent(&frame(
+        kind::HEADERS,
+        flag::END_HEADERS | flag::END_STREAM,
+        5,
+        &block,
+    ));
+    assert_eq!(c.summary().len(), 1);
+    assert_eq!(c.stats.header_blocks_lost, 1);
+    c.p.on_close(9000, &mut c.out, &mut c.stats);
+    assert_eq!(c.stats.incomplete, 1, "/big's end went by unseen");
+    assert_eq!(c.stats.parse_errors, 0);
+}
+
+/// The walk over a block's representations: static-only blocks, dynamic references, and
+/// malformed blocks.
+#[test]
+fn dynamic_references_are_found_without_decoding() {
+    let mut e = Encoder::new();
+    let first = e.encode([(&b":status"[..], &b"200"[..]), (b"x-new", b"v")]);
+    assert_eq!(headers::names_dynamic_entries(&first), Some(false));
+    let second = e.encode([(&b"x-new"[..], &b"v"[..])]);
+    assert_eq!(headers::names_dynamic_entries(&second), Some(true));
+    assert_eq!(headers::names_dynamic_entries(&[0x40, 0x05, b'a']), None);
+    assert_eq!(headers::names_dynamic_entries(&[0xff]), None);
+    assert_eq!(headers::names_dynamic_entries(&[]), Some(false));
+}
+
+/// Server side over TLS: the server writes its SETTINGS before it reads the preface.
+#[test]
+fn server_writes_settings_first() {
+    let mut peers = Peers::new();
+    let mut c = Conn::new(Side::Server);
+    c.server_sent(&cat(&[
+        settings(&[(3, 128), (4, 65536)]),
+        frame(kind::WINDOW_UPDATE, 0, 0, &[0, 0x7f, 0, 0]),
+    ]));
+    c.client_sent(&cat(&[
+        client_start(),
+        peers.request(1, "GET", "/tls", true),
+    ]));
+    c.server_sent(&cat(&[
+        frame(kind::SETTINGS, flag::ACK, 0, &[]),
+        peers.response(1, "200", true),
+    ]));
+    assert_eq!(c.summary(), vec![s("GET", "/tls", 200)]);
+    assert_eq!(c.stats, ParseStats::default());
+}
