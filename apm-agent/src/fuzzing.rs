@@ -310,6 +310,8 @@ fn check(
             (Detail::Http(h), Protocol::Http1 | Protocol::Http2) => {
                 // Query strings and fragments (their values) never leave the parser.
                 assert!(!h.path.contains(['?', '#']), "{r:?}");
+                // Only HTTP/2 carries gRPC.
+                assert!(h.grpc.is_none() || protocol == Protocol::Http2, "{r:?}");
             }
             (Detail::Db(d), _) => {
                 let system_ok = matches!(

@@ -208,6 +208,90 @@ fn hex_into(s: &str, out: &mut [u8]) -> Option<()> {
     Some(())
 }
 
+/// A gRPC status code (`grpc-status`), as the OpenTelemetry RPC conventions name it in
+/// `rpc.response.status_code`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GrpcCode(pub u8);
+
+impl GrpcCode {
+    pub const OK: Self = Self(0);
+    pub const UNKNOWN: Self = Self(2);
+    /// Names of the codes 0..=16 (gRPC's `statuscodes.md`).
+    const NAMES: [&'static str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+
+    /// A `grpc-status` value: a decimal code; codes past 16 are kept as `_OTHER`.
+    pub fn parse(value: &[u8]) -> Option<Self> {
+        let s = std::str::from_utf8(value).ok()?;
+        if s.is_empty() || s.len() > 3 {
+            return None;
+        }
+        s.parse::<u16>()
+            .ok()
+            .map(|c| Self(u8::try_from(c).unwrap_or(u8::MAX)))
+    }
+
+    /// What a client makes of a response without `grpc-status` (gRPC's
+    /// `http-grpc-status-mapping.md`): the code its HTTP status maps to.
+    pub fn from_http_status(status: u16) -> Self {
+        Self(match status {
+            400 => 13,             // INTERNAL
+            401 => 16,             // UNAUTHENTICATED
+            403 => 7,              // PERMISSION_DENIED
+            404 => 12,             // UNIMPLEMENTED
+            429 | 502..=504 => 14, // UNAVAILABLE
+            _ => 2,                // UNKNOWN
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        Self::NAMES
+            .get(usize::from(self.0))
+            .copied()
+            .unwrap_or("_OTHER")
+    }
+
+    /// The codes the conventions count as a server's own failure (UNKNOWN,
+    /// DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS); every other
+    /// non-OK code is the caller's (a client span is an error for every non-OK code).
+    pub fn is_server_error(self) -> bool {
+        matches!(self.0, 2 | 4 | 12 | 13 | 14 | 15)
+    }
+
+    /// The HTTP status class the call counts in for RED (errors split 4xx / 5xx, Apdex):
+    /// 200 for OK, 500 for a server's failure, 400 for every other code.
+    pub fn http_class(self) -> u16 {
+        match self {
+            Self::OK => 200,
+            c if c.is_server_error() => 500,
+            _ => 400,
+        }
+    }
+}
+
+/// `rpc.method` of a gRPC call from its `:path` (`/package.Service/Method`): the path
+/// without its leading slash.
+pub fn rpc_method(path: &str) -> &str {
+    path.strip_prefix('/').unwrap_or(path)
+}
+
 /// The HTTP part of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpInfo {
@@ -226,6 +310,10 @@ pub struct HttpInfo {
     pub traceparent: Option<TraceParent>,
     /// `tracestate` kept with it, bounded.
     pub tracestate: Option<String>,
+    /// A gRPC call (HTTP/2 with `content-type: application/grpc...`): its status, from the
+    /// `grpc-status` of the trailers (or of a trailers-only response), else what the HTTP
+    /// status maps to. `path` is then `/package.Service/Method`.
+    pub grpc: Option<GrpcCode>,
 }
 
 /// Database systems, named as `db.system.name` values of the OpenTelemetry conventions.
@@ -342,6 +430,32 @@ impl Request {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_codes() {
+        assert_eq!(GrpcCode::parse(b"0"), Some(GrpcCode::OK));
+        assert_eq!(
+            GrpcCode::parse(b"5").map(GrpcCode::as_str),
+            Some("NOT_FOUND")
+        );
+        assert_eq!(
+            GrpcCode::parse(b"16").map(GrpcCode::as_str),
+            Some("UNAUTHENTICATED")
+        );
+        assert_eq!(GrpcCode::parse(b"99").map(GrpcCode::as_str), Some("_OTHER"));
+        assert_eq!(
+            GrpcCode::parse(b"999").map(GrpcCode::as_str),
+            Some("_OTHER")
+        );
+        for bad in [&b""[..], b"-1", b"1234", b"x", b"\xff"] {
+            assert_eq!(GrpcCode::parse(bad), None);
+        }
+        assert_eq!(GrpcCode(5).http_class(), 400);
+        assert_eq!(GrpcCode(13).http_class(), 500);
+        assert_eq!(GrpcCode::OK.http_class(), 200);
+        assert_eq!(GrpcCode::from_http_status(404).as_str(), "UNIMPLEMENTED");
+        assert_eq!(GrpcCode::from_http_status(200), GrpcCode::UNKNOWN);
+    }
 
     #[test]
     fn traceparent_parsing() {

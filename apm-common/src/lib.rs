@@ -13,8 +13,11 @@ pub const MAX_CAPTURE: usize = 4096;
 /// The per-CPU scratch payload is twice [`MAX_CAPTURE`] so that the verifier can prove that
 /// `offset (< MAX_CAPTURE) + len (<= MAX_CAPTURE)` stays in bounds while gathering iovecs.
 pub const SCRATCH_PAYLOAD: usize = 2 * MAX_CAPTURE;
-/// How many iovec entries of a readv/writev/recvmsg/sendmsg call are gathered.
-pub const MAX_IOV: u32 = 8;
+/// How many iovec entries of a readv/writev/recvmsg/sendmsg call are gathered. gRPC's C core
+/// writes a frame header and each payload slice as their own iovecs: its first write on a
+/// connection (preface, SETTINGS, WINDOW_UPDATE, HEADERS, DATA) took 24; at 8 the header block
+/// was cut and the connection's HPACK table lost for good.
+pub const MAX_IOV: u32 = 32;
 
 /// Event kinds: the first `u32` of every ring-buffer record.
 pub mod kind {
@@ -277,7 +280,8 @@ pub struct ConnEvent {
     pub comm: [u8; 16],
 }
 
-/// A [`kind::CONN_TUPLE`] record: both endpoints of a tracked IPv4 TCP connection, as the
+/// A [`kind::CONN_TUPLE`] record: both endpoints of a tracked IPv4 TCP connection (or of an
+/// IPv6 socket whose peer is an IPv4-mapped address), as the
 /// kernel's socket has them (so that the two ends of a same-host connection can be paired).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]

@@ -97,6 +97,11 @@ pub(crate) const SKC_FAMILY: u64 = 16;
 pub(crate) const SKC_STATE: u64 = 18;
 
 const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+/// `LOOPBACK4_IPV6` (127.0.0.6), as a network-order address field reads on this
+/// little-endian target: what the kernel puts in the IPv4 address fields of an IPv6 socket
+/// whose peer is not an IPv4-mapped address.
+const LOOPBACK4_IPV6: u32 = u32::from_le_bytes([127, 0, 0, 6]);
 
 /// First data on a tracked socket: send its endpoints (from the socket noted for this call),
 /// once, and mark the entry (`sock`, `info` its value) done.
@@ -115,8 +120,9 @@ pub(crate) fn send_tuple_of(key: SockKey, sock: *mut SockInfo, info: SockInfo, s
     let read_u16 = |off: u64| unsafe { bpf_probe_read_kernel((sk + off) as *const u16) }.ok();
     // SAFETY: as above.
     let read_u32 = |off: u64| unsafe { bpf_probe_read_kernel((sk + off) as *const u32) }.ok();
-    if read_u16(SKC_FAMILY) != Some(AF_INET) {
-        // Only IPv4 endpoints are read; do not try again for this socket.
+    let family = read_u16(SKC_FAMILY);
+    if family != Some(AF_INET) && family != Some(AF_INET6) {
+        // Only IP endpoints are read; do not try again for this socket.
         set_flags(sock, sock_flags::TUPLE_DONE);
         return;
     }
@@ -128,6 +134,15 @@ pub(crate) fn send_tuple_of(key: SockKey, sock: *mut SockInfo, info: SockInfo, s
     ) else {
         return;
     };
+    // An IPv6 socket talking to an IPv4-mapped address (a dual-stack listener's IPv4
+    // client, as Go, Java and gRPC servers have; a client connecting to `::ffff:a.b.c.d`)
+    // keeps the IPv4 addresses in the same fields as an IPv4 socket. Any other IPv6 socket
+    // holds a placeholder there: its endpoints are not read.
+    let unmapped = |a: u32| a == 0 || a == LOOPBACK4_IPV6;
+    if family == Some(AF_INET6) && (unmapped(remote_addr) || unmapped(local_addr)) {
+        set_flags(sock, sock_flags::TUPLE_DONE);
+        return;
+    }
     set_flags(sock, sock_flags::TUPLE_DONE);
     output(&TupleEvent {
         kind: kind::CONN_TUPLE,

@@ -11,7 +11,7 @@ use crate::{
         process_runtime::Sample,
         red::{BUCKETS_S, Red, SeriesKey},
     },
-    request::Side,
+    request::{GrpcCode, Side, rpc_method},
     telemetry::{Exposition, MAP_OVERFLOWS, Registry},
 };
 
@@ -176,31 +176,53 @@ fn render_slow_queries(red: &Red, top: usize, out: &mut String) {
 fn render_red(red: &Red, out: &mut String) {
     let mut keys: Vec<&SeriesKey> = red.series().keys().collect();
     keys.sort();
-    for (side, name, help) in [
+    for (side, rpc, name, help) in [
         (
             Side::Server,
+            false,
             "http_server_request_duration_seconds",
             "Duration of HTTP server requests.",
         ),
         (
             Side::Client,
+            false,
             "http_client_request_duration_seconds",
             "Duration of HTTP client requests.",
+        ),
+        (
+            Side::Server,
+            true,
+            "rpc_server_call_duration_seconds",
+            "Duration of gRPC calls served.",
+        ),
+        (
+            Side::Client,
+            true,
+            "rpc_client_call_duration_seconds",
+            "Duration of gRPC calls made.",
         ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         let mut labels = String::new();
-        for key in keys.iter().filter(|k| k.side == side) {
+        for key in keys.iter().filter(|k| k.side == side && k.rpc == rpc) {
             let Some(series) = red.series().get(*key) else {
                 continue;
             };
             let service = red.service(key.service);
             labels.clear();
             label(&mut labels, "service_name", &service.name);
-            label(&mut labels, "http_request_method", key.method.as_str());
-            label(&mut labels, "http_route", service.routes.name(key.route));
-            let status = key.status.to_string();
-            label(&mut labels, "http_response_status_code", &status);
+            let route = service.routes.name(key.route);
+            if rpc {
+                label(&mut labels, "rpc_system_name", "grpc");
+                label(&mut labels, "rpc_method", rpc_method(route));
+                let code = GrpcCode(u8::try_from(key.status).unwrap_or(u8::MAX));
+                label(&mut labels, "rpc_response_status_code", code.as_str());
+            } else {
+                label(&mut labels, "http_request_method", key.method.as_str());
+                label(&mut labels, "http_route", route);
+                let status = key.status.to_string();
+                label(&mut labels, "http_response_status_code", &status);
+            }
             if side == Side::Client {
                 let (host, port) = red.peer(key.peer);
                 label(&mut labels, "server_address", host);
@@ -355,7 +377,7 @@ mod tests {
     use crate::metrics::red::record_http;
     use crate::{
         metrics::red::RedConfig,
-        request::{Detail, HttpInfo, Method, Protocol, Request, Trust},
+        request::{Detail, GrpcCode, HttpInfo, Method, Protocol, Request, Trust},
     };
 
     #[test]
@@ -391,6 +413,7 @@ mod tests {
                 user_agent: None,
                 traceparent: None,
                 tracestate: None,
+                grpc: None,
             }),
         };
         record_http(&mut red, svc, None, &req);
@@ -408,6 +431,76 @@ mod tests {
         assert!(text.contains("http_server_request_duration_seconds_sum{service_name=\"web\\\"1\",http_request_method=\"GET\",http_route=\"/a\\\\b\",http_response_status_code=\"404\"} 0.007"));
         assert!(text.contains("apm_events_lost_total 0"));
         assert!(text.contains("apdex_zone=\"satisfied\"} 1"));
+    }
+
+    /// gRPC calls are RPC series (`rpc_*_call_duration_seconds`, the code by name, the
+    /// method without its slash), not HTTP ones; in RED their errors split by the code's
+    /// class (NOT_FOUND the caller's, INTERNAL the server's).
+    #[test]
+    fn grpc_calls_are_rpc_series() {
+        let mut red = Red::new(RedConfig {
+            apdex_threshold_ns: 500_000_000,
+            max_services: 10,
+            max_routes_per_service: 10,
+            max_series: 10,
+            max_peers: 10,
+            max_route_windows: 10,
+            db: crate::metrics::db::DbConfig {
+                max_series: 10,
+                max_names: 10,
+                max_statements_per_service: 10,
+            },
+        });
+        let svc = red.service_id("echo");
+        for (side, code, peer) in [
+            (Side::Server, 5, None),
+            (Side::Server, 13, None),
+            (Side::Client, 0, Some(("127.0.0.1", 50051))),
+        ] {
+            let req = Request {
+                protocol: Protocol::Http2,
+                side,
+                start_ns: 0,
+                end_ns: 2_000_000,
+                tid: 1,
+                seq: 0,
+                trust: Trust::default(),
+                detail: Detail::Http(HttpInfo {
+                    method: Method::Post,
+                    path: "/apm.test.Echo/Say".to_owned(),
+                    status: 200,
+                    version: crate::request::HttpVersion::Http2,
+                    host: None,
+                    user_agent: None,
+                    traceparent: None,
+                    tracestate: None,
+                    grpc: Some(GrpcCode(code)),
+                }),
+            };
+            record_http(&mut red, svc, peer, &req);
+        }
+        let text = render(
+            &red,
+            &crate::run::stats::StageStats::default().registry(),
+            10,
+        );
+        for want in [
+            "rpc_server_call_duration_seconds_count{service_name=\"echo\",rpc_system_name=\"grpc\",rpc_method=\"apm.test.Echo/Say\",rpc_response_status_code=\"NOT_FOUND\"} 1",
+            "rpc_server_call_duration_seconds_count{service_name=\"echo\",rpc_system_name=\"grpc\",rpc_method=\"apm.test.Echo/Say\",rpc_response_status_code=\"INTERNAL\"} 1",
+            "rpc_client_call_duration_seconds_count{service_name=\"echo\",rpc_system_name=\"grpc\",rpc_method=\"apm.test.Echo/Say\",rpc_response_status_code=\"OK\",server_address=\"127.0.0.1\",server_port=\"50051\"} 1",
+        ] {
+            assert!(text.contains(want), "{want}\n{text}");
+        }
+        assert!(
+            !text.contains("http_server_request_duration_seconds_count"),
+            "{text}"
+        );
+        let window = red.roll_window(1.0);
+        let server = window.iter().find(|r| r.side == "server").expect("server");
+        assert_eq!(
+            (server.requests, server.errors_4xx, server.errors_5xx),
+            (2, 1, 1)
+        );
     }
 
     #[test]

@@ -286,6 +286,7 @@ mod tests {
             route: 1,
             status,
             peer: 0,
+            rpc: false,
         }
     }
 

@@ -76,9 +76,12 @@ pub struct SeriesKey {
     pub side: Side,
     pub method: Method,
     pub route: u32,
+    /// HTTP status, or the gRPC status code of a gRPC call.
     pub status: u16,
     /// Server address id (client side), 0 when not applicable.
     pub peer: u32,
+    /// A gRPC call: exported as `rpc.*.call.duration`, `route` is its `/Service/Method`.
+    pub rpc: bool,
 }
 
 /// Count, sum and bucket counts (per bucket, not cumulative) of one series.
@@ -228,15 +231,27 @@ impl Red {
         } else {
             0
         };
-        let mut scratch = std::mem::take(&mut self.scratch);
-        routes::template_into(&http.path, &mut scratch);
-        let route = self.services[service as usize].routes.intern(&scratch);
-        self.scratch = scratch;
+        let routes = &mut self.services[service as usize].routes;
+        let route = if http.grpc.is_some() {
+            // `/package.Service/Method` names an RPC, not a resource: no ids to template.
+            routes.intern(&http.path)
+        } else {
+            let mut scratch = std::mem::take(&mut self.scratch);
+            routes::template_into(&http.path, &mut scratch);
+            let route = routes.intern(&scratch);
+            self.scratch = scratch;
+            route
+        };
         let peer = match (req.side, peer) {
             (Side::Client, Some((host, port))) => self.peer_id(host, port),
             _ => 0,
         };
-        let status = http.status;
+        // A gRPC call counts in RED by the class of its code (a server's own failure as a
+        // 5xx, the caller's as a 4xx), and is keyed by the code itself.
+        let (status, class) = match http.grpc {
+            Some(code) => (u16::from(code.0), code.http_class()),
+            None => (http.status, http.status),
+        };
         let mut key = SeriesKey {
             service,
             side: req.side,
@@ -244,6 +259,7 @@ impl Red {
             route,
             status,
             peer,
+            rpc: http.grpc.is_some(),
         };
         if !self.series.contains_key(&key) && self.series.len() >= self.cfg.max_series {
             self.overflows.series += 1;
@@ -255,6 +271,7 @@ impl Red {
                 route: routes::OVERFLOW_ID,
                 status: 0,
                 peer: 0,
+                rpc: false,
             };
         }
         let ns = req.duration_ns();
@@ -275,7 +292,7 @@ impl Red {
                 method: key.method,
                 route: key.route,
             },
-            status,
+            class,
             ns,
         );
         key
@@ -490,6 +507,7 @@ mod tests {
                 user_agent: None,
                 traceparent: None,
                 tracestate: None,
+                grpc: None,
             }),
         }
     }

@@ -10,7 +10,7 @@ use super::{
 };
 use crate::{
     metrics::red::split_host,
-    request::{DbInfo, Detail, HttpInfo, Request, Side},
+    request::{DbInfo, Detail, GrpcCode, HttpInfo, Request, Side, rpc_method},
 };
 
 /// Everything about the connection a span needs.
@@ -33,7 +33,10 @@ pub fn span(
     clock: Clock,
 ) -> Span {
     match &req.detail {
-        Detail::Http(http) => http_span(req, http, ctx, peer, resource, clock),
+        Detail::Http(http) => match http.grpc {
+            Some(code) => rpc_span(req, http, code, ctx, peer, resource, clock),
+            None => http_span(req, http, ctx, peer, resource, clock),
+        },
         Detail::Db(db) => db_span(req, db, ctx, peer, resource, clock),
     }
 }
@@ -106,6 +109,85 @@ fn db_span(
         error: db.error,
         links: ctx.link.into_iter().collect(),
     }
+}
+
+/// A gRPC call -> a span with the RPC semantic-convention attributes, named by its method.
+/// Its HTTP/2 particulars (`:path`, status 200) say nothing the RPC attributes do not.
+fn rpc_span(
+    req: &Request,
+    http: &HttpInfo,
+    code: GrpcCode,
+    ctx: &Ctx,
+    peer: &Peer<'_>,
+    resource: Arc<Resource>,
+    clock: Clock,
+) -> Span {
+    let method = rpc_method(&http.path);
+    let mut attributes: Attributes = Vec::with_capacity(9);
+    let mut put = |k: &'static str, v: Value| attributes.push((k, v));
+    put("rpc.system.name", Value::Str("grpc".to_owned()));
+    put("rpc.method", Value::Str(method.to_owned()));
+    put(
+        "rpc.response.status_code",
+        Value::Str(code.as_str().to_owned()),
+    );
+    let error = grpc_error_type(req.side, code);
+    if let Some(kind) = error {
+        put("error.type", Value::Str(kind.to_owned()));
+    }
+    if let Some(remote) = peer.remote {
+        put("network.peer.address", Value::Str(remote.ip().to_string()));
+        put("network.peer.port", Value::Int(i64::from(remote.port())));
+    }
+    match req.side {
+        Side::Server => {
+            if let Some(local) = peer.local {
+                put("server.port", Value::Int(i64::from(local.port())));
+            }
+        }
+        Side::Client => match http.host.as_deref().map(split_host) {
+            Some((host, port)) => {
+                put("server.address", Value::Str(host.to_owned()));
+                if let Some(port) = port.or(peer.remote.map(|r| r.port())) {
+                    put("server.port", Value::Int(i64::from(port)));
+                }
+            }
+            None => {
+                if let Some(remote) = peer.remote {
+                    put("server.address", Value::Str(remote.ip().to_string()));
+                    put("server.port", Value::Int(i64::from(remote.port())));
+                }
+            }
+        },
+    }
+    Span {
+        resource,
+        trace_id: ctx.trace_id,
+        span_id: ctx.span_id,
+        parent_span_id: ctx.parent,
+        trace_state: match req.side {
+            Side::Server if http.traceparent.is_some() => http.tracestate.clone(),
+            _ => None,
+        },
+        name: method.to_owned(),
+        kind: Kind::from(req.side),
+        start_unix_ns: clock.to_unix(req.start_ns),
+        end_unix_ns: clock.to_unix(req.end_ns),
+        attributes,
+        error: error.is_some(),
+        links: ctx.link.into_iter().collect(),
+    }
+}
+
+/// `error.type` of a gRPC call that failed on this side, per the gRPC conventions: on a
+/// client every code but OK; on a server only the codes that are its own failure (see
+/// [`GrpcCode::is_server_error`]). None when it did not fail.
+pub fn grpc_error_type(side: Side, code: GrpcCode) -> Option<&'static str> {
+    let failed = match side {
+        Side::Client => code != GrpcCode::OK,
+        Side::Server => code.is_server_error(),
+    };
+    failed.then(|| code.as_str())
 }
 
 /// An HTTP exchange -> a span with the HTTP semantic-convention attributes.
@@ -218,5 +300,18 @@ mod tests {
         assert_eq!(error_type(Side::Client, 200), None);
         // No response at all: the semantic conventions' fallback, not "0".
         assert_eq!(error_type(Side::Server, 0).as_deref(), Some("_OTHER"));
+    }
+
+    #[test]
+    fn grpc_errors_follow_the_side() {
+        let not_found = GrpcCode(5);
+        assert_eq!(grpc_error_type(Side::Client, not_found), Some("NOT_FOUND"));
+        assert_eq!(grpc_error_type(Side::Server, not_found), None);
+        assert_eq!(
+            grpc_error_type(Side::Server, GrpcCode(13)),
+            Some("INTERNAL")
+        );
+        assert_eq!(grpc_error_type(Side::Client, GrpcCode::OK), None);
+        assert_eq!(grpc_error_type(Side::Server, GrpcCode::OK), None);
     }
 }

@@ -24,10 +24,10 @@ use crate::{
         otel::{Buckets, Collected, SeriesId, Temporality},
         red::{Red, SeriesKey},
     },
-    request::{Method, Side},
+    request::{GrpcCode, Method, Side, rpc_method},
     routes,
     traces::{
-        build::error_type,
+        build::{error_type, grpc_error_type},
         span::{Resource, Value},
     },
 };
@@ -52,12 +52,15 @@ const METRICS: [(&str, &str); SLOTS] = [
         "db.server.operation.duration",
         "Duration of operations served by database servers.",
     ),
+    ("rpc.server.call.duration", "Duration of gRPC calls served."),
+    ("rpc.client.call.duration", "Duration of gRPC calls made."),
 ];
-const SLOTS: usize = 4;
+const SLOTS: usize = 6;
 
 /// The slot of a point's metric.
 fn slot(series: &SeriesId) -> usize {
     match series {
+        SeriesId::Http(k) if k.rpc => 4 + usize::from(k.side == Side::Client),
         SeriesId::Http(k) => usize::from(k.side == Side::Client),
         SeriesId::Db(k) => 2 + usize::from(k.side == Side::Server),
     }
@@ -203,6 +206,7 @@ struct Group {
 /// Semantic-convention attributes of one point.
 fn attributes(c: &Collected, red: &Red) -> Vec<KeyValue> {
     match &c.key.series {
+        SeriesId::Http(s) if s.rpc => rpc_attributes(c, s, red),
         SeriesId::Http(s) => http_attributes(c, s, red),
         SeriesId::Db(s) => db_attributes(s, red),
     }
@@ -231,6 +235,38 @@ fn db_attributes(s: &DbSeriesKey, red: &Red) -> Vec<KeyValue> {
         let (host, port) = red.peer(s.peer);
         put("server.address", Value::Str(host.to_owned()));
         put("server.port", Value::Int(i64::from(port)));
+    }
+    out
+}
+
+/// gRPC attributes (the RPC conventions): the method, the status code by name, and an
+/// `error.type` where the conventions call the code an error on this side.
+fn rpc_attributes(c: &Collected, s: &SeriesKey, red: &Red) -> Vec<KeyValue> {
+    let mut out = Vec::with_capacity(7);
+    let mut put = |k: &str, v: Value| out.push(key_value(k, &v));
+    put("rpc.system.name", Value::Str("grpc".to_owned()));
+    let route = red.service(s.service).routes.name(s.route);
+    put("rpc.method", Value::Str(rpc_method(route).to_owned()));
+    let code = GrpcCode(u8::try_from(s.status).unwrap_or(u8::MAX));
+    put(
+        "rpc.response.status_code",
+        Value::Str(code.as_str().to_owned()),
+    );
+    if let Some(kind) = grpc_error_type(s.side, code) {
+        put("error.type", Value::Str(kind.to_owned()));
+    }
+    match s.side {
+        Side::Server if c.key.local_port != 0 => {
+            put("server.port", Value::Int(i64::from(c.key.local_port)));
+        }
+        Side::Server => {}
+        Side::Client => {
+            let (host, port) = red.peer(s.peer);
+            if !host.is_empty() {
+                put("server.address", Value::Str(host.to_owned()));
+                put("server.port", Value::Int(i64::from(port)));
+            }
+        }
     }
     out
 }
@@ -310,6 +346,7 @@ mod tests {
                 user_agent: None,
                 traceparent: None,
                 tracestate: None,
+                grpc: None,
             }),
         }
     }

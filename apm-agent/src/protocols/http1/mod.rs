@@ -466,6 +466,7 @@ impl Http1Parser {
                 user_agent: p.user_agent,
                 traceparent: p.traceparent,
                 tracestate: p.tracestate,
+                grpc: None,
             }),
         });
     }

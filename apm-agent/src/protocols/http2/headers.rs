@@ -8,7 +8,7 @@
 //! name the wrong route.
 use loona_hpack::Decoder;
 
-use crate::request::{Method, TraceParent};
+use crate::request::{GrpcCode, Method, TraceParent};
 
 /// The dynamic table size every HPACK context starts with (SETTINGS_HEADER_TABLE_SIZE's
 /// initial value).
@@ -27,7 +27,8 @@ const MAX_USER_AGENT_BYTES: usize = 256;
 const MAX_TRACESTATE_BYTES: usize = 512;
 
 /// What the agent reads from a header block: the same allow-list as HTTP/1 (method, path
-/// without its query, status, authority as the Host header, user agent, trace context).
+/// without its query, status, authority as the Host header, user agent, trace context),
+/// and gRPC's content type and status (never `grpc-message`: free text a server fills).
 /// Every other header is decoded (the table needs it) and dropped at once.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Fields {
@@ -38,6 +39,10 @@ pub struct Fields {
     pub user_agent: Option<String>,
     pub traceparent: Option<TraceParent>,
     pub tracestate: Option<String>,
+    /// `content-type: application/grpc` (or `application/grpc+proto`, ...).
+    pub grpc: bool,
+    /// `grpc-status` (response headers of a trailers-only response, or trailers).
+    pub grpc_status: Option<GrpcCode>,
 }
 
 /// The HPACK decoding context of one direction.
@@ -178,8 +183,23 @@ fn keep(fields: &mut Fields, name: &[u8], value: &[u8]) {
         b"user-agent" => fields.user_agent = bounded_text(value, MAX_USER_AGENT_BYTES),
         b"traceparent" => fields.traceparent = TraceParent::parse(value),
         b"tracestate" => fields.tracestate = bounded_text(value, MAX_TRACESTATE_BYTES),
+        b"content-type" => fields.grpc = is_grpc_content_type(value),
+        b"grpc-status" => fields.grpc_status = GrpcCode::parse(value),
         _ => {}
     }
+}
+
+/// `application/grpc` alone or with a `+format` or `;parameters` suffix (gRPC's
+/// PROTOCOL-HTTP2.md); not `application/grpc-web`, a different framing.
+fn is_grpc_content_type(value: &[u8]) -> bool {
+    let Some(rest) = value
+        .get(..16)
+        .filter(|p| p.eq_ignore_ascii_case(b"application/grpc"))
+        .and_then(|_| value.get(16..))
+    else {
+        return false;
+    };
+    matches!(rest.first(), None | Some(b'+' | b';'))
 }
 
 /// A header value as text, when it is printable UTF-8 of at most `max` bytes.

@@ -10,9 +10,14 @@
 //! its response. The result is the same [`Request`] as HTTP/1's, with
 //! [`HttpVersion::Http2`], so RED metrics, routes and spans treat both alike.
 //!
+//! A stream whose request says `content-type: application/grpc` is a gRPC call: its status
+//! is the `grpc-status` of the trailers (or of a trailers-only response); a call whose
+//! trailers were lost is not reported (the lost block is counted), since its status would
+//! be a guess.
+//!
 //! Not covered: `Upgrade: h2c` (the connection is detected as HTTP/1 and given up at the
 //! 101), connections that began before the agent (their HPACK tables are unknown: no
-//! preface, never detected), gRPC's own status and attributes.
+//! preface, never detected).
 mod frames;
 mod headers;
 mod streams;
@@ -27,24 +32,33 @@ use super::{
     Detected, Direction, ParseStats, ParserOut, ProtocolParser, Segment,
     duplex::{Duplex, Half},
 };
-use crate::request::{Detail, HttpInfo, HttpVersion, Method, Protocol, Request, Side, Started};
+use crate::request::{
+    Detail, GrpcCode, HttpInfo, HttpVersion, Method, Protocol, Request, Side, Started,
+};
 
 /// Longest header block buffered (HEADERS or PUSH_PROMISE plus its CONTINUATIONs); a longer
 /// one is lost (counted, and its direction's table becomes unknown).
 const MAX_HEADER_BLOCK: usize = 64 * 1024;
 
-/// A header block being gathered from HEADERS/PUSH_PROMISE and CONTINUATION frames.
-#[derive(Debug)]
-struct Block {
+/// What a header block (HEADERS or PUSH_PROMISE plus its CONTINUATIONs) is about.
+#[derive(Debug, Clone, Copy)]
+struct BlockMeta {
     stream: u32,
     /// A PUSH_PROMISE's block (the pushed request's headers).
     push: bool,
     end_stream: bool,
     start_ns: u64,
     tid: u32,
-    buf: Vec<u8>,
     /// Some of it was not captured, or it ran over [`MAX_HEADER_BLOCK`].
     lost: bool,
+}
+
+/// A header block being gathered from CONTINUATION frames. (A block that fits in its
+/// HEADERS frame, the common case, is decoded from the frame in place, never copied.)
+#[derive(Debug)]
+struct Block {
+    meta: BlockMeta,
+    buf: Vec<u8>,
 }
 
 /// Everything but the frame readers, so that a reader and the state its frames change
@@ -102,9 +116,9 @@ impl Conn {
                 // being gathered is lost, but its stream and END_STREAM are known.
                 self.hpack.get_mut(half).poison();
                 if let Some(mut block) = self.blocks.get_mut(half).take() {
-                    block.lost = true;
-                    let end = block.start_ns;
-                    self.finish_block(half, block, end, out, stats);
+                    block.meta.lost = true;
+                    let end = block.meta.start_ns;
+                    self.finish_block(half, block.meta, &[], end, out, stats);
                 }
             }
             Event::Frame(frame) => self.on_frame(half, frame, out, stats),
@@ -134,19 +148,19 @@ impl Conn {
                     },
                     Payload::Skipped | Payload::Lost => (&[][..], true),
                 };
-                let block = Block {
+                let meta = BlockMeta {
                     stream: h.stream,
                     push,
                     end_stream: !push && h.flags & flag::END_STREAM != 0,
                     start_ns: f.start_ns,
                     tid: f.tid,
-                    buf: fragment.to_vec(),
                     lost,
                 };
                 if h.flags & flag::END_HEADERS != 0 {
-                    self.finish_block(half, block, f.end_ns, out, stats);
+                    self.finish_block(half, meta, fragment, f.end_ns, out, stats);
                 } else {
-                    *self.blocks.get_mut(half) = Some(block);
+                    let buf = fragment.to_vec();
+                    *self.blocks.get_mut(half) = Some(Block { meta, buf });
                 }
             }
             kind::CONTINUATION => {
@@ -154,23 +168,23 @@ impl Conn {
                     self.error(stats);
                     return;
                 };
-                if block.stream != h.stream {
+                if block.meta.stream != h.stream {
                     self.error(stats);
                     return;
                 }
                 match f.payload {
                     Payload::Complete(p) if block.buf.len() + p.len() <= MAX_HEADER_BLOCK => {
-                        if !block.lost {
+                        if !block.meta.lost {
                             block.buf.extend_from_slice(p);
                         }
                     }
                     _ => {
-                        block.lost = true;
+                        block.meta.lost = true;
                         block.buf = Vec::new();
                     }
                 }
                 if h.flags & flag::END_HEADERS != 0 {
-                    self.finish_block(half, block, f.end_ns, out, stats);
+                    self.finish_block(half, block.meta, &block.buf, f.end_ns, out, stats);
                 } else {
                     *self.blocks.get_mut(half) = Some(block);
                 }
@@ -217,7 +231,8 @@ impl Conn {
     fn finish_block(
         &mut self,
         half: Half,
-        block: Block,
+        block: BlockMeta,
+        buf: &[u8],
         end_ns: u64,
         out: &mut ParserOut,
         stats: &mut ParseStats,
@@ -227,7 +242,7 @@ impl Conn {
             hpack.poison();
             None
         } else {
-            hpack.decode(&block.buf)
+            hpack.decode(buf)
         };
         if fields.is_none() {
             stats.header_blocks_lost += 1;
@@ -252,6 +267,7 @@ impl Conn {
                     tid: block.tid,
                     request: fields,
                     status: None,
+                    grpc_status: None,
                     response_lost: false,
                 };
                 if self.streams.open(id, stream).is_err() {
@@ -283,6 +299,9 @@ impl Conn {
                         if s.status.is_none() {
                             s.status = f.status.filter(|st| !(100..200).contains(st));
                         }
+                        if f.grpc_status.is_some() {
+                            s.grpc_status = f.grpc_status;
+                        }
                     }
                 }
                 if block.end_stream {
@@ -313,8 +332,17 @@ impl Conn {
             user_agent,
             traceparent,
             tracestate,
+            grpc,
             ..
         } = request;
+        let grpc = match (grpc, s.grpc_status) {
+            (false, _) => None,
+            (true, Some(code)) => Some(code),
+            // The trailers were lost (counted): the call's status is not known.
+            (true, None) if s.response_lost => return,
+            // No grpc-status at all: what a gRPC client makes of the HTTP status.
+            (true, None) => Some(GrpcCode::from_http_status(status)),
+        };
         let method = method.unwrap_or(Method::Other);
         let path = match path {
             Some(p) if method != Method::Connect => p,
@@ -338,6 +366,7 @@ impl Conn {
                 user_agent,
                 traceparent,
                 tracestate,
+                grpc,
             }),
         });
     }

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use super::headers::Fields;
+use crate::request::GrpcCode;
 
 /// Streams followed at once per connection. Servers commonly allow 100 or 128 concurrent
 /// streams (SETTINGS_MAX_CONCURRENT_STREAMS); twice that leaves room for streams whose end
@@ -23,7 +24,10 @@ pub struct Stream {
     pub request: Option<Fields>,
     /// The final (non-1xx) response status, once its headers were read.
     pub status: Option<u16>,
-    /// The response's header block could not be read (counted).
+    /// `grpc-status` of the response's headers or trailers.
+    pub grpc_status: Option<GrpcCode>,
+    /// A header block of the response (its head or its trailers) could not be read
+    /// (counted).
     pub response_lost: bool,
 }
 

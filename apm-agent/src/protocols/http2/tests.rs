@@ -898,3 +898,167 @@ fn server_writes_settings_first() {
     assert_eq!(c.summary(), vec![s("GET", "/tls", 200)]);
     assert_eq!(c.stats, ParseStats::default());
 }
+
+/// gRPC's headers, as a grpc client and server send them.
+fn grpc_request(peers: &mut Peers, stream: u32, method: &str) -> Vec<u8> {
+    let block = peers.request_block(
+        "POST",
+        method,
+        &[("content-type", "application/grpc"), ("te", "trailers")],
+    );
+    frame(kind::HEADERS, flag::END_HEADERS, stream, &block)
+}
+
+fn grpc_headers(peers: &mut Peers, stream: u32, extra: &[(&str, &str)], end: bool) -> Vec<u8> {
+    let mut h: Vec<(&[u8], &[u8])> =
+        vec![(b":status", b"200"), (b"content-type", b"application/grpc")];
+    h.extend(extra.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
+    let block = peers.server.encode(h);
+    let flags = flag::END_HEADERS | if end { flag::END_STREAM } else { 0 };
+    frame(kind::HEADERS, flags, stream, &block)
+}
+
+fn grpc_trailers(peers: &mut Peers, stream: u32, status: &str) -> Vec<u8> {
+    let block = peers.server.encode([
+        (&b"grpc-status"[..], status.as_bytes()),
+        (b"grpc-message", b"secret detail"),
+    ]);
+    frame(
+        kind::HEADERS,
+        flag::END_HEADERS | flag::END_STREAM,
+        stream,
+        &block,
+    )
+}
+
+/// (path, grpc status) of every request so far.
+fn grpc_summary(c: &Conn) -> Vec<(String, Option<&'static str>)> {
+    c.out
+        .done
+        .iter()
+        .map(|r| {
+            let h = r.http().expect("http");
+            (h.path.clone(), h.grpc.map(GrpcCode::as_str))
+        })
+        .collect()
+}
+
+/// A gRPC call's status is its trailers' `grpc-status` (here NOT_FOUND under HTTP 200), a
+/// trailers-only response's own, or what the HTTP status maps to when there is none; a
+/// plain HTTP/2 request on the same connection is no gRPC call.
+#[test]
+fn grpc_status_from_trailers_and_trailers_only() {
+    for side in [Side::Server, Side::Client] {
+        let mut peers = Peers::new();
+        let mut c = Conn::new(side);
+        let req1 = grpc_request(&mut peers, 1, "/apm.test.Echo/Say");
+        c.client_sent(&cat(&[
+            client_start(),
+            req1,
+            data(1, b"\0\0\0\0\x02hi", true),
+        ]));
+        let head = grpc_headers(&mut peers, 1, &[], false);
+        let trailers = grpc_trailers(&mut peers, 1, "5");
+        c.server_sent(&cat(&[
+            settings(&[]),
+            head,
+            data(1, b"\0\0\0\0\x02hi", false),
+        ]));
+        c.server_sent(&trailers);
+        // Trailers-only: one HEADERS with the status and END_STREAM.
+        let req3 = grpc_request(&mut peers, 3, "/apm.test.Echo/Missing");
+        c.client_sent(&cat(&[req3, data(3, b"\0\0\0\0\0", true)]));
+        let only = grpc_headers(&mut peers, 3, &[("grpc-status", "0")], true);
+        c.server_sent(&only);
+        // No grpc-status at all: a 200 without it is UNKNOWN to a gRPC client.
+        let req5 = grpc_request(&mut peers, 5, "/apm.test.Echo/Bare");
+        c.client_sent(&cat(&[req5, data(5, b"", true)]));
+        let bare = grpc_headers(&mut peers, 5, &[], true);
+        c.server_sent(&bare);
+        let req7 = peers.request(7, "GET", "/plain", true);
+        c.client_sent(&req7);
+        let plain = peers.response(7, "200", true);
+        c.server_sent(&plain);
+        assert_eq!(
+            grpc_summary(&c),
+            vec![
+                ("/apm.test.Echo/Say".to_owned(), Some("NOT_FOUND")),
+                ("/apm.test.Echo/Missing".to_owned(), Some("OK")),
+                ("/apm.test.Echo/Bare".to_owned(), Some("UNKNOWN")),
+                ("/plain".to_owned(), None),
+            ],
+            "{side:?}"
+        );
+        assert_eq!(c.out.done[0].http().expect("http").status, 200);
+        assert_eq!(c.stats, ParseStats::default(), "{side:?}");
+    }
+}
+
+/// Trailers that were not captured leave the call's status unknown: the call is not
+/// reported (never a guessed status), and the lost block is counted.
+#[test]
+fn grpc_call_with_lost_trailers_is_not_reported() {
+    let mut peers = Peers::new();
+    let mut c = Conn::new(Side::Client);
+    let req = grpc_request(&mut peers, 1, "/apm.test.Echo/Say");
+    c.client_sent(&cat(&[client_start(), req, data(1, b"\0\0\0\0\0", true)]));
+    let head = grpc_headers(&mut peers, 1, &[], false);
+    c.server_sent(&cat(&[settings(&[]), head]));
+    let trailers = grpc_trailers(&mut peers, 1, "0");
+    // Only the trailers' frame header was captured.
+    c.server_sent_total(&trailers[..9], trailers.len() as u64);
+    assert_eq!(grpc_summary(&c), vec![]);
+    assert_eq!(c.stats.header_blocks_lost, 1);
+    assert_eq!(c.p.conn.streams.len(), 0, "the stream's end was followed");
+}
+
+#[test]
+fn grpc_content_types() {
+    for (value, grpc) in [
+        ("application/grpc", true),
+        ("application/grpc+proto", true),
+        ("Application/GRPC;charset=utf-8", true),
+        ("application/grpc-web", false),
+        ("application/grpc-web+proto", false),
+        ("application/json", false),
+        ("application/grp", false),
+    ] {
+        let mut peers = Peers::new();
+        let block = peers.request_block("POST", "/s/m", &[("content-type", value)]);
+        let mut hpack = headers::Hpack::default();
+        let fields = hpack.decode(&block).expect("decodes");
+        assert_eq!(fields.grpc, grpc, "{value}");
+    }
+}
+
+/// Real bytes: one connection of Python grpcio 1.85.1 (C core) between
+/// `tests/servers/grpc_echo.py call --say 3 --missing 1 --boom 1 --slow 2 --concurrent` and
+/// its server, recorded by a TCP relay, one file per direction. Its HPACK uses the dynamic
+/// table, its SETTINGS carry grpcio's private id 0xfe03, and it PINGs after data.
+#[test]
+fn grpcio_connection_bytes() {
+    let c2s = include_bytes!("testdata/grpcio_client_to_server.bin");
+    let s2c = include_bytes!("testdata/grpcio_server_to_client.bin");
+    for side in [Side::Server, Side::Client] {
+        let mut c = Conn::new(side);
+        c.client_sent(c2s);
+        c.server_sent(s2c);
+        let calls =
+            |m: &str, status: &'static str| ("/apm.test.Echo/".to_owned() + m, Some(status));
+        assert_eq!(
+            grpc_summary(&c),
+            vec![
+                calls("Say", "OK"),
+                calls("Say", "OK"),
+                calls("Say", "OK"),
+                calls("Missing", "NOT_FOUND"),
+                calls("Boom", "UNKNOWN"),
+                calls("Slow", "OK"),
+                calls("Slow", "OK"),
+            ],
+            "{side:?}"
+        );
+        assert_eq!(c.stats, ParseStats::default(), "{side:?}");
+        assert!(!c.p.gave_up());
+    }
+}
