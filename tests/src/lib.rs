@@ -6,6 +6,7 @@ pub mod bpfmaps;
 pub mod dbservers;
 pub mod deploy;
 pub mod faulty;
+pub mod grpc;
 pub mod net;
 pub mod otlp;
 pub mod pod;

@@ -40,6 +40,10 @@ const TEST_PACKAGES: &[&str] = &[
     "linux-perf",
     // OTLP tests: the independent receiver runs in a venv of Debian's Python.
     "python3-venv",
+    // gRPC test of Node's @grpc/grpc-js (tests/tests/grpc_node.rs): Node's own HTTP/2
+    // (nghttp2). npm comes with NodeSource's package, separately with Debian's
+    // (`ensure_test_node_modules`).
+    "nodejs",
     // Database protocol tests and `bench db`: real servers and their own clients and load
     // generators (pgbench ships with the PostgreSQL server package).
     "postgresql",
@@ -81,6 +85,16 @@ const TEST_PYTHON_PACKAGES: &[&str] = &[
     // (tests/tests/deploy_manifests.rs); its PyYAML also reads them for the test's own checks.
     "kubernetes-validate==1.37.0",
 ];
+/// The Node packages of the tests (tests/servers/grpc_echo.js), outside the build tree like
+/// [`TEST_VENV`]; the tests find them at the same path (`NODE_MODULES` in tests/src/grpc.rs).
+pub const TEST_NODE_DIR: &str = "/var/lib/apm-agent-tests/node";
+/// What the Node servers and clients require, pinned (`name`, exact version).
+const TEST_NODE_PACKAGES: &[(&str, &str)] = &[("@grpc/grpc-js", "1.14.7")];
+/// Where Debian's `prometheus` package is unpacked for its `promtool` (the rules test,
+/// tests/tests/prometheus_rules.rs, reads `usr/bin/promtool` under it): unpacked with
+/// `dpkg-deb -x`, not installed, so no Prometheus server (user, service, data directory) is
+/// set up on the machine for one command-line tool.
+const PROMTOOL_DIR: &str = "/var/lib/apm-agent-tests/prometheus";
 /// bpf-linker version known to build against Debian's LLVM 22 (see ../shared/PLATFORM.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -106,6 +120,8 @@ pub fn ensure(scope: Scope) -> Result<()> {
     ensure_bpf_linker()?;
     if matches!(scope, Scope::Test) {
         ensure_test_venv()?;
+        ensure_promtool()?;
+        ensure_test_node_modules()?;
         ensure_cargo_fuzz()?;
     }
     Ok(())
@@ -230,4 +246,94 @@ fn ensure_test_venv() -> Result<()> {
          pg8000, mysql.connector, kubernetes_validate, yaml",
     )
     .map(drop)
+}
+
+/// The tests' Node packages in [`TEST_NODE_DIR`]`/node_modules`: each pinned version read from
+/// its installed `package.json` (no npm call when all match), `npm install` otherwise.
+fn ensure_test_node_modules() -> Result<()> {
+    let dir = std::path::Path::new(TEST_NODE_DIR);
+    let installed = |name: &str| {
+        let manifest = dir.join("node_modules").join(name).join("package.json");
+        std::fs::read(manifest)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["version"].as_str().map(str::to_owned))
+    };
+    let missing: Vec<String> = TEST_NODE_PACKAGES
+        .iter()
+        .filter(|(name, version)| installed(name).as_deref() != Some(*version))
+        .map(|(name, version)| format!("{name}@{version}"))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if output(Command::new("npm").arg("--version")).is_none() {
+        // Debian's nodejs comes without npm (NodeSource's has it).
+        ensure_debian(&["npm"])?;
+    }
+    eprintln!("installing Node packages into {}", dir.display());
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let manifest = dir.join("package.json");
+    if !manifest.exists() {
+        // A package of its own, so that npm installs here and not in a parent's.
+        std::fs::write(
+            &manifest,
+            "{\"name\": \"apm-agent-tests\", \"private\": true}\n",
+        )
+        .with_context(|| format!("writing {}", manifest.display()))?;
+    }
+    run(as_root("npm")
+        .current_dir(dir)
+        .args(["install", "--no-audit", "--no-fund", "--save-exact"])
+        .args(["--no-update-notifier", "--loglevel=error"])
+        .args(&missing))?;
+    for (name, version) in TEST_NODE_PACKAGES {
+        let got = installed(name);
+        if got.as_deref() != Some(*version) {
+            bail!("{name}: npm installed {got:?}, want {version}");
+        }
+    }
+    Ok(())
+}
+
+/// `promtool` from Debian's `prometheus` package, unpacked into [`PROMTOOL_DIR`] (fast when
+/// it is there and runs).
+fn ensure_promtool() -> Result<()> {
+    let dir = std::path::Path::new(PROMTOOL_DIR);
+    let promtool = dir.join("usr/bin/promtool");
+    if output(Command::new(&promtool).arg("--version")).is_some() {
+        return Ok(());
+    }
+    eprintln!("unpacking Debian's prometheus package for promtool into {PROMTOOL_DIR}");
+    let download = std::env::temp_dir().join(format!("apm-promtool-{}", std::process::id()));
+    std::fs::create_dir_all(&download)
+        .with_context(|| format!("creating {}", download.display()))?;
+    let fetched =
+        run(Command::new("apt-get")
+            .current_dir(&download)
+            .args(["download", "-qq", "prometheus"]))
+        .or_else(|_| {
+            // The package lists may be missing on a fresh machine.
+            run(as_root("apt-get").args(["-qq", "update"]))?;
+            run(Command::new("apt-get").current_dir(&download).args([
+                "download",
+                "-qq",
+                "prometheus",
+            ]))
+        });
+    let result = fetched.and_then(|()| {
+        let deb = std::fs::read_dir(&download)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "deb"))
+            .context("apt-get download prometheus left no .deb")?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(dir))
+    });
+    let _ = std::fs::remove_dir_all(&download);
+    result?;
+    if output(Command::new(&promtool).arg("--version")).is_none() {
+        bail!("{} does not run after unpacking", promtool.display());
+    }
+    Ok(())
 }
