@@ -6,6 +6,8 @@
 //! and the kernel-record decoder are compiled: they depend on no I/O, runtime or eBPF crate.
 //! A new module that needs the agent's dependencies goes under `#[cfg(feature = "agent")]`.
 #[cfg(feature = "agent")]
+pub mod alerts;
+#[cfg(feature = "agent")]
 pub mod check;
 #[cfg(feature = "agent")]
 pub mod cli;

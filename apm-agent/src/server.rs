@@ -1,4 +1,4 @@
-//! The local listener: `/metrics`, `/healthz`, `/readyz`, `/api/routes`,
+//! The local listener: `/metrics`, `/healthz`, `/readyz`, `/api/routes`, `/api/alerts`,
 //! `/api/slow-queries`, the profile pages, and an index page.
 use std::sync::{
     Arc, Mutex,
@@ -15,6 +15,7 @@ use axum::{
 use serde::Deserialize;
 
 use crate::{
+    alerts::Alerts,
     export::prometheus,
     metrics::red::Red,
     os::{lock, unix_now},
@@ -36,6 +37,8 @@ pub struct Shared {
     pub slow_queries_top: usize,
     /// The continuous profile store (`None` when profiling is off).
     pub profiles: Option<Arc<Mutex<Store>>>,
+    /// The alert engine.
+    pub alerts: Arc<Mutex<Alerts>>,
 }
 
 /// Serves until the listener fails or the future is dropped.
@@ -46,6 +49,7 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Shared) -> std::io
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/api/routes", get(routes))
+        .route("/api/alerts", get(alerts))
         .route("/api/slow-queries", get(slow_queries))
         .route("/profiles", get(profiles_page))
         .route("/profiles/flamegraph.svg", get(profile_svg))
@@ -59,7 +63,8 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Shared) -> std::io
 async fn metrics(State(s): State<Shared>) -> Response {
     let body = {
         let red = lock(&s.red);
-        prometheus::render(&red, &s.stats, s.slow_queries_top)
+        let alerts = lock(&s.alerts);
+        prometheus::render(&red, Some(&alerts), &s.stats, s.slow_queries_top)
     };
     ([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], body).into_response()
 }
@@ -82,6 +87,22 @@ async fn routes(State(s): State<Shared>) -> Response {
         serde_json::json!({
             "window_secs": s.window_secs,
             "routes": red.last_window(),
+        })
+    };
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// Pending and firing alerts (firing first), and the latest resolved ones.
+async fn alerts(State(s): State<Shared>) -> Response {
+    let body = {
+        let alerts = lock(&s.alerts);
+        serde_json::json!({
+            "active": alerts.active(),
+            "resolved": alerts.resolved().collect::<Vec<_>>(),
         })
     };
     (
@@ -121,6 +142,7 @@ async fn index() -> Html<&'static str> {
         "<!doctype html><title>apm-agent</title><h1>apm-agent</h1><ul>\
          <li><a href=\"/metrics\">/metrics</a> (Prometheus)</li>\
          <li><a href=\"/api/routes\">/api/routes</a> (busiest routes, last window, JSON)</li>\
+         <li><a href=\"/api/alerts\">/api/alerts</a> (alerts the agent evaluates, JSON)</li>\
          <li><a href=\"/api/slow-queries\">/api/slow-queries</a> (slowest statements per service, JSON)</li>\
          <li><a href=\"/profiles\">/profiles</a> (CPU flame graphs per service)</li>\
          <li><a href=\"/healthz\">/healthz</a> &middot; <a href=\"/readyz\">/readyz</a></li></ul>",

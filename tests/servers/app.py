@@ -47,7 +47,9 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         path = url.path
         if path.startswith("/users/"):
-            self.send(200, json.dumps({"id": path.rsplit("/", 1)[-1]}).encode(),
+            # `?status=503`: the same route failing on demand (the alerts test).
+            status = int(parse_qs(url.query).get("status", ["200"])[0])
+            self.send(status, json.dumps({"id": path.rsplit("/", 1)[-1]}).encode(),
                       [("Content-Type", "application/json")])
         elif path == "/error":
             self.send(500, b"boom")

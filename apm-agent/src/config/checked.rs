@@ -106,6 +106,9 @@ impl Config {
                 return invalid(key, &value, "must be at least 1");
             }
         }
+        if let Some((key, value, allowed)) = self.alerts.invalid() {
+            return invalid(key, &value, allowed);
+        }
         if self.profile_frequency_hz == 0 || self.profile_frequency_hz > 10_000 {
             return invalid(
                 "profile_frequency_hz",

@@ -120,6 +120,8 @@ pub struct Config {
     pub apdex_threshold_ms: u64,
     /// Length of a percentile window, and of the console table's period, in seconds. Default 10.
     pub window_secs: u64,
+    /// The alert rules the agent evaluates on its windows (`[alerts]` in the config file).
+    pub alerts: crate::alerts::AlertsConfig,
     /// Print the busiest routes to stdout every window. Default true.
     pub console: bool,
     /// Rows of the console table. Default 10.
@@ -244,6 +246,7 @@ impl Default for Config {
             n_plus_one_threshold: 5,
             apdex_threshold_ms: 500,
             window_secs: 10,
+            alerts: crate::alerts::AlertsConfig::default(),
             console: true,
             console_rows: 10,
             detect_attempts: 4,

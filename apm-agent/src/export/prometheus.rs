@@ -6,6 +6,7 @@
 use std::fmt::Write as _;
 
 use crate::{
+    alerts::Alerts,
     metrics::{
         db::{DB_BUCKETS_S, DbSeriesKey},
         process_runtime::Sample,
@@ -20,7 +21,12 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Renders everything: the RED series, then every stage's own statistics (`stats`), with
 /// RED's budget overflows among the other tables' in `apm_map_overflows_total`.
-pub fn render(red: &Red, stats: &Registry, slow_queries_top: usize) -> String {
+pub fn render(
+    red: &Red,
+    alerts: Option<&Alerts>,
+    stats: &Registry,
+    slow_queries_top: usize,
+) -> String {
     let mut out = String::with_capacity(16 * 1024);
     render_red(red, &mut out);
     render_db(red, &mut out);
@@ -30,6 +36,9 @@ pub fn render(red: &Red, stats: &Registry, slow_queries_top: usize) -> String {
     let d = red.db.overflows();
     let mut own = Exposition::default();
     stats.render(&mut own);
+    if let Some(a) = alerts {
+        a.render(&mut own);
+    }
     for (map, value) in [
         ("services", o.services),
         ("series", o.series),
@@ -421,6 +430,7 @@ mod tests {
         record_http(&mut red, svc, Some(("10.0.0.1", 8080)), &req);
         let text = render(
             &red,
+            None,
             &crate::run::stats::StageStats::default().registry(),
             10,
         );
@@ -481,6 +491,7 @@ mod tests {
         }
         let text = render(
             &red,
+            None,
             &crate::run::stats::StageStats::default().registry(),
             10,
         );
@@ -537,6 +548,7 @@ mod tests {
         });
         let text = render(
             &red,
+            None,
             &crate::run::stats::StageStats::default().registry(),
             10,
         );

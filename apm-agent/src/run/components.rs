@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use super::{RunError, stats::StageStats};
 use crate::{
+    alerts::Alerts,
     config::Checked,
     discovery::kubernetes,
     export::otlp::{metrics_task, stats::ExportStats, traces_task, transport::Transport},
@@ -35,6 +36,8 @@ pub struct Components {
     /// Set once every kernel program is attached (`/readyz`).
     pub ready: Arc<AtomicBool>,
     pub red: Arc<Mutex<Red>>,
+    /// The alert engine, fed each window.
+    pub alerts: Arc<Mutex<Alerts>>,
     /// The listener's and the exporters' runtime.
     pub runtime: tokio::runtime::Runtime,
     pub kube: Option<kubernetes::Started>,
@@ -93,7 +96,9 @@ impl Components {
                 cfg.profile_frequency_hz,
             )))
         });
+        let alerts = Arc::new(Mutex::new(Alerts::new(cfg.alerts.clone())));
         let shared = Shared {
+            alerts: alerts.clone(),
             red: red.clone(),
             stats: stats.registry(),
             ready: ready.clone(),
@@ -116,6 +121,7 @@ impl Components {
             stats,
             ready,
             red,
+            alerts,
             runtime,
             kube,
             store,

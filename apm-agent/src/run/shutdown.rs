@@ -7,7 +7,14 @@ use std::{
 };
 
 use super::{RunError, components::Components, spawn::Running};
-use crate::{config::Config, console, metrics::red::Red, os::lock};
+use crate::{alerts::Alerts, config::Config, console, metrics::red::Red, os::lock};
+
+/// Unix time in seconds, with its fraction.
+fn unix_now_f64() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
 
 /// Waits for a termination signal, then stops everything.
 pub fn run_until_signal(
@@ -15,9 +22,11 @@ pub fn run_until_signal(
     components: Components,
     running: Running,
 ) -> Result<(), RunError> {
-    components
-        .runtime
-        .block_on(windows_until_signal(cfg, &components.red));
+    components.runtime.block_on(windows_until_signal(
+        cfg,
+        &components.red,
+        &components.alerts,
+    ));
     log::info!("stopping: detaching kernel programs");
     running.stop.store(true, Relaxed);
     let profiler_joined = running.profiler.map(JoinHandle::join);
@@ -38,8 +47,9 @@ pub fn run_until_signal(
     joined.map_err(|_| RunError::EventThread)
 }
 
-/// Rolls the percentile window (and prints the console table) until SIGINT or SIGTERM.
-async fn windows_until_signal(cfg: &Config, red: &Mutex<Red>) {
+/// Rolls the percentile window (prints the console table, evaluates the alert rules on it)
+/// until SIGINT or SIGTERM.
+async fn windows_until_signal(cfg: &Config, red: &Mutex<Red>, alerts: &Mutex<Alerts>) {
     let period = Duration::from_secs(cfg.window_secs);
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let mut terminate =
@@ -50,11 +60,10 @@ async fn windows_until_signal(cfg: &Config, red: &Mutex<Red>) {
             _ = ticker.tick() => {
                 let elapsed = started.elapsed().as_secs_f64();
                 started = Instant::now();
-                let table = {
-                    let mut red = lock(red);
-                    let rows = red.roll_window(elapsed);
-                    cfg.console.then(|| console::table(rows, cfg.console_rows, cfg.window_secs))
-                };
+                let rows = lock(red).roll_window(elapsed).to_vec();
+                lock(alerts).evaluate(&rows, elapsed, unix_now_f64());
+                let table =
+                    cfg.console.then(|| console::table(&rows, cfg.console_rows, cfg.window_secs));
                 if let Some(table) = table {
                     print!("{table}");
                 }

@@ -79,7 +79,7 @@ mod tests {
                 max_statements_per_service: 1,
             },
         });
-        let render = || prometheus::render(&red, &registry, 1);
+        let render = || prometheus::render(&red, None, &registry, 1);
         let base = render();
         let counters = registry.atomics();
         assert!(counters.len() >= 100, "{} counters", counters.len());
@@ -114,6 +114,7 @@ mod tests {
                     max_statements_per_service: 1,
                 },
             }),
+            Some(&crate::alerts::Alerts::new(Default::default())),
             &StageStats::default().registry(),
             1,
         );

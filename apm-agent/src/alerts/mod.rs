@@ -1,0 +1,377 @@
+//! Alerts the agent evaluates itself, on its own RED windows, with nothing else installed:
+//! per server route, the 5xx share (and, off by default, the 4xx share), Apdex, p95 against
+//! the route's own baseline and rate against its baseline — the seed articles' rules, under
+//! the names of the Prometheus rules in `deploy/prometheus/apm-agent-rules.yaml`.
+//!
+//! Evaluated once per percentile window (`window_secs`) over the last `rule_windows` of
+//! them. A breach makes an alert pending; `for_evaluations` breaches in a row make it
+//! firing; as many clear evaluations in a row resolve it (a pending alert that clears is
+//! dropped). Each transition is logged; `/api/alerts` and the `apm_alerts` gauge show them.
+//!
+//! Baselines are exponentially weighted moving averages of each window's p95 and rate, with a
+//! half-life of `baseline_half_life_windows`, trusted after `baseline_windows`. The p95
+//! baseline is frozen while its rule breaches (a regression must not become its own
+//! baseline); the rate baseline keeps learning, so a lasting drop (a route retired, traffic
+//! moved) becomes the new normal after about a half-life and its alert resolves.
+pub mod config;
+mod route;
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::Serialize;
+
+pub use config::AlertsConfig;
+use route::{RouteTrack, WindowFigures};
+
+use crate::{
+    metrics::red::RouteSummary,
+    telemetry::{Exposition, Family, MAP_OVERFLOWS},
+};
+
+/// The rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    ErrorRate,
+    ClientErrorRate,
+    Apdex,
+    LatencyP95,
+    Throughput,
+}
+
+impl Rule {
+    pub const ALL: [Self; 5] = [
+        Self::ErrorRate,
+        Self::ClientErrorRate,
+        Self::Apdex,
+        Self::LatencyP95,
+        Self::Throughput,
+    ];
+
+    /// The alert's name, as in the Prometheus rules file.
+    pub fn alertname(self) -> &'static str {
+        match self {
+            Self::ErrorRate => "ApmRouteErrorRateHigh",
+            Self::ClientErrorRate => "ApmRouteClientErrorRateHigh",
+            Self::Apdex => "ApmRouteApdexLow",
+            Self::LatencyP95 => "ApmRouteLatencyHigh",
+            Self::Throughput => "ApmRouteThroughputLow",
+        }
+    }
+}
+
+/// Where an alert is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Pending,
+    Firing,
+    Resolved,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Firing => "firing",
+            Self::Resolved => "resolved",
+        }
+    }
+}
+
+/// A server route: service, method, route template.
+type RouteId = (String, &'static str, String);
+
+/// One alert of one rule on one route.
+#[derive(Debug, Clone, Serialize)]
+pub struct Alert {
+    pub rule: Rule,
+    pub alertname: &'static str,
+    pub service: String,
+    pub method: &'static str,
+    pub route: String,
+    pub state: State,
+    /// When the first breach was seen (unix seconds).
+    pub since_unix: f64,
+    pub fired_unix: Option<f64>,
+    pub resolved_unix: Option<f64>,
+    /// The figure that breached (latest evaluation), and the threshold it was held to: a
+    /// share, an Apdex, milliseconds or requests per second, by rule.
+    pub value: f64,
+    pub threshold: f64,
+    /// Server requests in the rule window at the latest evaluation.
+    pub requests: u64,
+    #[serde(skip)]
+    breaches: u32,
+    #[serde(skip)]
+    clears: u32,
+}
+
+/// The alert engine.
+#[derive(Debug)]
+pub struct Alerts {
+    cfg: AlertsConfig,
+    /// Weight of a new window in the baselines.
+    alpha: f64,
+    /// Length of the latest window, in seconds.
+    window_secs: f64,
+    routes: HashMap<RouteId, RouteTrack>,
+    active: HashMap<(RouteId, Rule), Alert>,
+    resolved: VecDeque<Alert>,
+    /// Routes not followed because `max_routes` were.
+    pub overflows: u64,
+    /// Transitions to firing and to resolved, since start.
+    pub fired: u64,
+    pub resolved_total: u64,
+}
+
+impl Alerts {
+    pub fn new(cfg: AlertsConfig) -> Self {
+        let half_life = f64::from(cfg.baseline_half_life_windows.max(1));
+        Self {
+            alpha: 1.0 - 0.5f64.powf(1.0 / half_life),
+            window_secs: 1.0,
+            cfg,
+            routes: HashMap::new(),
+            active: HashMap::new(),
+            resolved: VecDeque::new(),
+            overflows: 0,
+            fired: 0,
+            resolved_total: 0,
+        }
+    }
+
+    /// One evaluation: `rows` are the routes of the window that just closed (`elapsed_s`
+    /// long), `now_unix` the time.
+    pub fn evaluate(&mut self, rows: &[RouteSummary], elapsed_s: f64, now_unix: f64) {
+        if !self.cfg.enabled {
+            return;
+        }
+        let keep = self.cfg.rule_windows as usize;
+        if elapsed_s > 0.0 {
+            self.window_secs = elapsed_s;
+        }
+        let mut fed: HashMap<RouteId, WindowFigures> = HashMap::new();
+        for row in rows.iter().filter(|r| r.side == "server") {
+            let id = (row.service.clone(), row.method, row.route.clone());
+            if !self.routes.contains_key(&id) {
+                if self.routes.len() >= self.cfg.max_routes {
+                    self.overflows += 1;
+                    continue;
+                }
+                self.routes.insert(id.clone(), RouteTrack::default());
+            }
+            fed.insert(id, WindowFigures::of(row, elapsed_s));
+        }
+        let ids: Vec<RouteId> = self.routes.keys().cloned().collect();
+        for id in ids {
+            let w = fed
+                .remove(&id)
+                .unwrap_or_else(|| WindowFigures::idle(elapsed_s));
+            let Some(track) = self.routes.get_mut(&id) else {
+                continue;
+            };
+            track.push(w, keep);
+            for rule in Rule::ALL {
+                let verdict = self.judge(&id, rule);
+                self.step(&id, rule, verdict, now_unix);
+            }
+            let latency = !self.active.contains_key(&(id.clone(), Rule::LatencyP95));
+            let quiet = Rule::ALL
+                .iter()
+                .all(|r| !self.active.contains_key(&(id.clone(), *r)));
+            if let Some(track) = self.routes.get_mut(&id) {
+                track.learn(self.alpha, latency);
+                // A route silent for two half-lives, with no alert, is forgotten: its budget
+                // slot goes to routes that still have traffic.
+                let forget_after = 2 * u64::from(self.cfg.baseline_half_life_windows);
+                if quiet && track.idle > forget_after {
+                    self.routes.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Whether `rule` breaches on route `id` now: Some((value, threshold, requests)) when it
+    /// does, None when it does not or the route cannot be judged (too little traffic, no
+    /// baseline yet, rule off).
+    fn judge(&self, id: &RouteId, rule: Rule) -> Option<(f64, f64, u64)> {
+        let cfg = &self.cfg;
+        let track = self.routes.get(id)?;
+        let c = track.combined();
+        let enough = c.requests >= cfg.min_requests;
+        let learned = track.seen >= u64::from(cfg.baseline_windows);
+        let (value, threshold, breach) = match rule {
+            Rule::ErrorRate if enough => {
+                (c.error_rate, cfg.error_rate, c.error_rate > cfg.error_rate)
+            }
+            Rule::ClientErrorRate if enough && cfg.client_error_rate > 0.0 => (
+                c.client_error_rate,
+                cfg.client_error_rate,
+                c.client_error_rate > cfg.client_error_rate,
+            ),
+            Rule::Apdex if enough => (c.apdex, cfg.apdex_min, c.apdex < cfg.apdex_min),
+            Rule::LatencyP95 if enough && learned => {
+                let base = track.baseline_p95_ms.filter(|b| *b > 0.0)?;
+                let t = cfg.latency_ratio * base;
+                (c.p95_ms, t, c.p95_ms > t)
+            }
+            Rule::Throughput if learned => {
+                let base = track.baseline_rate?;
+                // Judged only where the baseline promises enough traffic to miss.
+                let rule_secs = f64::from(cfg.rule_windows) * self.window_secs;
+                if base * rule_secs < cfg.min_requests as f64 {
+                    return None;
+                }
+                let t = cfg.throughput_ratio * base;
+                (c.rate_per_s, t, c.rate_per_s < t)
+            }
+            _ => return None,
+        };
+        breach.then_some((value, threshold, c.requests))
+    }
+
+    /// Moves the alert of (`id`, `rule`) on by one evaluation.
+    fn step(&mut self, id: &RouteId, rule: Rule, verdict: Option<(f64, f64, u64)>, now: f64) {
+        let key = (id.clone(), rule);
+        let need = self.cfg.for_evaluations;
+        match (verdict, self.active.get_mut(&key)) {
+            (Some((value, threshold, requests)), Some(a)) => {
+                a.value = value;
+                a.threshold = threshold;
+                a.requests = requests;
+                a.clears = 0;
+                a.breaches += 1;
+                if a.state == State::Pending && a.breaches >= need {
+                    a.state = State::Firing;
+                    a.fired_unix = Some(now);
+                    self.fired += 1;
+                    log_transition(a);
+                }
+            }
+            (Some((value, threshold, requests)), None) => {
+                let mut a = Alert {
+                    rule,
+                    alertname: rule.alertname(),
+                    service: id.0.clone(),
+                    method: id.1,
+                    route: id.2.clone(),
+                    state: State::Pending,
+                    since_unix: now,
+                    fired_unix: None,
+                    resolved_unix: None,
+                    value,
+                    threshold,
+                    requests,
+                    breaches: 1,
+                    clears: 0,
+                };
+                if need <= 1 {
+                    a.state = State::Firing;
+                    a.fired_unix = Some(now);
+                    self.fired += 1;
+                }
+                log_transition(&a);
+                self.active.insert(key, a);
+            }
+            (None, Some(a)) => {
+                a.breaches = 0;
+                a.clears += 1;
+                match a.state {
+                    State::Pending => {
+                        self.active.remove(&key);
+                    }
+                    State::Firing if a.clears >= need => {
+                        if let Some(mut a) = self.active.remove(&key) {
+                            a.state = State::Resolved;
+                            a.resolved_unix = Some(now);
+                            self.resolved_total += 1;
+                            log_transition(&a);
+                            self.resolved.push_front(a);
+                            self.resolved.truncate(self.cfg.max_resolved);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            (None, None) => {}
+        }
+    }
+
+    /// Pending and firing alerts, firing first, then by service and route.
+    pub fn active(&self) -> Vec<&Alert> {
+        let mut v: Vec<&Alert> = self.active.values().collect();
+        v.sort_by(|a, b| {
+            (b.state == State::Firing)
+                .cmp(&(a.state == State::Firing))
+                .then_with(|| (&a.service, &a.route, a.rule).cmp(&(&b.service, &b.route, b.rule)))
+        });
+        v
+    }
+
+    /// Resolved alerts, newest first.
+    pub fn resolved(&self) -> impl Iterator<Item = &Alert> {
+        self.resolved.iter()
+    }
+
+    /// `apm_alerts` (1 per pending or firing alert) and the engine's own counters.
+    pub fn render(&self, out: &mut Exposition) {
+        for a in self.active() {
+            out.add(
+                &ALERTS_GAUGE,
+                format!(
+                    "alertname=\"{}\",alertstate=\"{}\",service_name=\"{}\",http_request_method=\"{}\",http_route=\"{}\"",
+                    a.alertname,
+                    a.state.as_str(),
+                    escape(&a.service),
+                    a.method,
+                    escape(&a.route)
+                ),
+                1,
+            );
+        }
+        out.add(&ALERTS_FIRED, String::new(), self.fired);
+        out.add(&ALERTS_RESOLVED, String::new(), self.resolved_total);
+        out.add(&MAP_OVERFLOWS, "map=\"alert_routes\"", self.overflows);
+    }
+}
+
+/// A label value in the text exposition format.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn log_transition(a: &Alert) {
+    let what = format!(
+        "alert {} {}: service {:?} {} {:?}: {:.4} (threshold {:.4}, {} requests in the rule window)",
+        a.alertname,
+        a.state.as_str(),
+        a.service,
+        a.method,
+        a.route,
+        a.value,
+        a.threshold,
+        a.requests
+    );
+    match a.state {
+        State::Firing => log::warn!("{what}"),
+        _ => log::info!("{what}"),
+    }
+}
+
+/// The alert gauge: `apm_alerts`, not `ALERTS` (Prometheus's own name for its alerts).
+const ALERTS_GAUGE: Family = Family::gauge(
+    "apm_alerts",
+    "Alerts the agent evaluates itself, 1 per pending or firing alert.",
+);
+const ALERTS_FIRED: Family = Family::counter(
+    "apm_alerts_fired_total",
+    "Alerts that went from pending to firing.",
+);
+const ALERTS_RESOLVED: Family =
+    Family::counter("apm_alerts_resolved_total", "Firing alerts that resolved.");
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,309 @@
+//! The engine on synthetic windows: each rule fires after `for_evaluations` breaches,
+//! resolves after as many clear ones, needs its minimum traffic, and the baseline rules wait
+//! for their baselines and do not learn from the regression they report.
+use super::*;
+
+fn row(route: &str, requests: u64, e5: u64, e4: u64, p95_ms: f64, apdex: f64) -> RouteSummary {
+    RouteSummary {
+        service: "shop".to_owned(),
+        side: "server",
+        method: "GET",
+        route: route.to_owned(),
+        requests,
+        rate_per_s: requests as f64,
+        errors_4xx: e4,
+        errors_5xx: e5,
+        p50_ms: p95_ms / 2.0,
+        p95_ms,
+        p99_ms: p95_ms,
+        apdex: Some(apdex),
+    }
+}
+
+fn cfg() -> AlertsConfig {
+    AlertsConfig {
+        rule_windows: 2,
+        for_evaluations: 2,
+        min_requests: 20,
+        baseline_windows: 5,
+        baseline_half_life_windows: 5,
+        ..AlertsConfig::default()
+    }
+}
+
+fn states(a: &Alerts) -> Vec<(&'static str, &str, State)> {
+    a.active()
+        .into_iter()
+        .map(|a| (a.alertname, a.route.as_str(), a.state))
+        .collect()
+}
+
+#[test]
+fn error_rate_fires_after_its_for_and_resolves() {
+    let mut a = Alerts::new(cfg());
+    let mut t = 0.0;
+    let mut tick = |a: &mut Alerts, rows: &[RouteSummary]| {
+        t += 1.0;
+        a.evaluate(rows, 1.0, t);
+    };
+    // Healthy, then 20% 5xx on /cart while /ok stays healthy.
+    tick(
+        &mut a,
+        &[
+            row("/cart", 50, 0, 0, 10.0, 1.0),
+            row("/ok", 50, 0, 0, 10.0, 1.0),
+        ],
+    );
+    assert!(states(&a).is_empty());
+    tick(
+        &mut a,
+        &[
+            row("/cart", 50, 10, 0, 10.0, 1.0),
+            row("/ok", 50, 0, 0, 10.0, 1.0),
+        ],
+    );
+    assert_eq!(
+        states(&a),
+        [("ApmRouteErrorRateHigh", "/cart", State::Pending)]
+    );
+    tick(
+        &mut a,
+        &[
+            row("/cart", 50, 10, 0, 10.0, 1.0),
+            row("/ok", 50, 0, 0, 10.0, 1.0),
+        ],
+    );
+    assert_eq!(
+        states(&a),
+        [("ApmRouteErrorRateHigh", "/cart", State::Firing)]
+    );
+    let firing = a.active()[0];
+    assert!((firing.value - 0.2).abs() < 1e-9, "{firing:?}");
+    assert_eq!((firing.threshold, firing.requests), (0.01, 100));
+    assert_eq!(a.fired, 1);
+    // Healthy again: the rule window still holds a bad window once, then clears twice.
+    for _ in 0..3 {
+        tick(
+            &mut a,
+            &[
+                row("/cart", 50, 0, 0, 10.0, 1.0),
+                row("/ok", 50, 0, 0, 10.0, 1.0),
+            ],
+        );
+    }
+    assert!(states(&a).is_empty(), "{:?}", states(&a));
+    let resolved: Vec<_> = a.resolved().collect();
+    assert_eq!(resolved.len(), 1);
+    assert_eq!(resolved[0].state, State::Resolved);
+    assert!(resolved[0].resolved_unix.is_some() && resolved[0].fired_unix.is_some());
+    assert_eq!(a.resolved_total, 1);
+}
+
+#[test]
+fn too_little_traffic_is_not_judged_and_4xx_is_off_by_default() {
+    let mut a = Alerts::new(cfg());
+    for t in 0..5 {
+        // 10 requests per rule window (min 20), all 500; 4xx on another route.
+        a.evaluate(
+            &[
+                row("/rare", 5, 5, 0, 10.0, 0.0),
+                row("/bad-input", 50, 0, 50, 10.0, 1.0),
+            ],
+            1.0,
+            f64::from(t),
+        );
+    }
+    assert!(states(&a).is_empty(), "{:?}", states(&a));
+    let mut on = Alerts::new(AlertsConfig {
+        client_error_rate: 0.05,
+        ..cfg()
+    });
+    for t in 0..2 {
+        on.evaluate(
+            &[row("/bad-input", 50, 0, 50, 10.0, 1.0)],
+            1.0,
+            f64::from(t),
+        );
+    }
+    assert_eq!(
+        states(&on),
+        [("ApmRouteClientErrorRateHigh", "/bad-input", State::Firing)]
+    );
+}
+
+#[test]
+fn apdex_below_its_minimum_fires() {
+    let mut a = Alerts::new(cfg());
+    for t in 0..2 {
+        a.evaluate(&[row("/slowish", 50, 0, 0, 900.0, 0.5)], 1.0, f64::from(t));
+    }
+    assert_eq!(
+        states(&a),
+        [("ApmRouteApdexLow", "/slowish", State::Firing)]
+    );
+}
+
+#[test]
+fn latency_against_a_learned_baseline_which_the_regression_does_not_move() {
+    let mut a = Alerts::new(cfg());
+    let mut t = 0.0;
+    // Nothing is judged before the baseline is trusted (5 windows), however slow.
+    let mut young = Alerts::new(cfg());
+    for (i, p95) in [20.0, 20.0, 200.0, 200.0].into_iter().enumerate() {
+        young.evaluate(&[row("/items", 50, 0, 0, p95, 1.0)], 1.0, i as f64);
+    }
+    assert!(states(&young).is_empty(), "{:?}", states(&young));
+    // Learning: 6 windows at 20 ms.
+    for _ in 0..6 {
+        t += 1.0;
+        a.evaluate(&[row("/items", 50, 0, 0, 20.0, 1.0)], 1.0, t);
+    }
+    assert!(states(&a).is_empty(), "{:?}", states(&a));
+    let before = a.routes.values().next().and_then(|r| r.baseline_p95_ms);
+    // Three times as slow for a while: fires, and the baseline stays where it was.
+    for _ in 0..6 {
+        t += 1.0;
+        a.evaluate(&[row("/items", 50, 0, 0, 90.0, 1.0)], 1.0, t);
+    }
+    assert_eq!(
+        states(&a),
+        [("ApmRouteLatencyHigh", "/items", State::Firing)]
+    );
+    let after = a.routes.values().next().and_then(|r| r.baseline_p95_ms);
+    let (Some(before), Some(after)) = (before, after) else {
+        panic!("no baseline: {before:?} {after:?}");
+    };
+    // The pending evaluation's window is the only one learned from.
+    assert!(
+        after < before * 1.5,
+        "baseline moved from {before} to {after}"
+    );
+    // Back to normal: resolves.
+    for _ in 0..4 {
+        t += 1.0;
+        a.evaluate(&[row("/items", 50, 0, 0, 20.0, 1.0)], 1.0, t);
+    }
+    assert!(states(&a).is_empty(), "{:?}", states(&a));
+    assert_eq!(a.resolved_total, 1);
+}
+
+#[test]
+fn throughput_under_half_its_baseline_fires_even_with_no_request() {
+    let mut a = Alerts::new(cfg());
+    for t in 0..6 {
+        a.evaluate(&[row("/feed", 50, 0, 0, 10.0, 1.0)], 1.0, f64::from(t));
+    }
+    assert!(states(&a).is_empty());
+    // The route goes silent: it is absent from the windows.
+    for t in 6..9 {
+        a.evaluate(&[], 1.0, f64::from(t));
+    }
+    assert_eq!(
+        states(&a),
+        [("ApmRouteThroughputLow", "/feed", State::Firing)]
+    );
+}
+
+#[test]
+fn routes_beyond_the_budget_are_counted_and_client_rows_ignored() {
+    let mut a = Alerts::new(AlertsConfig {
+        max_routes: 1,
+        ..cfg()
+    });
+    let mut client = row("/c", 50, 50, 0, 10.0, 1.0);
+    client.side = "client";
+    a.evaluate(
+        &[
+            row("/a", 50, 0, 0, 10.0, 1.0),
+            row("/b", 50, 0, 0, 10.0, 1.0),
+            client,
+        ],
+        1.0,
+        0.0,
+    );
+    assert_eq!((a.routes.len(), a.overflows), (1, 1));
+    let mut out = Exposition::default();
+    a.render(&mut out);
+    let mut text = String::new();
+    out.write(&mut text);
+    assert!(
+        text.contains("apm_map_overflows_total{map=\"alert_routes\"} 1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn gauge_escapes_outside_strings() {
+    let mut a = Alerts::new(AlertsConfig {
+        for_evaluations: 1,
+        ..cfg()
+    });
+    let mut r = row("/x\"y\\z", 50, 50, 0, 10.0, 1.0);
+    r.service = "we\"b".to_owned();
+    a.evaluate(&[r], 1.0, 0.0);
+    let mut out = Exposition::default();
+    a.render(&mut out);
+    let mut text = String::new();
+    out.write(&mut text);
+    assert!(
+        text.contains("apm_alerts{alertname=\"ApmRouteErrorRateHigh\",alertstate=\"firing\",service_name=\"we\\\"b\",http_request_method=\"GET\",http_route=\"/x\\\"y\\\\z\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("apm_alerts_fired_total 1"), "{text}");
+}
+
+#[test]
+fn settings_out_of_range_are_named() {
+    assert_eq!(AlertsConfig::default().invalid(), None);
+    for (cfg, key) in [
+        (
+            AlertsConfig {
+                rule_windows: 0,
+                ..Default::default()
+            },
+            "alerts.rule_windows",
+        ),
+        (
+            AlertsConfig {
+                error_rate: 1.5,
+                ..Default::default()
+            },
+            "alerts.error_rate",
+        ),
+        (
+            AlertsConfig {
+                latency_ratio: 0.9,
+                ..Default::default()
+            },
+            "alerts.latency_ratio",
+        ),
+        (
+            AlertsConfig {
+                apdex_min: f64::NAN,
+                ..Default::default()
+            },
+            "alerts.apdex_min",
+        ),
+    ] {
+        assert_eq!(cfg.invalid().map(|(k, _, _)| k), Some(key));
+    }
+}
+
+#[test]
+fn silent_routes_alert_then_are_forgotten() {
+    let mut a = Alerts::new(cfg());
+    for t in 0..6 {
+        a.evaluate(&[row("/retired", 50, 0, 0, 10.0, 1.0)], 1.0, f64::from(t));
+    }
+    // Silent: a throughput alert, which resolves once the rate baseline (still learning)
+    // no longer promises enough traffic to miss; then, with no alert, the route is forgotten
+    // (after two half-lives of silence).
+    let mut fired = false;
+    for t in 6..40 {
+        a.evaluate(&[], 1.0, f64::from(t));
+        fired |= !states(&a).is_empty();
+    }
+    assert!(fired);
+    assert_eq!((a.fired, a.resolved_total), (1, 1));
+    assert!(a.routes.is_empty());
+}

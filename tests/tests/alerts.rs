@@ -1,0 +1,192 @@
+//! The agent's own alerts on a real service (tests/servers/app.py) under load from the test:
+//! a route driven from healthy to 20% 5xx and back fires `ApmRouteErrorRateHigh` and
+//! resolves it; another route's latency taken to three times its learned baseline fires
+//! `ApmRouteLatencyHigh` and resolves when it comes back. Each is checked on `/api/alerts`
+//! (state, service, method, route, figures) and on the `apm_alerts` gauge of `/metrics`.
+//!
+//! Short windows (1 s) and rules (3 windows, 2 evaluations of `for`, baselines trusted after
+//! 8 windows) keep it to about a minute; the defaults are the same rules on 10 s windows.
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, Ordering::Relaxed},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+use tests::{
+    agent::Agent,
+    net::{free_port, http_get},
+    require_root,
+    servers::{app_server, temp_dir},
+    unique,
+};
+
+/// What the load thread sends: 0 healthy, 1 every fifth `/users` request fails with 503,
+/// 2 `/slow` takes three times as long.
+const HEALTHY: u32 = 0;
+const FAILING: u32 = 1;
+const SLOW: u32 = 2;
+
+/// Requests `/users/N` and `/slow/N` in turn, as `mode` says, until `stop`.
+fn load(port: u16, mode: Arc<AtomicU32>, stop: Arc<AtomicBool>) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let mut i: u64 = 0;
+        while !stop.load(Relaxed) {
+            i += 1;
+            let m = mode.load(Relaxed);
+            let status = if m == FAILING && i.is_multiple_of(5) {
+                503
+            } else {
+                200
+            };
+            let _ = http_get(port, &format!("/users/{i}?status={status}"));
+            let ms = if m == SLOW { 60 } else { 20 };
+            let _ = http_get(port, &format!("/slow/{i}?ms={ms}"));
+        }
+    })
+}
+
+fn alerts(agent: &Agent) -> Result<Value> {
+    let (status, body) = http_get(agent.port, "/api/alerts")?;
+    if status != 200 {
+        bail!("/api/alerts answered {status}: {body}");
+    }
+    serde_json::from_str(&body).context("/api/alerts is not JSON")
+}
+
+/// The alert of `name` on `route` in `list` ("active" or "resolved"), if any.
+fn find<'a>(doc: &'a Value, list: &str, name: &str, route: &str) -> Option<&'a Value> {
+    doc[list]
+        .as_array()?
+        .iter()
+        .find(|a| a["alertname"] == name && a["route"] == route)
+}
+
+/// Waits until `f` finds what it looks for in `/api/alerts`.
+fn wait_for(agent: &Agent, what: &str, f: impl Fn(&Value) -> bool) -> Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let doc = alerts(agent)?;
+        if f(&doc) {
+            return Ok(doc);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{what}: not seen in 40 s; /api/alerts: {doc}\n{}",
+                agent.log()
+            );
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn error_rate_and_latency_alerts_fire_and_resolve() -> Result<()> {
+    if !require_root("error_rate_and_latency_alerts_fire_and_resolve") {
+        return Ok(());
+    }
+    let dir = temp_dir("alerts")?;
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        "window_secs = 1\n\
+         [alerts]\n\
+         rule_windows = 3\n\
+         for_evaluations = 2\n\
+         min_requests = 10\n\
+         baseline_windows = 8\n\
+         baseline_half_life_windows = 20\n",
+    )?;
+    let port = free_port();
+    let agent = Agent::start(&[
+        "--config",
+        &config.to_string_lossy(),
+        "--include",
+        &format!("port={port}"),
+    ])?;
+    let service = unique("it-alerts");
+    let _app = app_server(port, &service)?;
+    let mode = Arc::new(AtomicU32::new(HEALTHY));
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = load(port, mode.clone(), stop.clone());
+    let result = (|| -> Result<()> {
+        // Healthy long enough for the baselines (8 windows) and then some.
+        thread::sleep(Duration::from_secs(12));
+        let doc = alerts(&agent)?;
+        if let Some(a) = doc["active"].as_array().and_then(|a| a.first()) {
+            bail!("an alert while healthy: {a}");
+        }
+
+        mode.store(FAILING, Relaxed);
+        let doc = wait_for(&agent, "5xx alert firing", |d| {
+            find(d, "active", "ApmRouteErrorRateHigh", "/users/{id}")
+                .is_some_and(|a| a["state"] == "firing")
+        })?;
+        let a = find(&doc, "active", "ApmRouteErrorRateHigh", "/users/{id}").context("alert")?;
+        let value = a["value"].as_f64().context("value")?;
+        if a["service"] != service.as_str() || a["method"] != "GET" || !(0.1..=0.3).contains(&value)
+        {
+            bail!("wrong alert: {a} (want service {service}, GET, about 0.2)");
+        }
+        let m = agent.metrics()?;
+        let gauge = m.sum(
+            "apm_alerts",
+            &[
+                ("alertname", "ApmRouteErrorRateHigh"),
+                ("alertstate", "firing"),
+                ("service_name", &service),
+                ("http_route", "/users/{id}"),
+            ],
+        );
+        if gauge != 1.0 {
+            bail!("apm_alerts gauge of the firing alert: {gauge}");
+        }
+
+        mode.store(HEALTHY, Relaxed);
+        wait_for(&agent, "5xx alert resolved", |d| {
+            find(d, "active", "ApmRouteErrorRateHigh", "/users/{id}").is_none()
+                && find(d, "resolved", "ApmRouteErrorRateHigh", "/users/{id}").is_some()
+        })?;
+        let m = agent.metrics()?;
+        if m.sum("apm_alerts", &[("alertname", "ApmRouteErrorRateHigh")]) != 0.0 {
+            bail!("the gauge still shows the resolved alert");
+        }
+
+        mode.store(SLOW, Relaxed);
+        let doc = wait_for(&agent, "latency alert firing", |d| {
+            find(d, "active", "ApmRouteLatencyHigh", "/slow/{id}")
+                .is_some_and(|a| a["state"] == "firing")
+        })?;
+        let a = find(&doc, "active", "ApmRouteLatencyHigh", "/slow/{id}").context("alert")?;
+        let (value, threshold) = (
+            a["value"].as_f64().context("value")?,
+            a["threshold"].as_f64().context("threshold")?,
+        );
+        // p95 about 60 ms against twice a ~20 ms baseline.
+        if !(50.0..=120.0).contains(&value) || !(30.0..=60.0).contains(&threshold) {
+            bail!("latency alert figures: {a}");
+        }
+
+        mode.store(HEALTHY, Relaxed);
+        wait_for(&agent, "latency alert resolved", |d| {
+            find(d, "resolved", "ApmRouteLatencyHigh", "/slow/{id}").is_some()
+        })?;
+        let log = agent.log();
+        for line in [
+            "alert ApmRouteErrorRateHigh firing",
+            "alert ApmRouteLatencyHigh resolved",
+        ] {
+            if !log.contains(line) {
+                bail!("no log line {line:?}:\n{log}");
+            }
+        }
+        Ok(())
+    })();
+    stop.store(true, Relaxed);
+    let _ = loader.join();
+    result
+}
