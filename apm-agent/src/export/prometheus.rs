@@ -389,9 +389,9 @@ mod tests {
         request::{Detail, GrpcCode, HttpInfo, Method, Protocol, Request, Trust},
     };
 
-    #[test]
-    fn exposition_has_semconv_names_and_escaped_labels() {
-        let mut red = Red::new(RedConfig {
+    /// A RED aggregator with small budgets.
+    fn small_red() -> Red {
+        Red::new(RedConfig {
             apdex_threshold_ns: 500_000_000,
             max_services: 10,
             max_routes_per_service: 10,
@@ -403,7 +403,12 @@ mod tests {
                 max_names: 100,
                 max_statements_per_service: 100,
             },
-        });
+        })
+    }
+
+    #[test]
+    fn exposition_has_semconv_names_and_escaped_labels() {
+        let mut red = small_red();
         let svc = red.service_id("web\"1");
         let mut req = Request {
             protocol: Protocol::Http1,
@@ -448,19 +453,7 @@ mod tests {
     /// class (NOT_FOUND the caller's, INTERNAL the server's).
     #[test]
     fn grpc_calls_are_rpc_series() {
-        let mut red = Red::new(RedConfig {
-            apdex_threshold_ns: 500_000_000,
-            max_services: 10,
-            max_routes_per_service: 10,
-            max_series: 10,
-            max_peers: 10,
-            max_route_windows: 10,
-            db: crate::metrics::db::DbConfig {
-                max_series: 10,
-                max_names: 10,
-                max_statements_per_service: 10,
-            },
-        });
+        let mut red = small_red();
         let svc = red.service_id("echo");
         for (side, code, peer) in [
             (Side::Server, 5, None),
@@ -516,19 +509,7 @@ mod tests {
 
     #[test]
     fn runtime_metrics_per_process() {
-        let mut red = Red::new(RedConfig {
-            apdex_threshold_ns: 1,
-            max_services: 10,
-            max_routes_per_service: 10,
-            max_series: 10,
-            max_peers: 10,
-            max_route_windows: 10,
-            db: crate::metrics::db::DbConfig {
-                max_series: 10,
-                max_names: 10,
-                max_statements_per_service: 10,
-            },
-        });
+        let mut red = small_red();
         red.runtime.push(crate::metrics::process_runtime::Reading {
             pid: 42,
             service: "shop".into(),

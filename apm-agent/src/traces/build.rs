@@ -135,31 +135,7 @@ fn rpc_span(
     if let Some(kind) = error {
         put("error.type", Value::Str(kind.to_owned()));
     }
-    if let Some(remote) = peer.remote {
-        put("network.peer.address", Value::Str(remote.ip().to_string()));
-        put("network.peer.port", Value::Int(i64::from(remote.port())));
-    }
-    match req.side {
-        Side::Server => {
-            if let Some(local) = peer.local {
-                put("server.port", Value::Int(i64::from(local.port())));
-            }
-        }
-        Side::Client => match http.host.as_deref().map(split_host) {
-            Some((host, port)) => {
-                put("server.address", Value::Str(host.to_owned()));
-                if let Some(port) = port.or(peer.remote.map(|r| r.port())) {
-                    put("server.port", Value::Int(i64::from(port)));
-                }
-            }
-            None => {
-                if let Some(remote) = peer.remote {
-                    put("server.address", Value::Str(remote.ip().to_string()));
-                    put("server.port", Value::Int(i64::from(remote.port())));
-                }
-            }
-        },
-    }
+    addresses(&mut put, req.side, http, peer, false);
     Span {
         resource,
         trace_id: ctx.trace_id,
@@ -188,6 +164,44 @@ pub fn grpc_error_type(side: Side, code: GrpcCode) -> Option<&'static str> {
         Side::Server => code.is_server_error(),
     };
     failed.then(|| code.as_str())
+}
+
+/// The addresses of an HTTP or gRPC span: the peer's, and the server's (client side: from
+/// the Host header or `:authority`, port 80 when it names none, else the peer address; server
+/// side: the port served on, and the client's address when `client_address`).
+fn addresses(
+    put: &mut impl FnMut(&'static str, Value),
+    side: Side,
+    http: &HttpInfo,
+    peer: &Peer<'_>,
+    client_address: bool,
+) {
+    if let Some(remote) = peer.remote {
+        put("network.peer.address", Value::Str(remote.ip().to_string()));
+        put("network.peer.port", Value::Int(i64::from(remote.port())));
+    }
+    match side {
+        Side::Server => {
+            if let Some(remote) = peer.remote.filter(|_| client_address) {
+                put("client.address", Value::Str(remote.ip().to_string()));
+            }
+            if let Some(local) = peer.local {
+                put("server.port", Value::Int(i64::from(local.port())));
+            }
+        }
+        Side::Client => match http.host.as_deref().map(split_host) {
+            Some((host, port)) => {
+                put("server.address", Value::Str(host.to_owned()));
+                put("server.port", Value::Int(i64::from(port.unwrap_or(80))));
+            }
+            None => {
+                if let Some(remote) = peer.remote {
+                    put("server.address", Value::Str(remote.ip().to_string()));
+                    put("server.port", Value::Int(i64::from(remote.port())));
+                }
+            }
+        },
+    }
 }
 
 /// An HTTP exchange -> a span with the HTTP semantic-convention attributes.
@@ -219,32 +233,7 @@ fn http_span(
     if let Some(ua) = &http.user_agent {
         put("user_agent.original", Value::Str(ua.clone()));
     }
-    if let Some(remote) = peer.remote {
-        put("network.peer.address", Value::Str(remote.ip().to_string()));
-        put("network.peer.port", Value::Int(i64::from(remote.port())));
-    }
-    match req.side {
-        Side::Server => {
-            if let Some(remote) = peer.remote {
-                put("client.address", Value::Str(remote.ip().to_string()));
-            }
-            if let Some(local) = peer.local {
-                put("server.port", Value::Int(i64::from(local.port())));
-            }
-        }
-        Side::Client => match http.host.as_deref().map(split_host) {
-            Some((host, port)) => {
-                put("server.address", Value::Str(host.to_owned()));
-                put("server.port", Value::Int(i64::from(port.unwrap_or(80))));
-            }
-            None => {
-                if let Some(remote) = peer.remote {
-                    put("server.address", Value::Str(remote.ip().to_string()));
-                    put("server.port", Value::Int(i64::from(remote.port())));
-                }
-            }
-        },
-    }
+    addresses(&mut put, req.side, http, peer, true);
     let error = is_error(req.side, http.status);
     if let Some(kind) = error_type(req.side, http.status) {
         put("error.type", Value::Str(kind));

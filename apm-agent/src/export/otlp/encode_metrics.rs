@@ -255,6 +255,13 @@ fn rpc_attributes(c: &Collected, s: &SeriesKey, red: &Red) -> Vec<KeyValue> {
     if let Some(kind) = grpc_error_type(s.side, code) {
         put("error.type", Value::Str(kind.to_owned()));
     }
+    server(&mut put, c, s, red);
+    out
+}
+
+/// `server.port` of a server-side point (the port served on), `server.address`/`server.port`
+/// of a client-side one (the server called).
+fn server(put: &mut impl FnMut(&str, Value), c: &Collected, s: &SeriesKey, red: &Red) {
     match s.side {
         Side::Server if c.key.local_port != 0 => {
             put("server.port", Value::Int(i64::from(c.key.local_port)));
@@ -268,7 +275,6 @@ fn rpc_attributes(c: &Collected, s: &SeriesKey, red: &Red) -> Vec<KeyValue> {
             }
         }
     }
-    out
 }
 
 /// HTTP attributes.
@@ -294,24 +300,13 @@ fn http_attributes(c: &Collected, s: &SeriesKey, red: &Red) -> Vec<KeyValue> {
     if let Some(kind) = error_type(s.side, s.status).filter(|_| !catch_all) {
         put("error.type", Value::Str(kind));
     }
-    match s.side {
-        Side::Server => {
-            put(
-                "http.route",
-                Value::Str(red.service(s.service).routes.name(s.route).to_owned()),
-            );
-            if c.key.local_port != 0 {
-                put("server.port", Value::Int(i64::from(c.key.local_port)));
-            }
-        }
-        Side::Client => {
-            let (host, port) = red.peer(s.peer);
-            if !host.is_empty() {
-                put("server.address", Value::Str(host.to_owned()));
-                put("server.port", Value::Int(i64::from(port)));
-            }
-        }
+    if s.side == Side::Server {
+        put(
+            "http.route",
+            Value::Str(red.service(s.service).routes.name(s.route).to_owned()),
+        );
     }
+    server(&mut put, c, s, red);
     out
 }
 
