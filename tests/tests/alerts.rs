@@ -2,7 +2,9 @@
 //! a route driven from healthy to 20% 5xx and back fires `ApmRouteErrorRateHigh` and
 //! resolves it; another route's latency taken to three times its learned baseline fires
 //! `ApmRouteLatencyHigh` and resolves when it comes back. Each is checked on `/api/alerts`
-//! (state, service, method, route, figures) and on the `apm_alerts` gauge of `/metrics`.
+//! (state, service, method, route, figures) and on the `apm_alerts` gauge of `/metrics`; the
+//! failing phase also burns the service's availability budget fast enough to fire
+//! `ApmErrorBudgetBurnFast` (on spans shortened to 6 and 2 windows).
 //!
 //! Short windows (1 s) and rules (3 windows, 2 evaluations of `for`, baselines trusted after
 //! 8 windows) keep it to about a minute; the defaults are the same rules on 10 s windows.
@@ -91,15 +93,29 @@ fn error_rate_and_latency_alerts_fire_and_resolve() -> Result<()> {
     }
     let dir = temp_dir("alerts")?;
     let config = dir.join("agent.toml");
+    let service = unique("it-alerts");
+    // Availability objective 99.5%: a tenth of the service's requests failing (a fifth of
+    // /users, none of /slow) burns its budget 20 times too fast.
     std::fs::write(
         &config,
-        "window_secs = 1\n\
-         [alerts]\n\
-         rule_windows = 3\n\
-         for_evaluations = 2\n\
-         min_requests = 10\n\
-         baseline_windows = 8\n\
-         baseline_half_life_windows = 20\n",
+        format!(
+            "window_secs = 1\n\
+             [alerts]\n\
+             rule_windows = 3\n\
+             for_evaluations = 2\n\
+             min_requests = 10\n\
+             baseline_windows = 8\n\
+             baseline_half_life_windows = 20\n\
+             [alerts.burn]\n\
+             bucket_windows = 1\n\
+             fast_long_buckets = 6\n\
+             fast_short_buckets = 2\n\
+             slow_long_buckets = 12\n\
+             slow_short_buckets = 4\n\
+             [[alerts.slo]]\n\
+             service = \"{service}\"\n\
+             availability = 0.995\n"
+        ),
     )?;
     let port = free_port();
     let agent = Agent::start(&[
@@ -108,7 +124,6 @@ fn error_rate_and_latency_alerts_fire_and_resolve() -> Result<()> {
         "--include",
         &format!("port={port}"),
     ])?;
-    let service = unique("it-alerts");
     let _app = app_server(port, &service)?;
     let mode = Arc::new(AtomicU32::new(HEALTHY));
     let stop = Arc::new(AtomicBool::new(false));
@@ -122,9 +137,11 @@ fn error_rate_and_latency_alerts_fire_and_resolve() -> Result<()> {
         }
 
         mode.store(FAILING, Relaxed);
-        let doc = wait_for(&agent, "5xx alert firing", |d| {
-            find(d, "active", "ApmRouteErrorRateHigh", "/users/{id}")
-                .is_some_and(|a| a["state"] == "firing")
+        // Firing, and once the rule window holds only failing windows, at about a fifth.
+        let doc = wait_for(&agent, "5xx alert firing at about 0.2", |d| {
+            find(d, "active", "ApmRouteErrorRateHigh", "/users/{id}").is_some_and(|a| {
+                a["state"] == "firing" && a["value"].as_f64().is_some_and(|v| v >= 0.15)
+            })
         })?;
         let a = find(&doc, "active", "ApmRouteErrorRateHigh", "/users/{id}").context("alert")?;
         let value = a["value"].as_f64().context("value")?;
@@ -144,6 +161,15 @@ fn error_rate_and_latency_alerts_fire_and_resolve() -> Result<()> {
         );
         if gauge != 1.0 {
             bail!("apm_alerts gauge of the firing alert: {gauge}");
+        }
+
+        let doc = wait_for(&agent, "error budget burn firing", |d| {
+            find(d, "active", "ApmErrorBudgetBurnFast", "").is_some_and(|a| a["state"] == "firing")
+        })?;
+        let a = find(&doc, "active", "ApmErrorBudgetBurnFast", "").context("alert")?;
+        let burn = a["value"].as_f64().context("value")?;
+        if a["service"] != service.as_str() || !(14.4..=40.0).contains(&burn) {
+            bail!("wrong burn alert: {a} (want service {service}, burn about 20)");
         }
 
         mode.store(HEALTHY, Relaxed);
@@ -166,8 +192,12 @@ fn error_rate_and_latency_alerts_fire_and_resolve() -> Result<()> {
             a["value"].as_f64().context("value")?,
             a["threshold"].as_f64().context("threshold")?,
         );
-        // p95 about 60 ms against twice a ~20 ms baseline.
-        if !(50.0..=120.0).contains(&value) || !(30.0..=60.0).contains(&threshold) {
+        // p95 about 60 ms against twice a baseline of 20 ms and the server's overhead (more
+        // on a loaded machine).
+        if value <= threshold
+            || !(40.0..=400.0).contains(&value)
+            || !(30.0..=150.0).contains(&threshold)
+        {
             bail!("latency alert figures: {a}");
         }
 

@@ -2,6 +2,8 @@
 //! minimum traffic, how long a breach must last, and how the baselines are learned.
 use serde::{Deserialize, Serialize};
 
+use super::slo::{self, BurnWindows, SloConfig};
+
 /// Alert rules evaluated by the agent on its own RED windows (see `alerts/mod.rs`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -26,6 +28,10 @@ pub struct AlertsConfig {
     /// `latency_p95` fires when the rule window's p95 exceeds this many times the route's
     /// baseline p95. Default 2.
     pub latency_ratio: f64,
+    /// `latency_p95` judges only a p95 of at least this many milliseconds: a route answering
+    /// in 1 ms that takes 2.5 ms is not an incident, and sub-millisecond p95s jitter by more
+    /// than twice with the host's load. Default 10.
+    pub latency_min_ms: f64,
     /// `throughput` fires when the rule window's rate falls under this share of the route's
     /// baseline rate. Default 0.5.
     pub throughput_ratio: f64,
@@ -41,6 +47,11 @@ pub struct AlertsConfig {
     pub max_routes: usize,
     /// Resolved alerts kept for `/api/alerts`, newest first. Default 100.
     pub max_resolved: usize,
+    /// Service level objectives (`[[alerts.slo]]`), whose error-budget burn rates alert.
+    /// Default: none.
+    pub slo: Vec<SloConfig>,
+    /// The burn-rate spans and thresholds (`[alerts.burn]`).
+    pub burn: BurnWindows,
 }
 
 impl Default for AlertsConfig {
@@ -54,11 +65,14 @@ impl Default for AlertsConfig {
             client_error_rate: 0.0,
             apdex_min: 0.7,
             latency_ratio: 2.0,
+            latency_min_ms: 10.0,
             throughput_ratio: 0.5,
             baseline_windows: 60,
             baseline_half_life_windows: 360,
             max_routes: 2000,
             max_resolved: 100,
+            slo: Vec::new(),
+            burn: BurnWindows::default(),
         }
     }
 }
@@ -79,6 +93,9 @@ impl AlertsConfig {
         if let Some((k, v)) = counts.into_iter().find(|(_, v)| *v == 0) {
             return Some((k, v.to_string(), "must be at least 1"));
         }
+        if let Some(bad) = slo::invalid(&self.slo, &self.burn) {
+            return Some(bad);
+        }
         if self.rule_windows > 360 {
             return Some((
                 "alerts.rule_windows",
@@ -94,6 +111,13 @@ impl AlertsConfig {
         ];
         if let Some((k, v)) = shares.into_iter().find(|(_, v)| !(0.0..=1.0).contains(v)) {
             return Some((k, v.to_string(), "must be between 0 and 1"));
+        }
+        if !(self.latency_min_ms.is_finite() && self.latency_min_ms >= 0.0) {
+            return Some((
+                "alerts.latency_min_ms",
+                self.latency_min_ms.to_string(),
+                "must be a number of at least 0",
+            ));
         }
         if !(self.latency_ratio.is_finite() && self.latency_ratio > 1.0) {
             return Some((

@@ -15,6 +15,7 @@
 //! moved) becomes the new normal after about a half-life and its alert resolves.
 pub mod config;
 mod route;
+pub mod slo;
 
 use std::collections::{HashMap, VecDeque};
 
@@ -22,6 +23,7 @@ use serde::Serialize;
 
 pub use config::AlertsConfig;
 use route::{RouteTrack, WindowFigures};
+use slo::{Burn, Objective, ServiceBurn};
 
 use crate::{
     metrics::red::RouteSummary,
@@ -37,9 +39,18 @@ pub enum Rule {
     Apdex,
     LatencyP95,
     Throughput,
+    /// A service's availability error budget burning too fast (1 h and 5 min).
+    AvailabilityBurnFast,
+    /// ... (6 h and 30 min).
+    AvailabilityBurnSlow,
+    /// A service's latency error budget burning too fast (1 h and 5 min).
+    LatencyBurnFast,
+    /// ... (6 h and 30 min).
+    LatencyBurnSlow,
 }
 
 impl Rule {
+    /// The rules judged per route.
     pub const ALL: [Self; 5] = [
         Self::ErrorRate,
         Self::ClientErrorRate,
@@ -47,6 +58,16 @@ impl Rule {
         Self::LatencyP95,
         Self::Throughput,
     ];
+
+    /// The rule of an objective's burn.
+    fn burn(objective: Objective, burn: Burn) -> Self {
+        match (objective, burn) {
+            (Objective::Availability, Burn::Fast) => Self::AvailabilityBurnFast,
+            (Objective::Availability, Burn::Slow) => Self::AvailabilityBurnSlow,
+            (Objective::Latency, Burn::Fast) => Self::LatencyBurnFast,
+            (Objective::Latency, Burn::Slow) => Self::LatencyBurnSlow,
+        }
+    }
 
     /// The alert's name, as in the Prometheus rules file.
     pub fn alertname(self) -> &'static str {
@@ -56,6 +77,10 @@ impl Rule {
             Self::Apdex => "ApmRouteApdexLow",
             Self::LatencyP95 => "ApmRouteLatencyHigh",
             Self::Throughput => "ApmRouteThroughputLow",
+            Self::AvailabilityBurnFast => "ApmErrorBudgetBurnFast",
+            Self::AvailabilityBurnSlow => "ApmErrorBudgetBurnSlow",
+            Self::LatencyBurnFast => "ApmLatencyBudgetBurnFast",
+            Self::LatencyBurnSlow => "ApmLatencyBudgetBurnSlow",
         }
     }
 }
@@ -79,7 +104,8 @@ impl State {
     }
 }
 
-/// A server route: service, method, route template.
+/// A server route: service, method, route template (method and route empty for a service's
+/// objectives).
 type RouteId = (String, &'static str, String);
 
 /// One alert of one rule on one route.
@@ -116,6 +142,8 @@ pub struct Alerts {
     /// Length of the latest window, in seconds.
     window_secs: f64,
     routes: HashMap<RouteId, RouteTrack>,
+    /// The services with objectives, by name.
+    services: HashMap<String, ServiceBurn>,
     active: HashMap<(RouteId, Rule), Alert>,
     resolved: VecDeque<Alert>,
     /// Routes not followed because `max_routes` were.
@@ -131,6 +159,11 @@ impl Alerts {
         Self {
             alpha: 1.0 - 0.5f64.powf(1.0 / half_life),
             window_secs: 1.0,
+            services: cfg
+                .slo
+                .iter()
+                .map(|s| (s.service.clone(), ServiceBurn::new(s.clone())))
+                .collect(),
             cfg,
             routes: HashMap::new(),
             active: HashMap::new(),
@@ -163,6 +196,7 @@ impl Alerts {
             }
             fed.insert(id, WindowFigures::of(row, elapsed_s));
         }
+        self.evaluate_objectives(rows, now_unix);
         let ids: Vec<RouteId> = self.routes.keys().cloned().collect();
         for id in ids {
             let w = fed
@@ -192,6 +226,39 @@ impl Alerts {
         }
     }
 
+    /// Feeds the window to the services with objectives and moves their burn alerts on.
+    fn evaluate_objectives(&mut self, rows: &[RouteSummary], now_unix: f64) {
+        if self.services.is_empty() {
+            return;
+        }
+        let burn = self.cfg.burn;
+        let mut verdicts = Vec::new();
+        for (name, svc) in &mut self.services {
+            let mine: Vec<&RouteSummary> = rows
+                .iter()
+                .filter(|r| r.side == "server" && r.service == *name)
+                .collect();
+            svc.push(&mine, &burn);
+            let breaches = svc.breaches(&burn);
+            for objective in [Objective::Availability, Objective::Latency] {
+                for b in [Burn::Fast, Burn::Slow] {
+                    let found = breaches
+                        .iter()
+                        .find(|x| x.0 == objective && x.1 == b)
+                        .map(|&(_, _, rate, threshold)| (rate, threshold, 0));
+                    verdicts.push((
+                        (name.clone(), "", String::new()),
+                        Rule::burn(objective, b),
+                        found,
+                    ));
+                }
+            }
+        }
+        for (id, rule, verdict) in verdicts {
+            self.step(&id, rule, verdict, now_unix);
+        }
+    }
+
     /// Whether `rule` breaches on route `id` now: Some((value, threshold, requests)) when it
     /// does, None when it does not or the route cannot be judged (too little traffic, no
     /// baseline yet, rule off).
@@ -211,7 +278,7 @@ impl Alerts {
                 c.client_error_rate > cfg.client_error_rate,
             ),
             Rule::Apdex if enough => (c.apdex, cfg.apdex_min, c.apdex < cfg.apdex_min),
-            Rule::LatencyP95 if enough && learned => {
+            Rule::LatencyP95 if enough && learned && c.p95_ms >= cfg.latency_min_ms => {
                 let base = track.baseline_p95_ms.filter(|b| *b > 0.0)?;
                 let t = cfg.latency_ratio * base;
                 (c.p95_ms, t, c.p95_ms > t)

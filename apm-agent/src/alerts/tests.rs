@@ -17,6 +17,7 @@ fn row(route: &str, requests: u64, e5: u64, e4: u64, p95_ms: f64, apdex: f64) ->
         p95_ms,
         p99_ms: p95_ms,
         apdex: Some(apdex),
+        satisfied: (apdex * requests as f64) as u64,
     }
 }
 
@@ -188,6 +189,18 @@ fn latency_against_a_learned_baseline_which_the_regression_does_not_move() {
 }
 
 #[test]
+fn latency_under_its_floor_is_not_judged() {
+    let mut a = Alerts::new(cfg());
+    for t in 0..6 {
+        a.evaluate(&[row("/fast", 50, 0, 0, 1.0, 1.0)], 1.0, f64::from(t));
+    }
+    for t in 6..10 {
+        a.evaluate(&[row("/fast", 50, 0, 0, 3.0, 1.0)], 1.0, f64::from(t));
+    }
+    assert!(states(&a).is_empty(), "{:?}", states(&a));
+}
+
+#[test]
 fn throughput_under_half_its_baseline_fires_even_with_no_request() {
     let mut a = Alerts::new(cfg());
     for t in 0..6 {
@@ -306,4 +319,133 @@ fn silent_routes_alert_then_are_forgotten() {
     assert!(fired);
     assert_eq!((a.fired, a.resolved_total), (1, 1));
     assert!(a.routes.is_empty());
+}
+
+fn slo_cfg() -> AlertsConfig {
+    AlertsConfig {
+        for_evaluations: 2,
+        slo: vec![slo::SloConfig {
+            service: "shop".to_owned(),
+            availability: Some(0.999),
+            latency: Some(0.99),
+        }],
+        burn: slo::BurnWindows {
+            bucket_windows: 1,
+            fast_long_buckets: 6,
+            fast_short_buckets: 2,
+            slow_long_buckets: 12,
+            slow_short_buckets: 4,
+            ..Default::default()
+        },
+        ..cfg()
+    }
+}
+
+/// (alertname, service, state) of the service-level alerts.
+fn burns(a: &Alerts) -> Vec<(&'static str, &str, State)> {
+    a.active()
+        .into_iter()
+        .filter(|a| a.route.is_empty())
+        .map(|a| (a.alertname, a.service.as_str(), a.state))
+        .collect()
+}
+
+#[test]
+fn availability_budget_burn_fires_on_both_spans_and_resolves() {
+    let mut a = Alerts::new(slo_cfg());
+    let mut t = 0.0;
+    let mut tick = |a: &mut Alerts, rows: &[RouteSummary]| {
+        t += 1.0;
+        a.evaluate(rows, 1.0, t);
+    };
+    // Spans not full yet, then healthy: nothing.
+    for _ in 0..12 {
+        tick(&mut a, &[row("/cart", 100, 0, 0, 10.0, 1.0)]);
+    }
+    assert!(burns(&a).is_empty());
+    // 5% 5xx: 50 times the 0.1% budget on the short span at once; the long (6) span
+    // crosses 14.4 with the second bad window.
+    tick(&mut a, &[row("/cart", 100, 5, 0, 10.0, 1.0)]);
+    assert!(burns(&a).is_empty(), "{:?}", burns(&a));
+    tick(&mut a, &[row("/cart", 100, 5, 0, 10.0, 1.0)]);
+    // Both burns: the slow pair (12 and 4) at 8.3 and 25, above 6 too.
+    assert_eq!(
+        burns(&a),
+        [
+            ("ApmErrorBudgetBurnFast", "shop", State::Pending),
+            ("ApmErrorBudgetBurnSlow", "shop", State::Pending)
+        ]
+    );
+    tick(&mut a, &[row("/cart", 100, 5, 0, 10.0, 1.0)]);
+    assert_eq!(
+        burns(&a)[0],
+        ("ApmErrorBudgetBurnFast", "shop", State::Firing)
+    );
+    let firing = a.active().into_iter().find(|x| x.route.is_empty()).cloned();
+    let firing = firing.expect("burn alert");
+    assert!(
+        firing.value > 14.4 && firing.threshold == 14.4,
+        "{firing:?}"
+    );
+    // Healthy again: the short span clears first, and the alert resolves.
+    for _ in 0..4 {
+        tick(&mut a, &[row("/cart", 100, 0, 0, 10.0, 1.0)]);
+    }
+    assert!(
+        burns(&a).iter().all(|b| b.0 != "ApmErrorBudgetBurnFast"),
+        "{:?}",
+        burns(&a)
+    );
+    assert!(
+        a.resolved()
+            .any(|r| r.alertname == "ApmErrorBudgetBurnFast")
+    );
+}
+
+#[test]
+fn latency_budget_counts_requests_outside_apdex_t_and_other_services_are_not_followed() {
+    let mut a = Alerts::new(slo_cfg());
+    for t in 0..8 {
+        // Half of shop's requests slower than T (apdex 0.5: satisfied 50 of 100); another
+        // service fails everything but has no objective.
+        let mut other = row("/x", 100, 100, 0, 10.0, 0.0);
+        other.service = "other".to_owned();
+        a.evaluate(
+            &[row("/cart", 100, 0, 0, 900.0, 0.5), other],
+            1.0,
+            f64::from(t),
+        );
+    }
+    let b = burns(&a);
+    assert!(
+        b.contains(&("ApmLatencyBudgetBurnFast", "shop", State::Firing)),
+        "{b:?}"
+    );
+    assert!(
+        b.iter()
+            .all(|x| x.1 == "shop" && !x.0.starts_with("ApmErrorBudget")),
+        "{b:?}"
+    );
+}
+
+#[test]
+fn objectives_out_of_range_are_named() {
+    let mut c = slo_cfg();
+    c.slo[0].availability = Some(1.0);
+    assert_eq!(
+        c.invalid().map(|(k, _, _)| k),
+        Some("alerts.slo.availability")
+    );
+    let mut c = slo_cfg();
+    c.burn.fast_long_buckets = 100;
+    assert_eq!(
+        c.invalid().map(|(k, _, _)| k),
+        Some("alerts.burn.slow_long_buckets")
+    );
+    let mut c = slo_cfg();
+    c.burn.bucket_windows = 0;
+    assert_eq!(
+        c.invalid().map(|(k, _, _)| k),
+        Some("alerts.burn.bucket_windows")
+    );
 }

@@ -135,6 +135,10 @@ pub struct RouteSummary {
     pub p99_ms: f64,
     /// Server side only.
     pub apdex: Option<f64>,
+    /// Server requests answered within the Apdex threshold T, and not with a 5xx (Apdex's
+    /// satisfied zone): the good events of a latency objective.
+    #[serde(skip)]
+    pub satisfied: u64,
 }
 
 /// The RED aggregator.
@@ -382,6 +386,7 @@ impl Red {
                 p99_ms: q(&w.hist, 0.99),
                 apdex: (key.side == Side::Server && apdex_n > 0)
                     .then(|| (a.satisfied as f64 + a.tolerating as f64 / 2.0) / apdex_n as f64),
+                satisfied: a.satisfied,
             });
             w.count = 0;
             w.client_errors = 0;
