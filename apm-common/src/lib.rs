@@ -13,11 +13,15 @@ pub const MAX_CAPTURE: usize = 4096;
 /// The per-CPU scratch payload is twice [`MAX_CAPTURE`] so that the verifier can prove that
 /// `offset (< MAX_CAPTURE) + len (<= MAX_CAPTURE)` stays in bounds while gathering iovecs.
 pub const SCRATCH_PAYLOAD: usize = 2 * MAX_CAPTURE;
-/// How many iovec entries of a readv/writev/recvmsg/sendmsg call are gathered. gRPC's C core
-/// writes a frame header and each payload slice as their own iovecs: its first write on a
-/// connection (preface, SETTINGS, WINDOW_UPDATE, HEADERS, DATA) took 24; at 8 the header block
-/// was cut and the connection's HPACK table lost for good.
-pub const MAX_IOV: u32 = 32;
+/// How many iovec entries of a readv/writev/recvmsg/sendmsg call are gathered by the
+/// `syscalls` path's program (and the catch-up program): its one `sys_exit` program holds
+/// every data syscall's copy, and at 32 it is "BPF program is too large" for 6.18's verifier.
+pub const MAX_IOV: u32 = 8;
+/// ... by the socket-layer programs (`sockets`, `sockets-fexit`), one per direction. gRPC's C
+/// core writes a frame header and each payload slice as their own iovecs: its first write on
+/// a connection (preface, SETTINGS, WINDOW_UPDATE, HEADERS, DATA) took 24; at 8 the header
+/// block was cut and the connection's HPACK table lost for good.
+pub const MAX_IOV_SOCKET_LAYER: u32 = 32;
 
 /// Event kinds: the first `u32` of every ring-buffer record.
 pub mod kind {

@@ -6,7 +6,7 @@
 use core::ffi::c_void;
 
 use apm_common::{
-    DataEventHeader, DataEventScratch, MAX_CAPTURE, MAX_IOV, SockInfo, kind, record_seq, stat,
+    DataEventHeader, DataEventScratch, MAX_CAPTURE, SockInfo, kind, record_seq, stat,
 };
 use aya_ebpf::helpers::{
     bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_probe_read_user as raw_read_user,
@@ -53,7 +53,7 @@ pub(crate) struct Moved {
 /// Emits one data record. `FETCH`: number it with the atomic fetch-add (see
 /// [`next_record`]).
 #[inline(always)]
-pub(crate) fn emit_data<const FETCH: bool>(m: &Moved) {
+pub(crate) fn emit_data<const FETCH: bool, const IOV: u32>(m: &Moved) {
     let (Some(scratch), Some(busy)) = (SCRATCH.get_ptr_mut(0), SCRATCH_BUSY.get_ptr_mut(0)) else {
         return;
     };
@@ -78,7 +78,7 @@ pub(crate) fn emit_data<const FETCH: bool>(m: &Moved) {
     }
     let copied = match m.buffer {
         Buffer::Plain(ptr) => copy_at(scratch, 0, ptr, want),
-        Buffer::Vectored { iov, count } => gather_iovecs(scratch, iov, count, want),
+        Buffer::Vectored { iov, count } => gather_iovecs::<IOV>(scratch, iov, count, want),
     };
 
     // Numbered after the copy, right before the output: a record lost to a full ring buffer
@@ -166,12 +166,18 @@ fn opaque(mut v: u64) -> u64 {
     v
 }
 
-/// Gathers up to `want` bytes from an iovec array of `count` entries.
+/// Gathers up to `want` bytes from the first `IOV` entries of an iovec array of `count`
+/// (a larger `IOV` costs verifier work at every inlined call site: see `apm_common::MAX_IOV`).
 #[inline(always)]
-fn gather_iovecs(scratch: &mut DataEventScratch, iov: u64, count: u64, want: u64) -> u64 {
+fn gather_iovecs<const IOV: u32>(
+    scratch: &mut DataEventScratch,
+    iov: u64,
+    count: u64,
+    want: u64,
+) -> u64 {
     let mut done: u64 = 0;
     let mut i: u32 = 0;
-    while i < MAX_IOV {
+    while i < IOV {
         if i as u64 >= count || done >= want {
             return done;
         }
@@ -192,7 +198,7 @@ fn gather_iovecs(scratch: &mut DataEventScratch, iov: u64, count: u64, want: u64
         done += got;
         i += 1;
     }
-    if count > MAX_IOV as u64 && done < want {
+    if count > IOV as u64 && done < want {
         bump(stat::IOV_TRUNCATED);
     }
     done

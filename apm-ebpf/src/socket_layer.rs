@@ -27,7 +27,9 @@
 //!   their process exits.
 use core::ffi::c_void;
 
-use apm_common::{ConnEvent, SockInfo, SockKey, direction, kind, role, sock_flags, stat};
+use apm_common::{
+    ConnEvent, MAX_IOV_SOCKET_LAYER, SockInfo, SockKey, direction, kind, role, sock_flags, stat,
+};
 use aya_ebpf::{
     bindings::{BPF_ANY, pt_regs},
     helpers::{
@@ -198,7 +200,7 @@ fn on_socket_data(sk: u64, ret: i32, flags: i32, dir: u32) {
             None => return,
         },
     };
-    capture::<true>(
+    capture::<true, MAX_IOV_SOCKET_LAYER>(
         &Call {
             tgid,
             tid,

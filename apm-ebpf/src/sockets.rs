@@ -14,7 +14,8 @@
 //!
 //! x86-64 only for now: syscall numbers and the register layout are per architecture.
 use apm_common::{
-    ConnEvent, ProcEvent, SockInfo, SockKey, direction, kind, role, sock_flags, stat, syscall,
+    ConnEvent, MAX_IOV, ProcEvent, SockInfo, SockKey, direction, kind, role, sock_flags, stat,
+    syscall,
 };
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST, pt_regs},
@@ -205,7 +206,7 @@ pub(crate) fn on_data<const FETCH: bool>(
             None => return,
         },
     };
-    capture::<FETCH>(
+    capture::<FETCH, MAX_IOV>(
         &Call {
             tgid,
             tid,
@@ -238,7 +239,11 @@ pub(crate) struct Call {
 /// `sk` when the caller has the `struct sock *`, else from the socket noted for this call),
 /// unless it is muted or its bytes are TLS records.
 #[inline(always)]
-pub(crate) fn capture<const FETCH: bool>(call: &Call, sock: *mut SockInfo, sk: Option<u64>) {
+pub(crate) fn capture<const FETCH: bool, const IOV: u32>(
+    call: &Call,
+    sock: *mut SockInfo,
+    sk: Option<u64>,
+) {
     let (tgid, fd) = (call.tgid, call.args.a0 as u32);
     let key = SockKey { tgid, fd };
     // SAFETY: a value of a successful lookup, copied out.
@@ -276,7 +281,7 @@ pub(crate) fn capture<const FETCH: bool>(call: &Call, sock: *mut SockInfo, sk: O
             Buffer::Vectored { iov, count }
         }
     };
-    emit_data::<FETCH>(&Moved {
+    emit_data::<FETCH, IOV>(&Moved {
         tgid,
         tid: call.tid,
         fd,

@@ -11,7 +11,8 @@
 //! that did no I/O itself (data OpenSSL had buffered) finds its socket through the table of
 //! `SSL *` seen before. The handshake is hooked so that its encrypted bytes are marked too.
 use apm_common::{
-    NO_FD, SockInfo, SockKey, SslCall, SslKey, direction, sock_flags, ssl_op, stat, syscall,
+    MAX_IOV, NO_FD, SockInfo, SockKey, SslCall, SslKey, direction, sock_flags, ssl_op, stat,
+    syscall,
 };
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
@@ -211,7 +212,8 @@ fn leave<const FETCH: bool>(ctx: &RetProbeContext) {
     }
     mark_tls(sock, info);
     bump(stat::TLS_RECORDS);
-    emit_data::<FETCH>(&Moved {
+    // Plain buffers only: the iovec bound does not matter.
+    emit_data::<FETCH, MAX_IOV>(&Moved {
         tgid,
         tid: id as u32,
         fd,
