@@ -27,6 +27,14 @@ fn has(frame: &'static str) -> impl Fn(&[String]) -> bool {
     move |frames| frames.iter().any(|f| f == frame)
 }
 
+/// How far (in percentage points) a share measured from `samples` samples may sit from the
+/// true `percent`: four standard deviations of a binomial proportion, at least 5 points.
+fn share_tolerance(percent: f64, samples: u64) -> f64 {
+    let p = (percent / 100.0).clamp(0.0, 1.0);
+    let sd = (p * (1.0 - p) / samples.max(1) as f64).sqrt() * 100.0;
+    (4.0 * sd).max(5.0)
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap_or_default()
 }
@@ -81,13 +89,19 @@ fn known_split_and_sample_count_match_the_workloads_cpu_time() -> Result<()> {
         (total as f64 - expected).abs() <= expected * 0.10,
         "{total} samples for {cpu:.2} s of CPU at {FREQUENCY} Hz"
     );
+    // A share read from n samples is off by sqrt(p(1-p)/n) at one standard deviation (1.8
+    // points at 75% of 594 samples): a fixed ± 5 is 2.8 of those, and CI saw 80.1% against a
+    // measured 74.7% on a shared machine. Four standard deviations, and never under 5 points.
+    let alpha_tol = share_tolerance(want_alpha, total);
+    let beta_tol = share_tolerance(want_beta, total);
     assert!(
-        (alpha - want_alpha).abs() <= 5.0,
-        "hot_alpha {alpha:.1}% (the workload measured {want_alpha:.1}%: want that ± 5)"
+        (alpha - want_alpha).abs() <= alpha_tol,
+        "hot_alpha {alpha:.1}% (the workload measured {want_alpha:.1}%: want that ± \
+         {alpha_tol:.1})"
     );
     assert!(
-        (beta - want_beta).abs() <= 5.0,
-        "hot_beta {beta:.1}% (the workload measured {want_beta:.1}%: want that ± 5)"
+        (beta - want_beta).abs() <= beta_tol,
+        "hot_beta {beta:.1}% (the workload measured {want_beta:.1}%: want that ± {beta_tol:.1})"
     );
     Ok(())
 }
