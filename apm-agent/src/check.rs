@@ -112,6 +112,9 @@ pub fn run_checks() -> Vec<Item> {
             Err(e) => e.clone(),
         },
     ));
+    if let Ok(loaded) = &attach {
+        items.push(item("iovecs per call", true, false, loaded.iovecs.clone()));
+    }
     // The fallback of this kernel, when auto chose the socket layer: does it load too?
     if let Ok(loaded) = &attach
         && loaded.features.capture.socket_layer()
@@ -332,6 +335,8 @@ struct Loaded {
     features: Features,
     /// Why this capture path.
     reason: String,
+    /// Iovecs gathered per vectored call ([`crate::ebpf::Probes::iovecs_per_call`]).
+    iovecs: String,
 }
 
 /// The tracepoints the capture paths use, through BTF.
@@ -380,6 +385,7 @@ fn load_and_attach(path: CapturePath) -> Result<Loaded, String> {
         tls,
         features: probes.features(),
         reason: probes.capture_reason().to_owned(),
+        iovecs: probes.iovecs_per_call(),
     })
 }
 

@@ -20,7 +20,9 @@ pub const MAX_IOV: u32 = 8;
 /// ... by the socket-layer programs (`sockets`, `sockets-fexit`), one per direction. gRPC's C
 /// core writes a frame header and each payload slice as their own iovecs: its first write on
 /// a connection (preface, SETTINGS, WINDOW_UPDATE, HEADERS, DATA) took 24; at 8 the header
-/// block was cut and the connection's HPACK table lost for good.
+/// block was cut and the connection's HPACK table lost for good. Each of these programs also
+/// has a variant gathering [`MAX_IOV`], loaded where the verifier finds the first too large
+/// (Debian's 7.3 does, for the receives: "BPF program is too large").
 pub const MAX_IOV_SOCKET_LAYER: u32 = 32;
 
 /// Event kinds: the first `u32` of every ring-buffer record.

@@ -28,7 +28,8 @@
 use core::ffi::c_void;
 
 use apm_common::{
-    ConnEvent, MAX_IOV_SOCKET_LAYER, SockInfo, SockKey, direction, kind, role, sock_flags, stat,
+    ConnEvent, MAX_IOV, MAX_IOV_SOCKET_LAYER, SockInfo, SockKey, direction, kind, role, sock_flags,
+    stat,
 };
 use aya_ebpf::{
     bindings::{BPF_ANY, pt_regs},
@@ -67,14 +68,29 @@ const TCP_CLOSE: i32 = 7;
 /// `sock_send_length(struct sock *sk, int ret, int flags)`.
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn apm_sock_send_data(ctx: BtfTracePointContext) -> i32 {
-    on_socket_data(ctx.arg(0), ctx.arg(1), ctx.arg(2), direction::EGRESS);
+    on_socket_data::<MAX_IOV_SOCKET_LAYER>(ctx.arg(0), ctx.arg(1), ctx.arg(2), direction::EGRESS);
     0
 }
 
 /// `sock_recv_length(struct sock *sk, int ret, int flags)`.
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn apm_sock_recv_data(ctx: BtfTracePointContext) -> i32 {
-    on_socket_data(ctx.arg(0), ctx.arg(1), ctx.arg(2), direction::INGRESS);
+    on_socket_data::<MAX_IOV_SOCKET_LAYER>(ctx.arg(0), ctx.arg(1), ctx.arg(2), direction::INGRESS);
+    0
+}
+
+/// [`apm_sock_send_data`] gathering [`MAX_IOV`] iovecs: for a verifier that finds the
+/// 32-iovec program too large (7.3: "BPF program is too large"). The agent loads it only then.
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn apm_sock_send_data_iov8(ctx: BtfTracePointContext) -> i32 {
+    on_socket_data::<MAX_IOV>(ctx.arg(0), ctx.arg(1), ctx.arg(2), direction::EGRESS);
+    0
+}
+
+/// [`apm_sock_recv_data`] gathering [`MAX_IOV`] iovecs (see [`apm_sock_send_data_iov8`]).
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn apm_sock_recv_data_iov8(ctx: BtfTracePointContext) -> i32 {
+    on_socket_data::<MAX_IOV>(ctx.arg(0), ctx.arg(1), ctx.arg(2), direction::INGRESS);
     0
 }
 
@@ -97,8 +113,16 @@ pub fn apm_sock_recv_data(ctx: BtfTracePointContext) -> i32 {
 /// value of another type, and the verifier rejects the helper call (the agent then falls back
 /// to the syscalls).
 macro_rules! socket_fexit {
-    ($name:ident, $function:literal, send) => {
-        #[doc = concat!("`", $function, "`, on return: one send.")]
+    ($name:ident, $narrow:ident, $function:literal, send) => {
+        socket_fexit!(@send $name, $function, MAX_IOV_SOCKET_LAYER);
+        socket_fexit!(@send $narrow, $function, MAX_IOV);
+    };
+    ($name:ident, $narrow:ident, $function:literal, recv) => {
+        socket_fexit!(@recv $name, $function, MAX_IOV_SOCKET_LAYER);
+        socket_fexit!(@recv $narrow, $function, MAX_IOV);
+    };
+    (@send $name:ident, $function:literal, $iov:ident) => {
+        #[doc = concat!("`", $function, "`, on return: one send (`", stringify!($iov), "` iovecs).")]
         #[fexit(function = $function)]
         pub fn $name(ctx: FExitContext) -> i32 {
             let sock: *const u64 = ctx.arg(0);
@@ -107,12 +131,12 @@ macro_rules! socket_fexit {
             // the verifier types from BTF; `sk` is its pointer field at SOCKET_SK.
             let sk = unsafe { *sock.byte_add(SOCKET_SK) };
             seen_by_fexit();
-            on_socket_data(sk, ret, 0, direction::EGRESS);
+            on_socket_data::<$iov>(sk, ret, 0, direction::EGRESS);
             0
         }
     };
-    ($name:ident, $function:literal, recv) => {
-        #[doc = concat!("`", $function, "`, on return: one receive.")]
+    (@recv $name:ident, $function:literal, $iov:ident) => {
+        #[doc = concat!("`", $function, "`, on return: one receive (`", stringify!($iov), "` iovecs).")]
         #[fexit(function = $function)]
         pub fn $name(ctx: FExitContext) -> i32 {
             let sock: *const u64 = ctx.arg(0);
@@ -121,18 +145,49 @@ macro_rules! socket_fexit {
             // SAFETY: as for the sends.
             let sk = unsafe { *sock.byte_add(SOCKET_SK) };
             seen_by_fexit();
-            on_socket_data(sk, ret, flags, direction::INGRESS);
+            on_socket_data::<$iov>(sk, ret, flags, direction::INGRESS);
             0
         }
     };
 }
 
-socket_fexit!(apm_inet_sendmsg_exit, "inet_sendmsg", send);
-socket_fexit!(apm_inet6_sendmsg_exit, "inet6_sendmsg", send);
-socket_fexit!(apm_unix_stream_sendmsg_exit, "unix_stream_sendmsg", send);
-socket_fexit!(apm_unix_stream_recvmsg_exit, "unix_stream_recvmsg", recv);
-socket_fexit!(apm_inet_recvmsg_exit, "inet_recvmsg", recv);
-socket_fexit!(apm_inet6_recvmsg_exit, "inet6_recvmsg", recv);
+// Each with its variant gathering `MAX_IOV` iovecs (see `apm_sock_send_data_iov8`).
+socket_fexit!(
+    apm_inet_sendmsg_exit,
+    apm_inet_sendmsg_exit_iov8,
+    "inet_sendmsg",
+    send
+);
+socket_fexit!(
+    apm_inet6_sendmsg_exit,
+    apm_inet6_sendmsg_exit_iov8,
+    "inet6_sendmsg",
+    send
+);
+socket_fexit!(
+    apm_unix_stream_sendmsg_exit,
+    apm_unix_stream_sendmsg_exit_iov8,
+    "unix_stream_sendmsg",
+    send
+);
+socket_fexit!(
+    apm_unix_stream_recvmsg_exit,
+    apm_unix_stream_recvmsg_exit_iov8,
+    "unix_stream_recvmsg",
+    recv
+);
+socket_fexit!(
+    apm_inet_recvmsg_exit,
+    apm_inet_recvmsg_exit_iov8,
+    "inet_recvmsg",
+    recv
+);
+socket_fexit!(
+    apm_inet6_recvmsg_exit,
+    apm_inet6_recvmsg_exit_iov8,
+    "inet6_recvmsg",
+    recv
+);
 
 /// Offset of `sk` in `struct socket` (after `state`, `type`, `flags` and `file`): the same
 /// from 5.10 to 6.18 (the verifier checks it: see `socket_fexit!`).
@@ -141,7 +196,7 @@ pub const SOCKET_SK: usize = 24;
 /// One send (`dir` egress) or receive of `ret` bytes through socket `sk`, from inside
 /// `sock_sendmsg`/`sock_recvmsg`: the tracepoints' or the fexit programs' arguments.
 #[inline(always)]
-fn on_socket_data(sk: u64, ret: i32, flags: i32, dir: u32) {
+fn on_socket_data<const IOV: u32>(sk: u64, ret: i32, flags: i32, dir: u32) {
     if ret <= 0 || (dir == direction::INGRESS && flags & MSG_PEEK != 0) {
         // Nothing moved, or a peek: the bytes stay in the socket for the next receive.
         return;
@@ -200,7 +255,7 @@ fn on_socket_data(sk: u64, ret: i32, flags: i32, dir: u32) {
             None => return,
         },
     };
-    capture::<true, MAX_IOV_SOCKET_LAYER>(
+    capture::<true, IOV>(
         &Call {
             tgid,
             tid,

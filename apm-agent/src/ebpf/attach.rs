@@ -36,11 +36,48 @@ pub const ENDPOINT_KPROBES: &[(&str, &str)] = &[
     ("apm_tcp_recvmsg", "tcp_recvmsg"),
 ];
 
-/// The `sockets` path: the data programs at the socket layer, (program function, BTF
-/// tracepoint), with [`TCP_STATE`]. See apm-ebpf/src/socket_layer.rs.
-pub const SOCKET_PROGRAMS: &[(&str, &str)] = &[
-    ("apm_sock_send_data", "sock_send_length"),
-    ("apm_sock_recv_data", "sock_recv_length"),
+/// A program of a socket-layer path: the program function, the kernel function or BTF
+/// tracepoint it hooks, how, and for the data programs their variant that gathers 8 iovecs
+/// per call instead of 32 (`apm_common::MAX_IOV`), loaded where this kernel's verifier finds
+/// the first too large (Debian's 7.3 does, for the receives).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketProgram {
+    pub name: &'static str,
+    pub target: &'static str,
+    pub hook: Hook,
+    pub narrow: Option<&'static str>,
+}
+
+/// A data program and its 8-iovec variant (named with `_iov8`).
+const fn data(
+    name: &'static str,
+    narrow: &'static str,
+    target: &'static str,
+    hook: Hook,
+) -> SocketProgram {
+    SocketProgram {
+        name,
+        target,
+        hook,
+        narrow: Some(narrow),
+    }
+}
+
+/// The `sockets` path: the data programs at the socket layer, on BTF tracepoints, with
+/// [`TCP_STATE`]. See apm-ebpf/src/socket_layer.rs.
+pub const SOCKET_PROGRAMS: &[SocketProgram] = &[
+    data(
+        "apm_sock_send_data",
+        "apm_sock_send_data_iov8",
+        "sock_send_length",
+        Hook::BtfTracepoint,
+    ),
+    data(
+        "apm_sock_recv_data",
+        "apm_sock_recv_data_iov8",
+        "sock_recv_length",
+        Hook::BtfTracepoint,
+    ),
 ];
 
 /// How a program of a socket-layer path hooks the kernel.
@@ -52,32 +89,66 @@ pub enum Hook {
 
 /// The `sockets-fexit` path, for kernels before 6.4: the same data programs on BPF
 /// trampolines around the functions where the tracepoints of [`SOCKET_PROGRAMS`] sit on 6.4+
-/// (see apm-ebpf/src/socket_layer.rs for why these), (program function, kernel function,
-/// hook). All are required: without one of them a family's connections would be half seen.
-/// The TCP state program is the same.
-pub const SOCKET_FEXIT_PROGRAMS: &[(&str, &str, Hook)] = &[
-    ("apm_inet_sendmsg_exit", "inet_sendmsg", Hook::Fexit),
-    ("apm_inet6_sendmsg_exit", "inet6_sendmsg", Hook::Fexit),
-    (
+/// (see apm-ebpf/src/socket_layer.rs for why these). All are required: without one of them a
+/// family's connections would be half seen. The TCP state program is the same.
+pub const SOCKET_FEXIT_PROGRAMS: &[SocketProgram] = &[
+    data(
+        "apm_inet_sendmsg_exit",
+        "apm_inet_sendmsg_exit_iov8",
+        "inet_sendmsg",
+        Hook::Fexit,
+    ),
+    data(
+        "apm_inet6_sendmsg_exit",
+        "apm_inet6_sendmsg_exit_iov8",
+        "inet6_sendmsg",
+        Hook::Fexit,
+    ),
+    data(
         "apm_unix_stream_sendmsg_exit",
+        "apm_unix_stream_sendmsg_exit_iov8",
         "unix_stream_sendmsg",
         Hook::Fexit,
     ),
-    ("apm_inet_recvmsg_exit", "inet_recvmsg", Hook::Fexit),
-    ("apm_inet6_recvmsg_exit", "inet6_recvmsg", Hook::Fexit),
-    (
+    data(
+        "apm_inet_recvmsg_exit",
+        "apm_inet_recvmsg_exit_iov8",
+        "inet_recvmsg",
+        Hook::Fexit,
+    ),
+    data(
+        "apm_inet6_recvmsg_exit",
+        "apm_inet6_recvmsg_exit_iov8",
+        "inet6_recvmsg",
+        Hook::Fexit,
+    ),
+    data(
         "apm_unix_stream_recvmsg_exit",
+        "apm_unix_stream_recvmsg_exit_iov8",
         "unix_stream_recvmsg",
         Hook::Fexit,
     ),
 ];
+
+/// The 8-iovec variants of the data programs, with the program each stands for.
+pub fn narrow_variants() -> impl Iterator<Item = (&'static str, &'static str)> {
+    SOCKET_PROGRAMS
+        .iter()
+        .chain(SOCKET_FEXIT_PROGRAMS)
+        .filter_map(|p| p.narrow.map(|narrow| (narrow, p.name)))
+}
 
 /// The catch-up program of the `sockets-fexit` path, on `sys_exit` for a short window after
 /// the start (see [`super::catch_up`]).
 pub const CATCH_UP: &str = "apm_catch_up_exit";
 
 /// The TCP state program of both socket-layer paths.
-const TCP_STATE: (&str, &str, Hook) = ("apm_tcp_state", "inet_sock_set_state", Hook::BtfTracepoint);
+const TCP_STATE: SocketProgram = SocketProgram {
+    name: "apm_tcp_state",
+    target: "inet_sock_set_state",
+    hook: Hook::BtfTracepoint,
+    narrow: None,
+};
 
 /// Programs on classic tracepoints: (program function, category, tracepoint).
 pub const TRACEPOINT_PROGRAMS: &[(&str, &str, &str)] = &[
@@ -143,10 +214,7 @@ impl Probes {
     fn attach_path(&mut self, path: CapturePath, btf: &Btf) -> Result<(), LoadError> {
         match path {
             CapturePath::Sockets => {
-                let mut programs: Vec<_> = SOCKET_PROGRAMS
-                    .iter()
-                    .map(|&(name, target)| (name, target, Hook::BtfTracepoint))
-                    .collect();
+                let mut programs = SOCKET_PROGRAMS.to_vec();
                 programs.push(TCP_STATE);
                 self.attach_socket_path(&programs, btf)?;
                 self.features.endpoints = EndpointHooks::Tracepoints;
@@ -166,16 +234,35 @@ impl Probes {
         Ok(())
     }
 
-    /// The socket-layer `programs`, all or none.
+    /// The socket-layer `programs`, all or none. A data program the verifier finds too large
+    /// is replaced by its 8-iovec variant, and so are the later ones of its direction without
+    /// being tried (a refusal costs the verifier's whole budget of a million instructions:
+    /// seconds under emulation).
     fn attach_socket_path(
         &mut self,
-        programs: &[(&'static str, &'static str, Hook)],
+        programs: &[SocketProgram],
         btf: &Btf,
     ) -> Result<(), LoadError> {
-        for &(name, target, hook) in programs {
-            let result = match hook {
-                Hook::BtfTracepoint => self.attach_btf(name, target, btf),
-                Hook::Fexit => self.attach_fexit(name, target, btf),
+        // Per direction (send, receive): the 32-iovec programs were refused as too large.
+        let mut too_large = [false; 2];
+        for program in programs {
+            // Every receive program is named `..._recv...` (and every send `..._send...`).
+            let side = usize::from(program.name.contains("recv"));
+            let result = match program.narrow {
+                Some(narrow) if too_large[side] => self.attach_socket_program(program, narrow, btf),
+                _ => match self.attach_socket_program(program, program.name, btf) {
+                    Err(e) if e.too_large() && program.narrow.is_some() => {
+                        log::warn!(
+                            "{e}: loading the variant that gathers 8 iovecs per call (gRPC \
+                             clients write up to 24 at once: their header blocks can be cut, \
+                             counted in apm_capture_partial_total{{reason=\"iovec_limit\"}})"
+                        );
+                        too_large[side] = true;
+                        let narrow = program.narrow.unwrap_or(program.name);
+                        self.attach_socket_program(program, narrow, btf)
+                    }
+                    other => other,
+                },
             };
             if let Err(e) = result {
                 self.detach_socket_path(programs);
@@ -185,19 +272,57 @@ impl Probes {
         Ok(())
     }
 
-    /// Unloads (and so detaches) the socket-layer `programs` that were attached.
-    fn detach_socket_path(&mut self, programs: &[(&'static str, &'static str, Hook)]) {
-        for &(name, _, _) in programs {
-            match self.bpf.program_mut(name) {
-                Some(aya::programs::Program::BtfTracePoint(p)) => {
-                    let _ = p.unload();
+    /// One program of a socket-layer path, as `name` (its own or its variant's).
+    fn attach_socket_program(
+        &mut self,
+        program: &SocketProgram,
+        name: &'static str,
+        btf: &Btf,
+    ) -> Result<(), LoadError> {
+        match program.hook {
+            Hook::BtfTracepoint => self.attach_btf(name, program.target, btf),
+            Hook::Fexit => self.attach_fexit(name, program.target, btf),
+        }
+    }
+
+    /// Unloads (and so detaches) the socket-layer `programs` that were attached, either
+    /// variant.
+    fn detach_socket_path(&mut self, programs: &[SocketProgram]) {
+        for program in programs {
+            for name in std::iter::once(program.name).chain(program.narrow) {
+                match self.bpf.program_mut(name) {
+                    Some(aya::programs::Program::BtfTracePoint(p)) => {
+                        let _ = p.unload();
+                    }
+                    Some(aya::programs::Program::FExit(p)) => {
+                        let _ = p.unload();
+                    }
+                    _ => {}
                 }
-                Some(aya::programs::Program::FExit(p)) => {
-                    let _ = p.unload();
-                }
-                _ => {}
+                self.attached.retain(|a| *a != name);
             }
-            self.attached.retain(|a| *a != name);
+        }
+    }
+
+    /// Iovecs gathered per call by the data programs attached: 32, or 8 for those whose
+    /// 32-iovec program this kernel's verifier refused (named), or 8 on the `syscalls` path.
+    pub fn iovecs_per_call(&self) -> String {
+        if !self.features.capture.socket_layer() {
+            return format!("{}", apm_common::MAX_IOV);
+        }
+        let narrowed: Vec<&str> = narrow_variants()
+            .filter(|(narrow, _)| self.attached.contains(narrow))
+            .map(|(_, main)| main)
+            .collect();
+        if narrowed.is_empty() {
+            format!("{}", apm_common::MAX_IOV_SOCKET_LAYER)
+        } else {
+            format!(
+                "{} ({} for {}: the verifier found them too large)",
+                apm_common::MAX_IOV_SOCKET_LAYER,
+                apm_common::MAX_IOV,
+                narrowed.join(", ")
+            )
         }
     }
 

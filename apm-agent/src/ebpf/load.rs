@@ -56,6 +56,15 @@ pub enum LoadError {
     Cpus(#[source] std::io::Error),
 }
 
+impl LoadError {
+    /// The verifier gave up on the program as too large (`E2BIG`: "BPF program is too large",
+    /// or a jump sequence too complex), rather than finding it unsafe.
+    pub fn too_large(&self) -> bool {
+        matches!(self, Self::Rejected { errno, .. }
+            if errno.kind() == std::io::ErrorKind::ArgumentListTooLong)
+    }
+}
+
 /// A program error, with a verifier rejection cut down to what explains it (the whole log
 /// goes to the debug log).
 pub(super) fn program_error(

@@ -38,8 +38,18 @@ pub const TRACKED: [&str; 19] = [
     "apm_profile",
 ];
 
-/// Variants counted under another program's name: (variant, main name).
+/// Variants counted under another program's name: (variant, main name); and the 8-iovec
+/// variants of the socket-layer data programs ([`super::attach::narrow_variants`]).
 const VARIANTS: [(&str, &str); 1] = [("apm_sys_exit_nofetch", "apm_sys_exit")];
+
+/// The program `name` is counted under.
+fn main_name(name: &'static str) -> &'static str {
+    VARIANTS
+        .into_iter()
+        .chain(super::attach::narrow_variants())
+        .find(|(variant, _)| *variant == name)
+        .map_or(name, |(_, main)| main)
+}
 
 /// Descriptors of the attached programs of [`TRACKED`] (duplicates: reading them needs no
 /// access to the loaded object, which another thread owns).
@@ -53,10 +63,7 @@ impl ProgramRuns {
     pub(super) fn of(bpf: &Ebpf, attached: &[&'static str]) -> Self {
         let mut programs = Vec::new();
         for name in attached {
-            let main = VARIANTS
-                .iter()
-                .find(|(variant, _)| variant == name)
-                .map_or(*name, |(_, main)| *main);
+            let main = main_name(name);
             let Some(index) = TRACKED.iter().position(|t| *t == main) else {
                 continue;
             };
@@ -105,5 +112,19 @@ mod tests {
                       recursion_misses:\t18\nverified_insns:\t14116\n";
         assert_eq!(recursion_misses(fdinfo), Some(18));
         assert_eq!(recursion_misses("prog_type:\t26\n"), None);
+    }
+
+    #[test]
+    fn variants_count_under_their_main_program() {
+        assert_eq!(main_name("apm_sys_exit_nofetch"), "apm_sys_exit");
+        assert_eq!(main_name("apm_sock_recv_data_iov8"), "apm_sock_recv_data");
+        assert_eq!(
+            main_name("apm_inet6_sendmsg_exit_iov8"),
+            "apm_inet6_sendmsg_exit"
+        );
+        assert_eq!(main_name("apm_tcp_state"), "apm_tcp_state");
+        for (_, main) in super::super::attach::narrow_variants() {
+            assert!(TRACKED.contains(&main), "{main} is not tracked");
+        }
     }
 }

@@ -84,11 +84,12 @@ pub fn attach(
         .seeded_connections
         .store(u64::from(seeded.seeded), Relaxed);
     log::info!(
-        "attached {} kernel programs (capture path {}: {}); {} existing connections seeded; \
-         metrics on http://{}/metrics",
+        "attached {} kernel programs (capture path {}: {}; iovecs per call: {}); {} existing \
+         connections seeded; metrics on http://{}/metrics",
         probes.attached().len(),
         probes.features().capture,
         probes.capture_reason(),
+        probes.iovecs_per_call(),
         seeded.seeded,
         cfg.listen
     );
