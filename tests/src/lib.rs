@@ -16,6 +16,7 @@ pub mod profile;
 pub mod prom;
 pub mod pyotlp;
 pub mod servers;
+pub mod webhook;
 pub mod workloads;
 
 /// Should a root-only integration test run? As root: yes. Not root: when `APM_INTEGRATION`

@@ -1,6 +1,6 @@
 //! Ports and a minimal HTTP/1.1 client for talking to the agent's listener.
 use std::{
-    io::{Read as _, Write as _},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
     time::{Duration, Instant},
 };
@@ -94,4 +94,33 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
         body = rest.get(n + 2..).unwrap_or(&[]);
     }
     out
+}
+
+/// Reads one request (request line, headers, a `content-length` body) from a connection a
+/// test's receiver serves: its path and body, or None once the client closed it.
+pub fn read_post(reader: &mut BufReader<TcpStream>) -> Result<Option<(String, Vec<u8>)>> {
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+    let mut len = 0usize;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h)? == 0 {
+            return Ok(None);
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            len = v.trim().parse().context("content-length")?;
+        }
+    }
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body)?;
+    Ok(Some((path, body)))
 }

@@ -2,13 +2,15 @@
 //! (protobuf), keeps the raw bodies (to search them for secrets) and decodes them with the
 //! official OTLP protobuf definitions (`opentelemetry-proto`).
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufReader, Write},
     net::TcpListener,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result};
+use anyhow::Result;
+
+use crate::net::read_post;
 use opentelemetry_proto::tonic::{
     collector::{metrics::v1::ExportMetricsServiceRequest, trace::v1::ExportTraceServiceRequest},
     common::v1::{AnyValue, KeyValue, any_value},
@@ -195,28 +197,7 @@ impl Receiver {
 fn serve(stream: std::net::TcpStream, sink: &Mutex<Received>) -> Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = stream;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
-        let mut len = 0usize;
-        loop {
-            let mut h = String::new();
-            reader.read_line(&mut h)?;
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':')
-                && k.eq_ignore_ascii_case("content-length")
-            {
-                len = v.trim().parse().context("content-length")?;
-            }
-        }
-        let mut body = vec![0u8; len];
-        reader.read_exact(&mut body)?;
+    while let Some((path, body)) = read_post(&mut reader)? {
         {
             let mut r = sink.lock().unwrap_or_else(|e| e.into_inner());
             if path == "/v1/traces" {
@@ -236,6 +217,7 @@ fn serve(stream: std::net::TcpStream, sink: &Mutex<Received>) -> Result<()> {
             b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n",
         )?;
     }
+    Ok(())
 }
 
 /// One histogram data point, exponential or explicit, reduced to what tests check.

@@ -4,7 +4,9 @@
 //! `ApmRouteLatencyHigh` and resolves when it comes back. Each is checked on `/api/alerts`
 //! (state, service, method, route, figures) and on the `apm_alerts` gauge of `/metrics`; the
 //! failing phase also burns the service's availability budget fast enough to fire
-//! `ApmErrorBudgetBurnFast` (on spans shortened to 6 and 2 windows).
+//! `ApmErrorBudgetBurnFast` (on spans shortened to 6 and 2 windows). Firing and resolved
+//! alerts reach a webhook receiver the test runs, in Alertmanager's webhook format, its first
+//! answer a 503 that the agent retries.
 //!
 //! Short windows (1 s) and rules (3 windows, 2 evaluations of `for`, baselines trusted after
 //! 8 windows) keep it to about a minute; the defaults are the same rules on 10 s windows.
@@ -25,6 +27,7 @@ use tests::{
     require_root,
     servers::{app_server, temp_dir},
     unique,
+    webhook::WebhookReceiver,
 };
 
 /// What the load thread sends: 0 healthy, 1 every fifth `/users` request fails with 503,
@@ -94,6 +97,7 @@ fn error_rate_and_latency_alerts_fire_and_resolve() -> Result<()> {
     let dir = temp_dir("alerts")?;
     let config = dir.join("agent.toml");
     let service = unique("it-alerts");
+    let hook = WebhookReceiver::start(1)?;
     // Availability objective 99.5%: a tenth of the service's requests failing (a fifth of
     // /users, none of /slow) burns its budget 20 times too fast.
     std::fs::write(
@@ -112,9 +116,13 @@ fn error_rate_and_latency_alerts_fire_and_resolve() -> Result<()> {
              fast_short_buckets = 2\n\
              slow_long_buckets = 12\n\
              slow_short_buckets = 4\n\
+             [alerts.webhook]\n\
+             url = \"{}\"\n\
+             timeout_ms = 2000\n\
              [[alerts.slo]]\n\
              service = \"{service}\"\n\
-             availability = 0.995\n"
+             availability = 0.995\n",
+            hook.url()
         ),
     )?;
     let port = free_port();
@@ -205,6 +213,7 @@ fn error_rate_and_latency_alerts_fire_and_resolve() -> Result<()> {
         wait_for(&agent, "latency alert resolved", |d| {
             find(d, "resolved", "ApmRouteLatencyHigh", "/slow/{id}").is_some()
         })?;
+        check_webhook(&agent, &hook, &service)?;
         let log = agent.log();
         for line in [
             "alert ApmRouteErrorRateHigh firing",
@@ -219,4 +228,78 @@ fn error_rate_and_latency_alerts_fire_and_resolve() -> Result<()> {
     stop.store(true, Relaxed);
     let _ = loader.join();
     result
+}
+
+/// The alerts of `messages` named `name`, with their message's status.
+fn posted<'a>(messages: &'a [Value], name: &str) -> Vec<(&'a Value, &'a Value)> {
+    messages
+        .iter()
+        .flat_map(|m| {
+            m["alerts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(move |a| (&m["status"], a))
+        })
+        .filter(|(_, a)| a["labels"]["alertname"] == name)
+        .collect()
+}
+
+/// The 5xx alert reached the webhook firing and then resolved, with the rules file's labels,
+/// after the receiver's first 503; the agent counted the sends and the failed attempt.
+fn check_webhook(agent: &Agent, hook: &WebhookReceiver, service: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let messages = hook.messages();
+        let got = posted(&messages, "ApmRouteErrorRateHigh");
+        let resolved = got.iter().any(|(_, a)| a["status"] == "resolved");
+        if resolved || Instant::now() > deadline {
+            break;
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+    let messages = hook.messages();
+    let got = posted(&messages, "ApmRouteErrorRateHigh");
+    let firing = got
+        .iter()
+        .find(|(status, a)| *status == "firing" && a["status"] == "firing")
+        .with_context(|| format!("no firing 5xx alert posted: {messages:?}"))?
+        .1;
+    let resolved = got
+        .iter()
+        .find(|(_, a)| a["status"] == "resolved")
+        .with_context(|| format!("no resolved 5xx alert posted: {messages:?}"))?
+        .1;
+    for (key, want) in [
+        ("service_name", service),
+        ("http_route", "/users/{id}"),
+        ("http_request_method", "GET"),
+    ] {
+        if firing["labels"][key] != want {
+            bail!("label {key} of the posted alert: {firing} (want {want})");
+        }
+    }
+    if firing["fingerprint"] != resolved["fingerprint"]
+        || firing["endsAt"] != "0001-01-01T00:00:00Z"
+        || resolved["endsAt"] == "0001-01-01T00:00:00Z"
+        || firing["startsAt"]
+            .as_str()
+            .is_none_or(|t| !t.ends_with('Z'))
+    {
+        bail!("firing {firing} and resolved {resolved} do not describe one alert's life");
+    }
+    let message = &messages[0];
+    if message["version"] != "4" || message["receiver"].as_str().is_none() {
+        bail!("not Alertmanager's webhook format: {message}");
+    }
+    if hook.refused() != 1 {
+        bail!("the receiver refused {} posts, want 1", hook.refused());
+    }
+    let m = agent.metrics()?;
+    let sent = m.sum("apm_alerts_webhook_total", &[("outcome", "sent")]);
+    let failed_attempts = m.sum("apm_alerts_webhook_attempts_failed_total", &[]);
+    if sent < 2.0 || failed_attempts < 1.0 {
+        bail!("webhook counters: {sent} alerts sent, {failed_attempts} failed attempts");
+    }
+    Ok(())
 }

@@ -52,6 +52,74 @@ pub struct AlertsConfig {
     pub slo: Vec<SloConfig>,
     /// The burn-rate spans and thresholds (`[alerts.burn]`).
     pub burn: BurnWindows,
+    /// Where firing and resolved alerts are posted (`[alerts.webhook]`).
+    pub webhook: WebhookConfig,
+}
+
+/// A receiver of Alertmanager's webhook format (`[alerts.webhook]`): each evaluation's
+/// transitions to firing and to resolved are posted as one message, retried for 30 s with
+/// backoff, then dropped and counted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// `http://` or `https://` URL; empty (the default) turns the webhook off.
+    pub url: String,
+    /// Time one attempt may take, in milliseconds. Default 5000.
+    pub timeout_ms: u64,
+    /// Alerts waiting to be posted (while the receiver is down); more are dropped, the
+    /// oldest first, and counted. Default 256.
+    pub max_queue: usize,
+    /// Post resolutions too. Default true.
+    pub send_resolved: bool,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            timeout_ms: 5000,
+            max_queue: 256,
+            send_resolved: true,
+        }
+    }
+}
+
+impl WebhookConfig {
+    /// Whether a URL is set.
+    pub fn enabled(&self) -> bool {
+        !self.url.trim().is_empty()
+    }
+
+    /// The first setting out of its range: (key, value, what it allows).
+    fn invalid(&self) -> Option<(&'static str, String, &'static str)> {
+        if self.enabled() {
+            let scheme_ok = self.url.parse::<hyper::Uri>().ok().is_some_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+            });
+            if !scheme_ok {
+                return Some((
+                    "alerts.webhook.url",
+                    self.url.clone(),
+                    "must be an http:// or https:// URL with a host",
+                ));
+            }
+        }
+        if !(1..=60_000).contains(&self.timeout_ms) {
+            return Some((
+                "alerts.webhook.timeout_ms",
+                self.timeout_ms.to_string(),
+                "must be between 1 and 60000",
+            ));
+        }
+        if self.max_queue == 0 {
+            return Some((
+                "alerts.webhook.max_queue",
+                "0".to_owned(),
+                "must be at least 1",
+            ));
+        }
+        None
+    }
 }
 
 impl Default for AlertsConfig {
@@ -73,6 +141,7 @@ impl Default for AlertsConfig {
             max_resolved: 100,
             slo: Vec::new(),
             burn: BurnWindows::default(),
+            webhook: WebhookConfig::default(),
         }
     }
 }
@@ -94,6 +163,9 @@ impl AlertsConfig {
             return Some((k, v.to_string(), "must be at least 1"));
         }
         if let Some(bad) = slo::invalid(&self.slo, &self.burn) {
+            return Some(bad);
+        }
+        if let Some(bad) = self.webhook.invalid() {
             return Some(bad);
         }
         if self.rule_windows > 360 {

@@ -16,12 +16,13 @@
 pub mod config;
 mod route;
 pub mod slo;
+pub mod webhook;
 
 use std::collections::{HashMap, VecDeque};
 
 use serde::Serialize;
 
-pub use config::AlertsConfig;
+pub use config::{AlertsConfig, WebhookConfig};
 use route::{RouteTrack, WindowFigures};
 use slo::{Burn, Objective, ServiceBurn};
 
@@ -151,6 +152,23 @@ pub struct Alerts {
     /// Transitions to firing and to resolved, since start.
     pub fired: u64,
     pub resolved_total: u64,
+    /// Transitions waiting for the webhook (empty without one), oldest first.
+    outbox: VecDeque<Alert>,
+    /// The webhook's counters (alerts, not messages).
+    pub webhook: WebhookCounts,
+}
+
+/// What became of the alerts meant for the webhook.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WebhookCounts {
+    /// Posted and accepted (2xx).
+    pub sent: u64,
+    /// Given up after the retries, or refused for good.
+    pub failed: u64,
+    /// Pushed out of a full queue (`max_queue`) before a post.
+    pub queue_full: u64,
+    /// Attempts that failed (each retry counts).
+    pub attempts_failed: u64,
 }
 
 impl Alerts {
@@ -171,7 +189,42 @@ impl Alerts {
             overflows: 0,
             fired: 0,
             resolved_total: 0,
+            outbox: VecDeque::new(),
+            webhook: WebhookCounts::default(),
         }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &AlertsConfig {
+        &self.cfg
+    }
+
+    /// Takes the transitions waiting for the webhook.
+    pub fn take_outbox(&mut self) -> Vec<Alert> {
+        self.outbox.drain(..).collect()
+    }
+
+    /// Queues a transition for the webhook, when there is one (pending is not posted:
+    /// Alertmanager's receivers see firing and resolved alerts only).
+    fn queue(
+        outbox: &mut VecDeque<Alert>,
+        counts: &mut WebhookCounts,
+        cfg: &WebhookConfig,
+        a: &Alert,
+    ) {
+        let wanted = match a.state {
+            State::Firing => true,
+            State::Resolved => cfg.send_resolved,
+            State::Pending => false,
+        };
+        if !cfg.enabled() || !wanted {
+            return;
+        }
+        if outbox.len() >= cfg.max_queue {
+            outbox.pop_front();
+            counts.queue_full += 1;
+        }
+        outbox.push_back(a.clone());
     }
 
     /// One evaluation: `rows` are the routes of the window that just closed (`elapsed_s`
@@ -314,6 +367,7 @@ impl Alerts {
                     a.fired_unix = Some(now);
                     self.fired += 1;
                     log_transition(a);
+                    Self::queue(&mut self.outbox, &mut self.webhook, &self.cfg.webhook, a);
                 }
             }
             (Some((value, threshold, requests)), None) => {
@@ -339,6 +393,7 @@ impl Alerts {
                     self.fired += 1;
                 }
                 log_transition(&a);
+                Self::queue(&mut self.outbox, &mut self.webhook, &self.cfg.webhook, &a);
                 self.active.insert(key, a);
             }
             (None, Some(a)) => {
@@ -354,6 +409,7 @@ impl Alerts {
                             a.resolved_unix = Some(now);
                             self.resolved_total += 1;
                             log_transition(&a);
+                            Self::queue(&mut self.outbox, &mut self.webhook, &self.cfg.webhook, &a);
                             self.resolved.push_front(a);
                             self.resolved.truncate(self.cfg.max_resolved);
                         }
@@ -400,6 +456,17 @@ impl Alerts {
         out.add(&ALERTS_FIRED, String::new(), self.fired);
         out.add(&ALERTS_RESOLVED, String::new(), self.resolved_total);
         out.add(&MAP_OVERFLOWS, "map=\"alert_routes\"", self.overflows);
+        if self.cfg.webhook.enabled() {
+            let w = self.webhook;
+            for (outcome, n) in [
+                ("sent", w.sent),
+                ("failed", w.failed),
+                ("queue_full", w.queue_full),
+            ] {
+                out.add(&WEBHOOK_ALERTS, format!("outcome=\"{outcome}\""), n);
+            }
+            out.add(&WEBHOOK_ATTEMPTS_FAILED, String::new(), w.attempts_failed);
+        }
     }
 }
 
@@ -439,6 +506,15 @@ const ALERTS_FIRED: Family = Family::counter(
 );
 const ALERTS_RESOLVED: Family =
     Family::counter("apm_alerts_resolved_total", "Firing alerts that resolved.");
+const WEBHOOK_ALERTS: Family = Family::counter(
+    "apm_alerts_webhook_total",
+    "Firing and resolved alerts meant for the webhook: sent (accepted), failed (given up \
+     after retries) or queue_full (dropped from a full queue before a post).",
+);
+const WEBHOOK_ATTEMPTS_FAILED: Family = Family::counter(
+    "apm_alerts_webhook_attempts_failed_total",
+    "Posts to the alert webhook that failed (each retry counts).",
+);
 
 #[cfg(test)]
 mod tests;

@@ -449,3 +449,115 @@ fn objectives_out_of_range_are_named() {
         Some("alerts.burn.bucket_windows")
     );
 }
+
+fn with_webhook(max_queue: usize, send_resolved: bool) -> AlertsConfig {
+    AlertsConfig {
+        webhook: WebhookConfig {
+            url: "http://127.0.0.1:9/hook".to_owned(),
+            max_queue,
+            send_resolved,
+            ..WebhookConfig::default()
+        },
+        ..cfg()
+    }
+}
+
+/// Runs /cart healthy, failing for 3 windows (pending, firing), healthy for 3 (resolved).
+fn fire_and_resolve(a: &mut Alerts) {
+    let mut t = 0.0;
+    for e5 in [0, 10, 10, 10, 0, 0, 0, 0] {
+        t += 1.0;
+        a.evaluate(&[row("/cart", 50, e5, 0, 10.0, 1.0)], 1.0, t);
+    }
+}
+
+#[test]
+fn firing_and_resolved_wait_for_the_webhook_pending_does_not() {
+    let mut a = Alerts::new(with_webhook(10, true));
+    fire_and_resolve(&mut a);
+    let out = a.take_outbox();
+    let got: Vec<(&str, State)> = out.iter().map(|x| (x.alertname, x.state)).collect();
+    assert_eq!(
+        got,
+        [
+            ("ApmRouteErrorRateHigh", State::Firing),
+            ("ApmRouteErrorRateHigh", State::Resolved),
+        ]
+    );
+    assert!(a.take_outbox().is_empty());
+
+    let mut a = Alerts::new(with_webhook(10, false));
+    fire_and_resolve(&mut a);
+    assert_eq!(a.take_outbox().len(), 1);
+
+    // No webhook: nothing is kept for one.
+    let mut a = Alerts::new(cfg());
+    fire_and_resolve(&mut a);
+    assert!(a.take_outbox().is_empty());
+}
+
+#[test]
+fn a_full_webhook_queue_drops_the_oldest_and_counts_it() {
+    let mut a = Alerts::new(with_webhook(1, true));
+    fire_and_resolve(&mut a);
+    let out = a.take_outbox();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].state, State::Resolved);
+    assert_eq!(a.webhook.queue_full, 1);
+    let mut exposition = Exposition::default();
+    a.render(&mut exposition);
+    let mut text = String::new();
+    exposition.write(&mut text);
+    assert!(
+        text.contains("apm_alerts_webhook_total{outcome=\"queue_full\"} 1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn webhook_settings_out_of_range_are_named() {
+    for (webhook, key) in [
+        (
+            WebhookConfig {
+                url: "ftp://example.com/".to_owned(),
+                ..WebhookConfig::default()
+            },
+            "alerts.webhook.url",
+        ),
+        (
+            WebhookConfig {
+                url: "not a url".to_owned(),
+                ..WebhookConfig::default()
+            },
+            "alerts.webhook.url",
+        ),
+        (
+            WebhookConfig {
+                timeout_ms: 0,
+                ..WebhookConfig::default()
+            },
+            "alerts.webhook.timeout_ms",
+        ),
+        (
+            WebhookConfig {
+                max_queue: 0,
+                ..WebhookConfig::default()
+            },
+            "alerts.webhook.max_queue",
+        ),
+    ] {
+        let cfg = AlertsConfig {
+            webhook,
+            ..AlertsConfig::default()
+        };
+        assert_eq!(cfg.invalid().map(|(k, _, _)| k), Some(key));
+    }
+    let ok = AlertsConfig {
+        webhook: WebhookConfig {
+            url: "https://hooks.example.com/apm".to_owned(),
+            ..WebhookConfig::default()
+        },
+        ..AlertsConfig::default()
+    };
+    assert_eq!(ok.invalid(), None);
+}

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::{RunError, stats::StageStats};
 use crate::{
-    alerts::Alerts,
+    alerts::{Alerts, webhook},
     config::Checked,
     discovery::kubernetes,
     export::otlp::{metrics_task, stats::ExportStats, traces_task, transport::Transport},
@@ -97,6 +97,13 @@ impl Components {
             )))
         });
         let alerts = Arc::new(Mutex::new(Alerts::new(cfg.alerts.clone())));
+        // Runs for the agent's life; ended with the runtime.
+        let _webhook = webhook::start(
+            &cfg.alerts.webhook,
+            alerts.clone(),
+            format!("http://{}", cfg.listen),
+            &runtime,
+        )?;
         let shared = Shared {
             alerts: alerts.clone(),
             red: red.clone(),

@@ -43,6 +43,8 @@ pub enum RunError {
     Runtime(#[source] io::Error),
     #[error("OTLP exporter: {0}")]
     Export(#[from] crate::export::otlp::transport::SendError),
+    #[error(transparent)]
+    Webhook(#[from] crate::alerts::webhook::WebhookError),
     #[error("the event thread stopped abnormally")]
     EventThread,
 }

@@ -21,6 +21,9 @@ use super::settings::{Protocol, Settings};
 /// The HTTP client: `http://` and `https://` alike.
 type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
+/// OTLP over HTTP: protobuf bodies.
+const PROTOBUF: &str = "application/x-protobuf";
+
 /// An export attempt failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -129,7 +132,9 @@ impl Transport {
                 let result = client.export(self.grpc_request(req)).await.map(drop);
                 grpc_done(endpoint, channel, result)
             }
-            Kind::Http { client, url } => self.post(client, url, req.encode_to_vec()).await,
+            Kind::Http { client, url } => {
+                self.post(client, url, PROTOBUF, req.encode_to_vec()).await
+            }
         }
     }
 
@@ -140,7 +145,20 @@ impl Transport {
                 let result = client.export(self.grpc_request(req)).await.map(drop);
                 grpc_done(endpoint, channel, result)
             }
-            Kind::Http { client, url } => self.post(client, url, req.encode_to_vec()).await,
+            Kind::Http { client, url } => {
+                self.post(client, url, PROTOBUF, req.encode_to_vec()).await
+            }
+        }
+    }
+
+    /// Posts a JSON document (the alert webhook); only over HTTP.
+    pub async fn send_json(&self, body: Vec<u8>) -> Result<(), SendError> {
+        match &self.kind {
+            Kind::Http { client, url } => self.post(client, url, "application/json", body).await,
+            Kind::Grpc { endpoint, .. } => Err(SendError::Endpoint(
+                endpoint.uri().to_string(),
+                "JSON is posted over HTTP only".to_owned(),
+            )),
         }
     }
 
@@ -162,10 +180,10 @@ impl Transport {
         &self,
         client: &HttpClient,
         url: &hyper::Uri,
+        content_type: &'static str,
         body: Vec<u8>,
     ) -> Result<(), SendError> {
-        let mut builder =
-            hyper::Request::post(url.clone()).header("content-type", "application/x-protobuf");
+        let mut builder = hyper::Request::post(url.clone()).header("content-type", content_type);
         for (k, v) in &self.headers {
             builder = builder.header(k.as_str(), v.as_str());
         }
