@@ -13,17 +13,17 @@ pub const MAX_CAPTURE: usize = 4096;
 /// The per-CPU scratch payload is twice [`MAX_CAPTURE`] so that the verifier can prove that
 /// `offset (< MAX_CAPTURE) + len (<= MAX_CAPTURE)` stays in bounds while gathering iovecs.
 pub const SCRATCH_PAYLOAD: usize = 2 * MAX_CAPTURE;
-/// How many iovec entries of a readv/writev/recvmsg/sendmsg call are gathered by the
-/// `syscalls` path's program (and the catch-up program): its one `sys_exit` program holds
-/// every data syscall's copy, and at 32 it is "BPF program is too large" for 6.18's verifier.
-pub const MAX_IOV: u32 = 8;
-/// ... by the socket-layer programs (`sockets`, `sockets-fexit`), one per direction. gRPC's C
-/// core writes a frame header and each payload slice as their own iovecs: its first write on
-/// a connection (preface, SETTINGS, WINDOW_UPDATE, HEADERS, DATA) took 24; at 8 the header
-/// block was cut and the connection's HPACK table lost for good. Each of these programs also
-/// has a variant gathering [`MAX_IOV`], loaded where the verifier finds the first too large
-/// (Debian's 7.3 does, for the receives: "BPF program is too large").
-pub const MAX_IOV_SOCKET_LAYER: u32 = 32;
+/// How many iovec entries of a readv/writev/recvmsg/sendmsg call are gathered, on every
+/// capture path. gRPC's C core writes a frame header and each payload slice as their own
+/// iovecs: its first write on a connection (preface, SETTINGS, WINDOW_UPDATE, HEADERS, DATA)
+/// took 24; at 8 the header block was cut and the connection's HPACK table lost for good.
+/// (32 was "BPF program is too large" for the `syscalls` path on 6.18 and for the socket-layer
+/// receives on Debian's 7.3 until the gather loop made the verifier's walks converge: see
+/// `forget` in apm-ebpf/src/capture.rs.)
+pub const MAX_IOV: u32 = 32;
+/// ... by the variants of the socket-layer data programs that the agent loads where a
+/// verifier still finds the [`MAX_IOV`] ones too large (none of the kernels tested).
+pub const MAX_IOV_NARROW: u32 = 8;
 
 /// Event kinds: the first `u32` of every ring-buffer record.
 pub mod kind {

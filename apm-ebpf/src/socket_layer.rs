@@ -28,8 +28,7 @@
 use core::ffi::c_void;
 
 use apm_common::{
-    ConnEvent, MAX_IOV, MAX_IOV_SOCKET_LAYER, SockInfo, SockKey, direction, kind, role, sock_flags,
-    stat,
+    ConnEvent, MAX_IOV, MAX_IOV_NARROW, SockInfo, SockKey, direction, kind, role, sock_flags, stat,
 };
 use aya_ebpf::{
     bindings::{BPF_ANY, pt_regs},
@@ -68,29 +67,30 @@ const TCP_CLOSE: i32 = 7;
 /// `sock_send_length(struct sock *sk, int ret, int flags)`.
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn apm_sock_send_data(ctx: BtfTracePointContext) -> i32 {
-    on_socket_data::<MAX_IOV_SOCKET_LAYER>(ctx.arg(0), ctx.arg(1), ctx.arg(2), direction::EGRESS);
+    on_socket_data::<MAX_IOV>(ctx.arg(0), ctx.arg(1), ctx.arg(2), direction::EGRESS);
     0
 }
 
 /// `sock_recv_length(struct sock *sk, int ret, int flags)`.
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn apm_sock_recv_data(ctx: BtfTracePointContext) -> i32 {
-    on_socket_data::<MAX_IOV_SOCKET_LAYER>(ctx.arg(0), ctx.arg(1), ctx.arg(2), direction::INGRESS);
+    on_socket_data::<MAX_IOV>(ctx.arg(0), ctx.arg(1), ctx.arg(2), direction::INGRESS);
     0
 }
 
-/// [`apm_sock_send_data`] gathering [`MAX_IOV`] iovecs: for a verifier that finds the
-/// 32-iovec program too large (7.3: "BPF program is too large"). The agent loads it only then.
+/// [`apm_sock_send_data`] gathering [`MAX_IOV_NARROW`] iovecs: for a verifier that finds the
+/// [`MAX_IOV`] one too large ("BPF program is too large"; Debian's 7.3 did for the receive
+/// before the gather loop's fix). The agent loads it only then.
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn apm_sock_send_data_iov8(ctx: BtfTracePointContext) -> i32 {
-    on_socket_data::<MAX_IOV>(ctx.arg(0), ctx.arg(1), ctx.arg(2), direction::EGRESS);
+    on_socket_data::<MAX_IOV_NARROW>(ctx.arg(0), ctx.arg(1), ctx.arg(2), direction::EGRESS);
     0
 }
 
-/// [`apm_sock_recv_data`] gathering [`MAX_IOV`] iovecs (see [`apm_sock_send_data_iov8`]).
+/// [`apm_sock_recv_data`] gathering [`MAX_IOV_NARROW`] iovecs (see [`apm_sock_send_data_iov8`]).
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn apm_sock_recv_data_iov8(ctx: BtfTracePointContext) -> i32 {
-    on_socket_data::<MAX_IOV>(ctx.arg(0), ctx.arg(1), ctx.arg(2), direction::INGRESS);
+    on_socket_data::<MAX_IOV_NARROW>(ctx.arg(0), ctx.arg(1), ctx.arg(2), direction::INGRESS);
     0
 }
 
@@ -114,12 +114,12 @@ pub fn apm_sock_recv_data_iov8(ctx: BtfTracePointContext) -> i32 {
 /// to the syscalls).
 macro_rules! socket_fexit {
     ($name:ident, $narrow:ident, $function:literal, send) => {
-        socket_fexit!(@send $name, $function, MAX_IOV_SOCKET_LAYER);
-        socket_fexit!(@send $narrow, $function, MAX_IOV);
+        socket_fexit!(@send $name, $function, MAX_IOV);
+        socket_fexit!(@send $narrow, $function, MAX_IOV_NARROW);
     };
     ($name:ident, $narrow:ident, $function:literal, recv) => {
-        socket_fexit!(@recv $name, $function, MAX_IOV_SOCKET_LAYER);
-        socket_fexit!(@recv $narrow, $function, MAX_IOV);
+        socket_fexit!(@recv $name, $function, MAX_IOV);
+        socket_fexit!(@recv $narrow, $function, MAX_IOV_NARROW);
     };
     (@send $name:ident, $function:literal, $iov:ident) => {
         #[doc = concat!("`", $function, "`, on return: one send (`", stringify!($iov), "` iovecs).")]
@@ -151,7 +151,7 @@ macro_rules! socket_fexit {
     };
 }
 
-// Each with its variant gathering `MAX_IOV` iovecs (see `apm_sock_send_data_iov8`).
+// Each with its variant gathering `MAX_IOV_NARROW` iovecs (see `apm_sock_send_data_iov8`).
 socket_fexit!(
     apm_inet_sendmsg_exit,
     apm_inet_sendmsg_exit_iov8,

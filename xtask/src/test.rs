@@ -32,6 +32,8 @@ const FALLBACK_PATH_TESTS: &[&str] = &[
     "db_redis",
     "tls_openssl",
     "process_churn",
+    // 32 iovecs per call on every path: grpcio's 24-iovec writes whole on the syscalls too.
+    "grpc_python",
 ];
 
 pub fn run(args: &TestArgs) -> Result<()> {

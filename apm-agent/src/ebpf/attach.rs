@@ -38,7 +38,7 @@ pub const ENDPOINT_KPROBES: &[(&str, &str)] = &[
 
 /// A program of a socket-layer path: the program function, the kernel function or BTF
 /// tracepoint it hooks, how, and for the data programs their variant that gathers 8 iovecs
-/// per call instead of 32 (`apm_common::MAX_IOV`), loaded where this kernel's verifier finds
+/// per call instead of 32 (`apm_common::MAX_IOV_NARROW`), loaded where this kernel's verifier finds
 /// the first too large (Debian's 7.3 does, for the receives).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SocketProgram {
@@ -48,7 +48,8 @@ pub struct SocketProgram {
     pub narrow: Option<&'static str>,
 }
 
-/// A data program and its 8-iovec variant (named with `_iov8`).
+/// A data program and its 8-iovec variant (named with
+/// [`super::program_runs::NARROW_SUFFIX`]).
 const fn data(
     name: &'static str,
     narrow: &'static str,
@@ -305,22 +306,19 @@ impl Probes {
     }
 
     /// Iovecs gathered per call by the data programs attached: 32, or 8 for those whose
-    /// 32-iovec program this kernel's verifier refused (named), or 8 on the `syscalls` path.
+    /// 32-iovec program this kernel's verifier refused (named).
     pub fn iovecs_per_call(&self) -> String {
-        if !self.features.capture.socket_layer() {
-            return format!("{}", apm_common::MAX_IOV);
-        }
         let narrowed: Vec<&str> = narrow_variants()
             .filter(|(narrow, _)| self.attached.contains(narrow))
             .map(|(_, main)| main)
             .collect();
         if narrowed.is_empty() {
-            format!("{}", apm_common::MAX_IOV_SOCKET_LAYER)
+            format!("{}", apm_common::MAX_IOV)
         } else {
             format!(
                 "{} ({} for {}: the verifier found them too large)",
-                apm_common::MAX_IOV_SOCKET_LAYER,
                 apm_common::MAX_IOV,
+                apm_common::MAX_IOV_NARROW,
                 narrowed.join(", ")
             )
         }
@@ -476,5 +474,23 @@ impl Probes {
         }
         self.attached.extend(attached.iter().map(|(name, _)| *name));
         EndpointHooks::Kprobes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{
+        super::program_runs::{NARROW_SUFFIX, TRACKED, main_name},
+        *,
+    };
+
+    #[test]
+    fn each_narrow_variant_is_named_and_counted_after_its_program() {
+        for (narrow, main) in narrow_variants() {
+            assert_eq!(narrow.strip_suffix(NARROW_SUFFIX), Some(main));
+            assert_eq!(main_name(narrow), main);
+            assert!(TRACKED.contains(&main), "{main} is not tracked");
+        }
+        assert_eq!(narrow_variants().count(), 8);
     }
 }
