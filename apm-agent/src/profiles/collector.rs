@@ -4,13 +4,19 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
+    time::{Duration, Instant},
 };
 
 use super::{
     maps::MapsSnapshot,
     model::{Frame, FrameKind, ProcessSamples},
+    perf_map::{self, PerfMap, PerfMapError, Stamp},
     symbolize::Symbolizer,
 };
+
+/// A process's perf map is looked at again at most this often, and read again only when it
+/// changed: JITs append to it as they compile.
+const JIT_RECHECK: Duration = Duration::from_secs(1);
 use crate::{
     discovery::service_name,
     ebpf::{decode::comm_str, records::RawSample},
@@ -22,6 +28,23 @@ struct ProcessInfo {
     exe: Arc<str>,
     root: Arc<Frame>,
     maps: Option<MapsSnapshot>,
+    /// Its perf map (JIT code), when it has one the agent may read.
+    jit: Option<PerfMap>,
+    /// When the perf map was last looked at, and its size and time then.
+    jit_checked: Option<(Instant, Option<Stamp>)>,
+}
+
+impl ProcessInfo {
+    fn new(service: Arc<str>, exe: Arc<str>, maps: Option<MapsSnapshot>) -> Self {
+        Self {
+            root: Arc::new(Frame::root(&service)),
+            service,
+            exe,
+            maps,
+            jit: None,
+            jit_checked: None,
+        }
+    }
 }
 
 /// Frames for samples whose stacks were lost (collision, full map): the samples still count
@@ -77,15 +100,8 @@ impl StackCollector {
             self.overflowed += 1;
             return;
         }
-        self.processes.insert(
-            tgid,
-            ProcessInfo {
-                root: Arc::new(Frame::root(&service)),
-                service,
-                exe: exe_name(tgid, comm),
-                maps,
-            },
-        );
+        self.processes
+            .insert(tgid, ProcessInfo::new(service, exe_name(tgid, comm), maps));
     }
 
     /// Symbolizes one drain's samples.
@@ -115,6 +131,7 @@ impl StackCollector {
                 .into_iter()
                 .collect();
             self.ensure_process(tgid, &user_addrs);
+            self.refresh_jit(tgid, &user_addrs);
             let Some(info) = self.processes.get(&tgid).or(self.spare.as_ref()) else {
                 continue;
             };
@@ -123,7 +140,7 @@ impl StackCollector {
                 Some(maps) => user_addrs
                     .iter()
                     .copied()
-                    .zip(self.symbolizer.user(maps, &user_addrs))
+                    .zip(self.symbolizer.user(maps, info.jit.as_ref(), &user_addrs))
                     .collect(),
                 None => HashMap::new(),
             };
@@ -169,27 +186,61 @@ impl StackCollector {
                 // Gone before anything was kept: name it at least.
                 let name: Arc<str> = format!("pid {tgid}").into();
                 if self.processes.len() < self.budget {
-                    self.processes.insert(
-                        tgid,
-                        ProcessInfo {
-                            root: Arc::new(Frame::root(&name)),
-                            exe: name.clone(),
-                            service: name,
-                            maps: None,
-                        },
-                    );
+                    self.processes
+                        .insert(tgid, ProcessInfo::new(name.clone(), name, None));
                 }
             }
         }
         if !self.processes.contains_key(&tgid) {
             // Budget spent (already counted): a throw-away entry for this drain.
             let name: Arc<str> = service_name::resolve(tgid, "").into();
-            self.spare = Some(ProcessInfo {
-                root: Arc::new(Frame::root(&name)),
-                exe: exe_name(tgid, &[0; 16]),
-                service: name,
-                maps: MapsSnapshot::read(tgid).ok(),
-            });
+            self.spare = Some(ProcessInfo::new(
+                name,
+                exe_name(tgid, &[0; 16]),
+                MapsSnapshot::read(tgid).ok(),
+            ));
+        }
+    }
+
+    /// Reads `tgid`'s perf map when one of `user_addrs` is in anonymous executable memory
+    /// or outside every mapping (JIT code) and the map it has does not name it, and the file changed since it was last
+    /// looked at (at most every [`JIT_RECHECK`]).
+    fn refresh_jit(&mut self, tgid: u32, user_addrs: &[u64]) {
+        let Some(p) = self.processes.get_mut(&tgid) else {
+            return;
+        };
+        let Some(maps) = p.maps.as_ref() else {
+            return;
+        };
+        // In no file: anonymous executable memory, or memory made executable after the
+        // maps were read (JITs flip code pages between writable and executable).
+        let unnamed_jit = user_addrs.iter().any(|&a| {
+            maps.find(a)
+                .is_none_or(|r| r.file.is_none() && r.name.starts_with("[anon"))
+                && p.jit.as_ref().is_none_or(|j| j.find(a).is_none())
+        });
+        if !unnamed_jit
+            || p.jit_checked
+                .is_some_and(|(t, _)| t.elapsed() < JIT_RECHECK)
+        {
+            return;
+        }
+        let now = perf_map::stamp(tgid);
+        let last = p.jit_checked.and_then(|(_, stamp)| stamp);
+        p.jit_checked = Some((Instant::now(), now));
+        if now.is_none() || now == last {
+            return;
+        }
+        match PerfMap::read(tgid) {
+            Ok(map) => {
+                self.symbolizer.count_perf_map(Ok(map.truncated));
+                p.jit = Some(map);
+            }
+            Err(PerfMapError::Refused(why)) => {
+                log::debug!("perf map of pid {tgid} not read: {why}");
+                self.symbolizer.count_perf_map(Err(()));
+            }
+            Err(PerfMapError::Missing(_)) => {}
         }
     }
 

@@ -18,6 +18,10 @@ counters! {
         pub symbol_cache_entries: AtomicU64,
         pub symbol_cache_resets: AtomicU64,
         pub symbolize_ns: AtomicU64,
+        /// Perf maps (JIT symbols) read, refused, and cut at their bound.
+        pub perf_maps_read: AtomicU64,
+        pub perf_maps_refused: AtomicU64,
+        pub perf_maps_truncated: AtomicU64,
     }
 }
 
@@ -46,6 +50,11 @@ const CACHE_RESETS: Family = Family::counter(
     "apm_profile_symbol_cache_resets_total",
     "Times a symbol cache reached its bound and was emptied.",
 );
+const PERF_MAPS: Family = Family::counter(
+    "apm_profile_perf_maps_total",
+    "Perf maps (/tmp/perf-<pid>.map, names of JIT code) read, refused (a link, or owned by \
+     another user than the process) and truncated (beyond 32 MiB or 400000 functions).",
+);
 const SYMBOLIZE_SECONDS: Family = Family::counter(
     "apm_profile_symbolize_seconds_total",
     "CPU time the profiler spent symbolizing.",
@@ -68,6 +77,17 @@ impl Stats for ProfileStats {
         out.add(&UNRESOLVED, "", self.unresolved_frames.load(Relaxed));
         out.add(&CACHE_ENTRIES, "", self.symbol_cache_entries.load(Relaxed));
         out.add(&CACHE_RESETS, "", self.symbol_cache_resets.load(Relaxed));
+        for (outcome, n) in [
+            ("read", &self.perf_maps_read),
+            ("refused", &self.perf_maps_refused),
+            ("truncated", &self.perf_maps_truncated),
+        ] {
+            out.add(
+                &PERF_MAPS,
+                format!("outcome=\"{outcome}\""),
+                n.load(Relaxed),
+            );
+        }
         out.add_f64(
             &SYMBOLIZE_SECONDS,
             self.symbolize_ns.load(Relaxed) as f64 / 1e9,

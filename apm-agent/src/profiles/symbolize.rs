@@ -16,6 +16,7 @@ use blazesym::{
 use super::{
     maps::{MapsSnapshot, Region},
     model::{Frame, FrameKind},
+    perf_map::PerfMap,
 };
 
 /// Cache budgets: distinct addresses and files remembered.
@@ -32,6 +33,10 @@ pub struct SymbolizerStats {
     pub cached_addresses: usize,
     pub cache_resets: u64,
     pub unresolved: u64,
+    /// Perf maps (JIT symbols) read, refused (a link, another owner), and cut at their bound.
+    pub perf_maps_read: u64,
+    pub perf_maps_refused: u64,
+    pub perf_maps_truncated: u64,
 }
 
 /// Symbolizer with caches.
@@ -131,14 +136,40 @@ impl Symbolizer {
             .collect()
     }
 
-    /// User frames for `addrs` of a process whose mappings are `maps`.
-    pub fn user(&mut self, maps: &MapsSnapshot, addrs: &[u64]) -> Vec<Arc<Frame>> {
+    /// Counts a perf map read (`Ok(truncated)`) or refused (`Err(())`).
+    pub fn count_perf_map(&mut self, outcome: Result<bool, ()>) {
+        match outcome {
+            Ok(truncated) => {
+                self.stats.perf_maps_read += 1;
+                self.stats.perf_maps_truncated += u64::from(truncated);
+            }
+            Err(()) => self.stats.perf_maps_refused += 1,
+        }
+    }
+
+    /// User frames for `addrs` of a process whose mappings are `maps`; addresses in no file
+    /// (anonymous executable memory: JIT code) are named from the process's perf map `jit`
+    /// when it has one.
+    pub fn user(
+        &mut self,
+        maps: &MapsSnapshot,
+        jit: Option<&PerfMap>,
+        addrs: &[u64],
+    ) -> Vec<Arc<Frame>> {
+        let jitted = |addr: u64| {
+            jit.filter(|_| maps.find(addr).is_none_or(|r| r.file.is_none()))
+                .and_then(|j| j.find(addr))
+                .cloned()
+        };
         // Group the uncached offsets by file, symbolize each file's batch once.
         let mut per_file: HashMap<FileKey, (Option<Arc<Path>>, Vec<u64>)> = HashMap::new();
         for &addr in addrs {
             let Some(region) = maps.find(addr) else {
                 continue;
             };
+            if jitted(addr).is_some() {
+                continue;
+            }
             let key = (region.name.clone(), region.inode);
             let off = file_offset(region, addr);
             if !self.offsets.contains_key(&(key.clone(), off)) {
@@ -166,15 +197,20 @@ impl Symbolizer {
         }
         addrs
             .iter()
-            .map(|&addr| match maps.find(addr) {
-                Some(region) => {
-                    let key = (region.name.clone(), region.inode);
-                    self.offsets
-                        .get(&(key, file_offset(region, addr)))
-                        .cloned()
-                        .unwrap_or_else(|| unknown_addr(addr))
+            .map(|&addr| {
+                if let Some(frame) = jitted(addr) {
+                    return frame;
                 }
-                None => unknown_addr(addr),
+                match maps.find(addr) {
+                    Some(region) => {
+                        let key = (region.name.clone(), region.inode);
+                        self.offsets
+                            .get(&(key, file_offset(region, addr)))
+                            .cloned()
+                            .unwrap_or_else(|| unknown_addr(addr))
+                    }
+                    None => unknown_addr(addr),
+                }
             })
             .collect()
     }

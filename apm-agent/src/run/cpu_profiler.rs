@@ -85,5 +85,12 @@ fn publish(stats: &ProfileStats, store: &StoreStats, sampler: &StackSampler) {
         .symbol_cache_entries
         .store(sym.cached_addresses as u64, Relaxed);
     stats.symbol_cache_resets.store(sym.cache_resets, Relaxed);
+    stats.perf_maps_read.store(sym.perf_maps_read, Relaxed);
+    stats
+        .perf_maps_refused
+        .store(sym.perf_maps_refused, Relaxed);
+    stats
+        .perf_maps_truncated
+        .store(sym.perf_maps_truncated, Relaxed);
     stats.symbolize_ns.store(sampler.symbolize_ns, Relaxed);
 }
