@@ -4,7 +4,8 @@
 //! `ApmRouteLatencyHigh` and resolves when it comes back. Each is checked on `/api/alerts`
 //! (state, service, method, route, figures) and on the `apm_alerts` gauge of `/metrics`; the
 //! failing phase also burns the service's availability budget fast enough to fire
-//! `ApmErrorBudgetBurnFast` (on spans shortened to 6 and 2 windows). Firing and resolved
+//! `ApmErrorBudgetBurnFast` (on spans shortened to 6 and 2 windows); the slow phase also
+//! fires `ApmExternalCallLatencyHigh` for the test's own calls to the service. Firing and resolved
 //! alerts reach a webhook receiver the test runs, in Alertmanager's webhook format, its first
 //! answer a 503 that the agent retries.
 //!
@@ -207,6 +208,31 @@ fn error_rate_and_latency_alerts_fire_and_resolve() -> Result<()> {
             || !(30.0..=150.0).contains(&threshold)
         {
             bail!("latency alert figures: {a}");
+        }
+
+        // The test's own calls to the service (its load thread is the client) slowed down
+        // with it: their destination's p95 fires the outgoing-call rule.
+        let port_label = port.to_string();
+        let doc = wait_for(&agent, "outgoing-call latency alert firing", |d| {
+            d["active"].as_array().is_some_and(|list| {
+                list.iter().any(|a| {
+                    a["alertname"] == "ApmExternalCallLatencyHigh"
+                        && a["labels"]["server_port"] == port_label.as_str()
+                        && a["state"] == "firing"
+                })
+            })
+        })?;
+        let external = doc["active"]
+            .as_array()
+            .and_then(|l| {
+                l.iter()
+                    .find(|a| a["alertname"] == "ApmExternalCallLatencyHigh")
+            })
+            .context("alert")?;
+        if external["labels"]["server_address"].as_str().is_none()
+            || external["value"].as_f64() <= external["threshold"].as_f64()
+        {
+            bail!("outgoing-call latency alert: {external}");
         }
 
         mode.store(HEALTHY, Relaxed);

@@ -32,6 +32,10 @@ pub struct AlertsConfig {
     /// in 1 ms that takes 2.5 ms is not an incident, and sub-millisecond p95s jitter by more
     /// than twice with the host's load. Default 10.
     pub latency_min_ms: f64,
+    /// The latency rule on each service's database operations and outgoing destinations
+    /// (`ApmDatabaseLatencyHigh`, `ApmExternalCallLatencyHigh`): p95 above `latency_ratio`
+    /// times its baseline, with the route rule's traffic and floor. Default true.
+    pub dependency_latency: bool,
     /// `throughput` fires when the rule window's rate falls under this share of the route's
     /// baseline rate. Default 0.5.
     pub throughput_ratio: f64,
@@ -134,6 +138,7 @@ impl Default for AlertsConfig {
             apdex_min: 0.7,
             latency_ratio: 2.0,
             latency_min_ms: 10.0,
+            dependency_latency: true,
             throughput_ratio: 0.5,
             baseline_windows: 60,
             baseline_half_life_windows: 360,

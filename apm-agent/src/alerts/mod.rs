@@ -18,7 +18,7 @@ mod route;
 pub mod slo;
 pub mod webhook;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::Serialize;
 
@@ -27,7 +27,10 @@ use route::{RouteTrack, WindowFigures};
 use slo::{Burn, Objective, ServiceBurn};
 
 use crate::{
-    metrics::red::RouteSummary,
+    metrics::{
+        dependencies::{DependencyKind, DependencySummary},
+        red::RouteSummary,
+    },
     telemetry::{Exposition, Family, MAP_OVERFLOWS},
 };
 
@@ -48,6 +51,10 @@ pub enum Rule {
     LatencyBurnFast,
     /// ... (6 h and 30 min).
     LatencyBurnSlow,
+    /// A service's calls to one database operation: p95 against its baseline.
+    DatabaseLatency,
+    /// A service's calls to one outgoing destination: p95 against its baseline.
+    ExternalLatency,
 }
 
 impl Rule {
@@ -82,6 +89,8 @@ impl Rule {
             Self::AvailabilityBurnSlow => "ApmErrorBudgetBurnSlow",
             Self::LatencyBurnFast => "ApmLatencyBudgetBurnFast",
             Self::LatencyBurnSlow => "ApmLatencyBudgetBurnSlow",
+            Self::DatabaseLatency => "ApmDatabaseLatencyHigh",
+            Self::ExternalLatency => "ApmExternalCallLatencyHigh",
         }
     }
 }
@@ -126,12 +135,42 @@ pub struct Alert {
     /// share, an Apdex, milliseconds or requests per second, by rule.
     pub value: f64,
     pub threshold: f64,
-    /// Server requests in the rule window at the latest evaluation.
+    /// Server requests (calls, for a dependency) in the rule window at the latest evaluation.
     pub requests: u64,
+    /// A dependency's labels (`db_system_name`, `db_operation_name`, `server_address`, or
+    /// `server_address`, `server_port`); empty for a route or a service.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<&'static str, String>,
     #[serde(skip)]
     breaches: u32,
     #[serde(skip)]
     clears: u32,
+}
+
+impl Alert {
+    /// Its labels as the Prometheus rules name them: `alertname`, `service_name`, then a
+    /// dependency's labels, or a route's method and route.
+    pub fn label_set(&self) -> Vec<(&'static str, String)> {
+        let mut l = vec![
+            ("alertname", self.alertname.to_owned()),
+            ("service_name", self.service.clone()),
+        ];
+        if !self.labels.is_empty() {
+            l.extend(self.labels.iter().map(|(k, v)| (*k, v.clone())));
+        } else if !self.route.is_empty() || !self.method.is_empty() {
+            l.push(("http_request_method", self.method.to_owned()));
+            l.push(("http_route", self.route.clone()));
+        }
+        l
+    }
+}
+
+/// A dependency as the rules see it.
+#[derive(Debug)]
+struct DependencyTrack {
+    kind: DependencyKind,
+    labels: BTreeMap<&'static str, String>,
+    track: RouteTrack,
 }
 
 /// The alert engine.
@@ -143,12 +182,17 @@ pub struct Alerts {
     /// Length of the latest window, in seconds.
     window_secs: f64,
     routes: HashMap<RouteId, RouteTrack>,
+    /// Database operations and outgoing destinations per service, keyed (service, "",
+    /// their name).
+    dependencies: HashMap<RouteId, DependencyTrack>,
     /// The services with objectives, by name.
     services: HashMap<String, ServiceBurn>,
     active: HashMap<(RouteId, Rule), Alert>,
     resolved: VecDeque<Alert>,
     /// Routes not followed because `max_routes` were.
     pub overflows: u64,
+    /// Dependencies not followed because `max_routes` were.
+    pub dependency_overflows: u64,
     /// Transitions to firing and to resolved, since start.
     pub fired: u64,
     pub resolved_total: u64,
@@ -184,9 +228,11 @@ impl Alerts {
                 .collect(),
             cfg,
             routes: HashMap::new(),
+            dependencies: HashMap::new(),
             active: HashMap::new(),
             resolved: VecDeque::new(),
             overflows: 0,
+            dependency_overflows: 0,
             fired: 0,
             resolved_total: 0,
             outbox: VecDeque::new(),
@@ -228,10 +274,19 @@ impl Alerts {
     }
 
     /// One evaluation: `rows` are the routes of the window that just closed (`elapsed_s`
-    /// long), `now_unix` the time.
-    pub fn evaluate(&mut self, rows: &[RouteSummary], elapsed_s: f64, now_unix: f64) {
+    /// long), `deps` the dependencies' figures over it, `now_unix` the time.
+    pub fn evaluate(
+        &mut self,
+        rows: &[RouteSummary],
+        deps: &[DependencySummary],
+        elapsed_s: f64,
+        now_unix: f64,
+    ) {
         if !self.cfg.enabled {
             return;
+        }
+        if self.cfg.dependency_latency {
+            self.evaluate_dependencies(deps, elapsed_s, now_unix);
         }
         let keep = self.cfg.rule_windows as usize;
         if elapsed_s > 0.0 {
@@ -277,6 +332,70 @@ impl Alerts {
                 }
             }
         }
+    }
+
+    /// The latency rules on database operations and outgoing destinations: each one's p95
+    /// against its own baseline, as the route latency rule.
+    fn evaluate_dependencies(&mut self, deps: &[DependencySummary], elapsed_s: f64, now: f64) {
+        let keep = self.cfg.rule_windows as usize;
+        let mut fed: HashMap<RouteId, WindowFigures> = HashMap::new();
+        for d in deps {
+            let id = (d.service.clone(), "", d.name());
+            if !self.dependencies.contains_key(&id) {
+                if self.dependencies.len() >= self.cfg.max_routes {
+                    self.dependency_overflows += 1;
+                    continue;
+                }
+                self.dependencies.insert(
+                    id.clone(),
+                    DependencyTrack {
+                        kind: d.kind,
+                        labels: d.labels.iter().cloned().collect(),
+                        track: RouteTrack::default(),
+                    },
+                );
+            }
+            fed.insert(id, WindowFigures::latency(d.calls, d.p95_ms, elapsed_s));
+        }
+        let ids: Vec<RouteId> = self.dependencies.keys().cloned().collect();
+        for id in ids {
+            let w = fed
+                .remove(&id)
+                .unwrap_or_else(|| WindowFigures::idle(elapsed_s));
+            let Some(dep) = self.dependencies.get_mut(&id) else {
+                continue;
+            };
+            dep.track.push(w, keep);
+            let rule = match dep.kind {
+                DependencyKind::Database => Rule::DatabaseLatency,
+                DependencyKind::External => Rule::ExternalLatency,
+            };
+            let verdict = Self::judge_latency(&self.cfg, &dep.track);
+            self.step(&id, rule, verdict, now);
+            let quiet = !self.active.contains_key(&(id.clone(), rule));
+            if let Some(dep) = self.dependencies.get_mut(&id) {
+                dep.track.learn(self.alpha, quiet);
+                let forget_after = 2 * u64::from(self.cfg.baseline_half_life_windows);
+                if quiet && dep.track.idle > forget_after {
+                    self.dependencies.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// The latency rule on a track: its rule window's p95 above `latency_ratio` times its
+    /// baseline, judged with enough traffic, a trusted baseline, from `latency_min_ms` up.
+    fn judge_latency(cfg: &AlertsConfig, track: &RouteTrack) -> Option<(f64, f64, u64)> {
+        let c = track.combined();
+        let judged = c.requests >= cfg.min_requests
+            && track.seen >= u64::from(cfg.baseline_windows)
+            && c.p95_ms >= cfg.latency_min_ms;
+        if !judged {
+            return None;
+        }
+        let base = track.baseline_p95_ms.filter(|b| *b > 0.0)?;
+        let t = cfg.latency_ratio * base;
+        (c.p95_ms > t).then_some((c.p95_ms, t, c.requests))
     }
 
     /// Feeds the window to the services with objectives and moves their burn alerts on.
@@ -331,11 +450,7 @@ impl Alerts {
                 c.client_error_rate > cfg.client_error_rate,
             ),
             Rule::Apdex if enough => (c.apdex, cfg.apdex_min, c.apdex < cfg.apdex_min),
-            Rule::LatencyP95 if enough && learned && c.p95_ms >= cfg.latency_min_ms => {
-                let base = track.baseline_p95_ms.filter(|b| *b > 0.0)?;
-                let t = cfg.latency_ratio * base;
-                (c.p95_ms, t, c.p95_ms > t)
-            }
+            Rule::LatencyP95 => return Self::judge_latency(cfg, track),
             Rule::Throughput if learned => {
                 let base = track.baseline_rate?;
                 // Judged only where the baseline promises enough traffic to miss.
@@ -371,6 +486,11 @@ impl Alerts {
                 }
             }
             (Some((value, threshold, requests)), None) => {
+                let labels = self
+                    .dependencies
+                    .get(id)
+                    .map(|d| d.labels.clone())
+                    .unwrap_or_default();
                 let mut a = Alert {
                     rule,
                     alertname: rule.alertname(),
@@ -384,6 +504,7 @@ impl Alerts {
                     value,
                     threshold,
                     requests,
+                    labels,
                     breaches: 1,
                     clears: 0,
                 };
@@ -440,22 +561,23 @@ impl Alerts {
     /// `apm_alerts` (1 per pending or firing alert) and the engine's own counters.
     pub fn render(&self, out: &mut Exposition) {
         for a in self.active() {
-            out.add(
-                &ALERTS_GAUGE,
-                format!(
-                    "alertname=\"{}\",alertstate=\"{}\",service_name=\"{}\",http_request_method=\"{}\",http_route=\"{}\"",
-                    a.alertname,
-                    a.state.as_str(),
-                    escape(&a.service),
-                    a.method,
-                    escape(&a.route)
-                ),
-                1,
-            );
+            let mut set = a.label_set();
+            set.insert(1, ("alertstate", a.state.as_str().to_owned()));
+            let labels = set
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                .collect::<Vec<_>>()
+                .join(",");
+            out.add(&ALERTS_GAUGE, labels, 1);
         }
         out.add(&ALERTS_FIRED, String::new(), self.fired);
         out.add(&ALERTS_RESOLVED, String::new(), self.resolved_total);
         out.add(&MAP_OVERFLOWS, "map=\"alert_routes\"", self.overflows);
+        out.add(
+            &MAP_OVERFLOWS,
+            "map=\"alert_dependencies\"",
+            self.dependency_overflows,
+        );
         if self.cfg.webhook.enabled() {
             let w = self.webhook;
             for (outcome, n) in [

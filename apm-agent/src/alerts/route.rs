@@ -30,6 +30,16 @@ impl WindowFigures {
         }
     }
 
+    /// A dependency's window: only its calls and p95 count.
+    pub fn latency(calls: u64, p95_ms: f64, secs: f64) -> Self {
+        Self {
+            secs,
+            requests: calls,
+            p95_weighted: p95_ms * calls as f64,
+            ..Self::default()
+        }
+    }
+
     pub fn idle(secs: f64) -> Self {
         Self {
             secs,

@@ -2,6 +2,7 @@
 //! resolves after as many clear ones, needs its minimum traffic, and the baseline rules wait
 //! for their baselines and do not learn from the regression they report.
 use super::*;
+use crate::metrics::dependencies::{DependencyKind, DependencySummary};
 
 fn row(route: &str, requests: u64, e5: u64, e4: u64, p95_ms: f64, apdex: f64) -> RouteSummary {
     RouteSummary {
@@ -45,7 +46,7 @@ fn error_rate_fires_after_its_for_and_resolves() {
     let mut t = 0.0;
     let mut tick = |a: &mut Alerts, rows: &[RouteSummary]| {
         t += 1.0;
-        a.evaluate(rows, 1.0, t);
+        a.evaluate(rows, &[], 1.0, t);
     };
     // Healthy, then 20% 5xx on /cart while /ok stays healthy.
     tick(
@@ -110,6 +111,7 @@ fn too_little_traffic_is_not_judged_and_4xx_is_off_by_default() {
                 row("/rare", 5, 5, 0, 10.0, 0.0),
                 row("/bad-input", 50, 0, 50, 10.0, 1.0),
             ],
+            &[],
             1.0,
             f64::from(t),
         );
@@ -122,6 +124,7 @@ fn too_little_traffic_is_not_judged_and_4xx_is_off_by_default() {
     for t in 0..2 {
         on.evaluate(
             &[row("/bad-input", 50, 0, 50, 10.0, 1.0)],
+            &[],
             1.0,
             f64::from(t),
         );
@@ -136,7 +139,12 @@ fn too_little_traffic_is_not_judged_and_4xx_is_off_by_default() {
 fn apdex_below_its_minimum_fires() {
     let mut a = Alerts::new(cfg());
     for t in 0..2 {
-        a.evaluate(&[row("/slowish", 50, 0, 0, 900.0, 0.5)], 1.0, f64::from(t));
+        a.evaluate(
+            &[row("/slowish", 50, 0, 0, 900.0, 0.5)],
+            &[],
+            1.0,
+            f64::from(t),
+        );
     }
     assert_eq!(
         states(&a),
@@ -151,20 +159,20 @@ fn latency_against_a_learned_baseline_which_the_regression_does_not_move() {
     // Nothing is judged before the baseline is trusted (5 windows), however slow.
     let mut young = Alerts::new(cfg());
     for (i, p95) in [20.0, 20.0, 200.0, 200.0].into_iter().enumerate() {
-        young.evaluate(&[row("/items", 50, 0, 0, p95, 1.0)], 1.0, i as f64);
+        young.evaluate(&[row("/items", 50, 0, 0, p95, 1.0)], &[], 1.0, i as f64);
     }
     assert!(states(&young).is_empty(), "{:?}", states(&young));
     // Learning: 6 windows at 20 ms.
     for _ in 0..6 {
         t += 1.0;
-        a.evaluate(&[row("/items", 50, 0, 0, 20.0, 1.0)], 1.0, t);
+        a.evaluate(&[row("/items", 50, 0, 0, 20.0, 1.0)], &[], 1.0, t);
     }
     assert!(states(&a).is_empty(), "{:?}", states(&a));
     let before = a.routes.values().next().and_then(|r| r.baseline_p95_ms);
     // Three times as slow for a while: fires, and the baseline stays where it was.
     for _ in 0..6 {
         t += 1.0;
-        a.evaluate(&[row("/items", 50, 0, 0, 90.0, 1.0)], 1.0, t);
+        a.evaluate(&[row("/items", 50, 0, 0, 90.0, 1.0)], &[], 1.0, t);
     }
     assert_eq!(
         states(&a),
@@ -182,7 +190,7 @@ fn latency_against_a_learned_baseline_which_the_regression_does_not_move() {
     // Back to normal: resolves.
     for _ in 0..4 {
         t += 1.0;
-        a.evaluate(&[row("/items", 50, 0, 0, 20.0, 1.0)], 1.0, t);
+        a.evaluate(&[row("/items", 50, 0, 0, 20.0, 1.0)], &[], 1.0, t);
     }
     assert!(states(&a).is_empty(), "{:?}", states(&a));
     assert_eq!(a.resolved_total, 1);
@@ -192,10 +200,10 @@ fn latency_against_a_learned_baseline_which_the_regression_does_not_move() {
 fn latency_under_its_floor_is_not_judged() {
     let mut a = Alerts::new(cfg());
     for t in 0..6 {
-        a.evaluate(&[row("/fast", 50, 0, 0, 1.0, 1.0)], 1.0, f64::from(t));
+        a.evaluate(&[row("/fast", 50, 0, 0, 1.0, 1.0)], &[], 1.0, f64::from(t));
     }
     for t in 6..10 {
-        a.evaluate(&[row("/fast", 50, 0, 0, 3.0, 1.0)], 1.0, f64::from(t));
+        a.evaluate(&[row("/fast", 50, 0, 0, 3.0, 1.0)], &[], 1.0, f64::from(t));
     }
     assert!(states(&a).is_empty(), "{:?}", states(&a));
 }
@@ -204,12 +212,12 @@ fn latency_under_its_floor_is_not_judged() {
 fn throughput_under_half_its_baseline_fires_even_with_no_request() {
     let mut a = Alerts::new(cfg());
     for t in 0..6 {
-        a.evaluate(&[row("/feed", 50, 0, 0, 10.0, 1.0)], 1.0, f64::from(t));
+        a.evaluate(&[row("/feed", 50, 0, 0, 10.0, 1.0)], &[], 1.0, f64::from(t));
     }
     assert!(states(&a).is_empty());
     // The route goes silent: it is absent from the windows.
     for t in 6..9 {
-        a.evaluate(&[], 1.0, f64::from(t));
+        a.evaluate(&[], &[], 1.0, f64::from(t));
     }
     assert_eq!(
         states(&a),
@@ -231,6 +239,7 @@ fn routes_beyond_the_budget_are_counted_and_client_rows_ignored() {
             row("/b", 50, 0, 0, 10.0, 1.0),
             client,
         ],
+        &[],
         1.0,
         0.0,
     );
@@ -253,7 +262,7 @@ fn gauge_escapes_outside_strings() {
     });
     let mut r = row("/x\"y\\z", 50, 50, 0, 10.0, 1.0);
     r.service = "we\"b".to_owned();
-    a.evaluate(&[r], 1.0, 0.0);
+    a.evaluate(&[r], &[], 1.0, 0.0);
     let mut out = Exposition::default();
     a.render(&mut out);
     let mut text = String::new();
@@ -306,14 +315,19 @@ fn settings_out_of_range_are_named() {
 fn silent_routes_alert_then_are_forgotten() {
     let mut a = Alerts::new(cfg());
     for t in 0..6 {
-        a.evaluate(&[row("/retired", 50, 0, 0, 10.0, 1.0)], 1.0, f64::from(t));
+        a.evaluate(
+            &[row("/retired", 50, 0, 0, 10.0, 1.0)],
+            &[],
+            1.0,
+            f64::from(t),
+        );
     }
     // Silent: a throughput alert, which resolves once the rate baseline (still learning)
     // no longer promises enough traffic to miss; then, with no alert, the route is forgotten
     // (after two half-lives of silence).
     let mut fired = false;
     for t in 6..40 {
-        a.evaluate(&[], 1.0, f64::from(t));
+        a.evaluate(&[], &[], 1.0, f64::from(t));
         fired |= !states(&a).is_empty();
     }
     assert!(fired);
@@ -356,7 +370,7 @@ fn availability_budget_burn_fires_on_both_spans_and_resolves() {
     let mut t = 0.0;
     let mut tick = |a: &mut Alerts, rows: &[RouteSummary]| {
         t += 1.0;
-        a.evaluate(rows, 1.0, t);
+        a.evaluate(rows, &[], 1.0, t);
     };
     // Spans not full yet, then healthy: nothing.
     for _ in 0..12 {
@@ -412,6 +426,7 @@ fn latency_budget_counts_requests_outside_apdex_t_and_other_services_are_not_fol
         other.service = "other".to_owned();
         a.evaluate(
             &[row("/cart", 100, 0, 0, 900.0, 0.5), other],
+            &[],
             1.0,
             f64::from(t),
         );
@@ -467,7 +482,7 @@ fn fire_and_resolve(a: &mut Alerts) {
     let mut t = 0.0;
     for e5 in [0, 10, 10, 10, 0, 0, 0, 0] {
         t += 1.0;
-        a.evaluate(&[row("/cart", 50, e5, 0, 10.0, 1.0)], 1.0, t);
+        a.evaluate(&[row("/cart", 50, e5, 0, 10.0, 1.0)], &[], 1.0, t);
     }
 }
 
@@ -560,4 +575,88 @@ fn webhook_settings_out_of_range_are_named() {
         ..AlertsConfig::default()
     };
     assert_eq!(ok.invalid(), None);
+}
+
+fn db_dep(calls: u64, p95_ms: f64) -> DependencySummary {
+    DependencySummary {
+        service: "shop".to_owned(),
+        kind: DependencyKind::Database,
+        labels: vec![
+            ("db_system_name", "postgresql".to_owned()),
+            ("db_operation_name", "SELECT".to_owned()),
+            ("server_address", "db".to_owned()),
+        ],
+        calls,
+        p95_ms,
+    }
+}
+
+#[test]
+fn a_database_operation_slower_than_twice_its_baseline_fires_and_resolves() {
+    let mut a = Alerts::new(cfg());
+    let mut t = 0.0;
+    let mut tick = |a: &mut Alerts, deps: &[DependencySummary]| {
+        t += 1.0;
+        a.evaluate(&[], deps, 1.0, t);
+    };
+    // Baseline 20 ms over the 5 learning windows, then three times that.
+    for _ in 0..6 {
+        tick(&mut a, &[db_dep(50, 20.0)]);
+    }
+    assert!(a.active().is_empty());
+    tick(&mut a, &[db_dep(50, 60.0)]);
+    tick(&mut a, &[db_dep(50, 60.0)]);
+    tick(&mut a, &[db_dep(50, 60.0)]);
+    let firing = a.active();
+    assert_eq!(firing.len(), 1, "{firing:?}");
+    let f = firing[0];
+    assert_eq!(f.alertname, "ApmDatabaseLatencyHigh");
+    assert_eq!(f.state, State::Firing);
+    // Twice the baseline, which learnt the first slow window before the rule window showed
+    // the breach (as the route rule's does) and then froze.
+    assert!(
+        (40.0..55.0).contains(&f.threshold),
+        "about twice the baseline: {f:?}"
+    );
+    assert_eq!(
+        f.label_set(),
+        [
+            ("alertname", "ApmDatabaseLatencyHigh".to_owned()),
+            ("service_name", "shop".to_owned()),
+            ("db_operation_name", "SELECT".to_owned()),
+            ("db_system_name", "postgresql".to_owned()),
+            ("server_address", "db".to_owned()),
+        ]
+    );
+    let mut exposition = Exposition::default();
+    a.render(&mut exposition);
+    let mut text = String::new();
+    exposition.write(&mut text);
+    assert!(
+        text.contains(
+            "apm_alerts{alertname=\"ApmDatabaseLatencyHigh\",alertstate=\"firing\",\
+             service_name=\"shop\",db_operation_name=\"SELECT\",db_system_name=\"postgresql\",\
+             server_address=\"db\"} 1"
+        ),
+        "{text}"
+    );
+    for _ in 0..4 {
+        tick(&mut a, &[db_dep(50, 20.0)]);
+    }
+    assert!(a.active().is_empty());
+    assert_eq!(
+        a.resolved().next().map(|r| r.alertname),
+        Some("ApmDatabaseLatencyHigh")
+    );
+
+    // Off: not judged at all.
+    let mut off = Alerts::new(AlertsConfig {
+        dependency_latency: false,
+        ..cfg()
+    });
+    for i in 0..12 {
+        let p95 = if i < 6 { 20.0 } else { 60.0 };
+        off.evaluate(&[], &[db_dep(50, p95)], 1.0, f64::from(i));
+    }
+    assert!(off.active().is_empty());
 }

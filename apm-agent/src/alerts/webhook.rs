@@ -62,19 +62,10 @@ pub struct Notified {
     fingerprint: String,
 }
 
-/// The labels of an alert, as the Prometheus rules name them.
+/// The labels of an alert, as the Prometheus rules name them, and where it comes from.
 fn labels(a: &Alert) -> BTreeMap<&'static str, String> {
-    let mut l = BTreeMap::from([
-        ("alertname", a.alertname.to_owned()),
-        ("service_name", a.service.clone()),
-        ("source", "apm-agent".to_owned()),
-    ]);
-    if !a.method.is_empty() {
-        l.insert("http_request_method", a.method.to_owned());
-    }
-    if !a.route.is_empty() {
-        l.insert("http_route", a.route.clone());
-    }
+    let mut l: BTreeMap<&'static str, String> = a.label_set().into_iter().collect();
+    l.insert("source", "apm-agent".to_owned());
     l
 }
 
@@ -243,6 +234,7 @@ mod tests {
             value: 0.2,
             threshold: 0.01,
             requests: 120,
+            labels: BTreeMap::new(),
             breaches: 0,
             clears: 0,
         }

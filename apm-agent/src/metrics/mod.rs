@@ -1,5 +1,6 @@
 //! Aggregation of requests into metrics.
 pub mod db;
+pub mod dependencies;
 pub mod exponential;
 pub mod n_plus_one;
 pub mod otel;

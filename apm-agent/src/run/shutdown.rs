@@ -7,7 +7,13 @@ use std::{
 };
 
 use super::{RunError, components::Components, spawn::Running};
-use crate::{alerts::Alerts, config::Config, console, metrics::red::Red, os::lock};
+use crate::{
+    alerts::Alerts,
+    config::Config,
+    console,
+    metrics::{dependencies::DependencyWindows, red::Red},
+    os::lock,
+};
 
 /// Unix time in seconds, with its fraction.
 fn unix_now_f64() -> f64 {
@@ -55,13 +61,18 @@ async fn windows_until_signal(cfg: &Config, red: &Mutex<Red>, alerts: &Mutex<Ale
     let mut terminate =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let mut started = Instant::now();
+    let mut dependencies = DependencyWindows::default();
     loop {
         tokio::select! {
             _ = ticker.tick() => {
                 let elapsed = started.elapsed().as_secs_f64();
                 started = Instant::now();
-                let rows = lock(red).roll_window(elapsed).to_vec();
-                lock(alerts).evaluate(&rows, elapsed, unix_now_f64());
+                let (rows, deps) = {
+                    let mut red = lock(red);
+                    let rows = red.roll_window(elapsed).to_vec();
+                    (rows, dependencies.roll(&red))
+                };
+                lock(alerts).evaluate(&rows, &deps, elapsed, unix_now_f64());
                 let table =
                     cfg.console.then(|| console::table(&rows, cfg.console_rows, cfg.window_secs));
                 if let Some(table) = table {
