@@ -178,9 +178,23 @@ pub fn start(
     let transport = Transport::new(&settings, cfg.url.trim())?;
     log::info!(
         "alerts are posted to {} (Alertmanager webhook format)",
-        cfg.url.trim()
+        origin(cfg.url.trim())
     );
     Ok(Some(runtime.spawn(post_outbox(transport, alerts, base))))
+}
+
+/// `scheme://host[:port]` of a webhook URL, for logs: its path, query and user info often
+/// hold the receiver's secret (a chat webhook's token is its path).
+fn origin(url: &str) -> String {
+    match url.parse::<hyper::Uri>() {
+        Ok(u) => format!(
+            "{}://{}{}",
+            u.scheme_str().unwrap_or("http"),
+            u.host().unwrap_or("?"),
+            u.port_u16().map(|p| format!(":{p}")).unwrap_or_default()
+        ),
+        Err(_) => "(an invalid URL)".to_owned(),
+    }
 }
 
 /// Every [`POLL`]: takes the outbox and posts it, retrying; what is finally dropped is
@@ -276,6 +290,15 @@ mod tests {
         .unwrap();
         assert_eq!(again["status"], "resolved");
         assert_eq!(again["alerts"][0]["fingerprint"], a["fingerprint"]);
+    }
+
+    #[test]
+    fn logs_name_the_receiver_without_its_secret() {
+        assert_eq!(
+            origin("https://user:pw@hooks.example.com:8443/services/T0/B0/SECRET?token=x"),
+            "https://hooks.example.com:8443"
+        );
+        assert_eq!(origin("http://127.0.0.1/hook"), "http://127.0.0.1");
     }
 
     #[test]
