@@ -83,6 +83,15 @@ pub mod syscall {
     pub const SSL_READ: u32 = 10;
     /// Plaintext passed to `SSL_write`/`SSL_write_ex`.
     pub const SSL_WRITE: u32 = 11;
+    /// `sendfile` into a socket: the bytes came from a file, not from the caller's memory, so
+    /// the record carries their count only (`captured_len` 0). nginx and Apache send file
+    /// bodies this way (Debian's nginx.conf has `sendfile on`), and so does Go's `io.Copy`
+    /// from an `os.File` to a `net.TCPConn`: without the count a parser would take the next
+    /// message's head for the body it is still waiting for.
+    pub const SENDFILE: u32 = 12;
+    /// `splice` between a pipe and a socket, either way: its count only, as for
+    /// [`SENDFILE`] (Go's `io.Copy` between two TCP connections, HAProxy).
+    pub const SPLICE: u32 = 13;
 }
 
 /// Which OpenSSL function a uprobe entry saw (the [`SslCall::op`] field).
@@ -153,9 +162,9 @@ pub mod stat {
     /// Wake-ups of the agent forced by a record (a batch waits, at most one per millisecond;
     /// and each `exec`).
     pub const RING_WAKEUPS: u32 = 15;
-    /// A socket send or receive outside a read/write-family syscall of the calling task
-    /// (sendfile, splice, io_uring, kernel sockets), on the socket-layer capture path: not
-    /// copied.
+    /// A socket send or receive outside a read/write-family, `sendfile` or `splice` syscall
+    /// of the calling task (io_uring, kernel sockets), on the socket-layer capture path: not
+    /// copied, and not counted in the connection's stream.
     pub const SOCKET_CALL_OTHER: u32 = 16;
     /// A data record found its CPU's scratch area in use by a program that was preempted
     /// while assembling one (kernels with full or lazy preemption run tracing programs

@@ -34,6 +34,8 @@ pub(crate) enum Buffer {
     Plain(u64),
     /// An iovec array and its length (readv, writev, recvmsg, sendmsg).
     Vectored { iov: u64, count: u64 },
+    /// None the caller wrote or reads (`sendfile`, `splice`): the record has the count only.
+    Unseen,
 }
 
 /// One socket syscall that moved `total > 0` bytes.
@@ -79,6 +81,7 @@ pub(crate) fn emit_data<const FETCH: bool, const IOV: u32>(m: &Moved) {
     let copied = match m.buffer {
         Buffer::Plain(ptr) => copy_at(scratch, 0, ptr, want),
         Buffer::Vectored { iov, count } => gather_iovecs::<IOV>(scratch, iov, count, want),
+        Buffer::Unseen => 0,
     };
 
     // Numbered after the copy, right before the output: a record lost to a full ring buffer

@@ -10,9 +10,9 @@
 //! - **Data**: `sock_send_length` / `sock_recv_length` fire inside `sock_sendmsg` /
 //!   `sock_recvmsg`, after the bytes moved, with the `struct sock *` and the byte count. The
 //!   syscall's own arguments (fd, buffer, iovec or msghdr) are in the task's saved user
-//!   registers (`bpf_task_pt_regs`); a send or receive that is not a read/write-family
-//!   syscall of the task (sendfile, splice, io_uring workers, kernel sockets) is counted and
-//!   left alone.
+//!   registers (`bpf_task_pt_regs`). `sendfile` and `splice` move bytes the caller never
+//!   held: their count is recorded, not the bytes. A send or receive that is none of these
+//!   syscalls of the task (io_uring workers, kernel sockets) is counted and left alone.
 //!   Kernels with fentry/fexit but before 6.4 (5.15 to 6.3: `bpf_task_pt_regs` is 5.15+) get
 //!   the same data from BPF trampolines on the functions around them (`inet_sendmsg`,
 //!   `inet_recvmsg`, ...: the `sockets-fexit` value of the setting).
@@ -45,7 +45,10 @@ use crate::{
     catch_up::seen_by_fexit,
     endpoints::{SKC_DADDR, SKC_DPORT, SKC_FAMILY, SKC_STATE},
     maps::{FORK_PARENT, SKIP_PEER_PORT, SOCKETS, bump, output},
-    sockets::{AF_INET, Call, args, caller, capture, data_call, is_tracked_family, peeked},
+    sockets::{
+        AF_INET, Call, EITHER_WAY, args, caller, capture, data_call, is_tracked_family, peeked,
+        splice_socket_first,
+    },
 };
 
 /// Roles learnt from TCP handshakes, by socket cookie, until the socket's first data.
@@ -189,6 +192,27 @@ socket_fexit!(
     recv
 );
 
+/// `inet_sendpage(struct socket *sock, struct page *page, int offset, size_t size, int
+/// flags)`, on return (`ssize_t`): before 6.5, `sendfile` and `splice` into a TCP socket (IPv4
+/// and IPv6 alike) went through the socket's `sendpage`, not `inet_sendmsg`. Their bytes are
+/// counted, not copied (see `apm_common::syscall::SENDFILE`). 6.5 folded `sendpage` into
+/// `sock_sendmsg`, where the tracepoint of the `sockets` path sees them.
+#[fexit(function = "inet_sendpage")]
+pub fn apm_inet_sendpage_exit(ctx: FExitContext) -> i32 {
+    let sock: *const u64 = ctx.arg(0);
+    let ret: i64 = ctx.arg(5);
+    // SAFETY: as for the sends above.
+    let sk = unsafe { *sock.byte_add(SOCKET_SK) };
+    seen_by_fexit();
+    let ret = if ret > i64::from(i32::MAX) {
+        i32::MAX
+    } else {
+        ret as i32
+    };
+    on_socket_data::<MAX_IOV_NARROW>(sk, ret, 0, direction::EGRESS);
+    0
+}
+
 /// Offset of `sk` in `struct socket` (after `state`, `type`, `flags` and `file`): the same
 /// from 5.10 to 6.18 (the verifier checks it: see `socket_fexit!`).
 pub const SOCKET_SK: usize = 24;
@@ -213,11 +237,14 @@ fn on_socket_data<const IOV: u32>(sk: u64, ret: i32, flags: i32, dir: u32) {
         bump(stat::SOCKET_CALL_OTHER);
         return;
     };
-    if call_dir != dir {
+    if call_dir != dir && call_dir != EITHER_WAY {
         bump(stat::SOCKET_CALL_OTHER);
         return;
     }
-    let a = args(regs);
+    let mut a = args(regs);
+    if call_dir == EITHER_WAY {
+        splice_socket_first(&mut a, dir);
+    }
     if dir == direction::INGRESS && peeked(regs, sc, &a) {
         // A peek by the syscall's own flags (the hook's are the same but for `read`'s).
         return;

@@ -48,12 +48,14 @@ pub(crate) mod nr {
     pub(crate) const MMAP: u64 = 9;
     pub(crate) const READV: u64 = 19;
     pub(crate) const WRITEV: u64 = 20;
+    pub(crate) const SENDFILE: u64 = 40;
     pub(crate) const CONNECT: u64 = 42;
     pub(crate) const ACCEPT: u64 = 43;
     pub(crate) const SENDTO: u64 = 44;
     pub(crate) const RECVFROM: u64 = 45;
     pub(crate) const SENDMSG: u64 = 46;
     pub(crate) const RECVMSG: u64 = 47;
+    pub(crate) const SPLICE: u64 = 275;
     pub(crate) const ACCEPT4: u64 = 288;
 }
 
@@ -164,8 +166,24 @@ pub(crate) fn data_call(number: u64) -> Option<(u32, u32, Layout)> {
         nr::WRITEV => (syscall::WRITEV, EGRESS, Layout::Iovec),
         nr::RECVMSG => (syscall::RECVMSG, INGRESS, Layout::Msghdr),
         nr::SENDMSG => (syscall::SENDMSG, EGRESS, Layout::Msghdr),
+        nr::SENDFILE => (syscall::SENDFILE, EGRESS, Layout::Unseen),
+        nr::SPLICE => (syscall::SPLICE, EITHER_WAY, Layout::Unseen),
         _ => return None,
     })
+}
+
+/// The direction [`data_call`] gives `splice`: it moves bytes from a pipe into a socket or
+/// from a socket into a pipe, which only the socket tells.
+pub(crate) const EITHER_WAY: u32 = u32::MAX;
+
+/// `splice(fd_in, off_in, fd_out, off_out, len, flags)` moved bytes `dir`: the socket's fd is
+/// `fd_out` for a send, `fd_in` for a receive. Made the first argument, where the other calls
+/// have their fd.
+#[inline(always)]
+pub(crate) fn splice_socket_first(a: &mut Args, dir: u32) {
+    if dir == direction::EGRESS {
+        a.a0 = a.a2;
+    }
 }
 
 /// How a data syscall passes its buffer.
@@ -177,6 +195,9 @@ pub(crate) enum Layout {
     Iovec,
     /// (fd, struct user_msghdr *, flags)
     Msghdr,
+    /// The bytes came from a file or a pipe (`sendfile`, `splice`), not the caller's memory:
+    /// only their count is recorded, so that the parsers step over them.
+    Unseen,
 }
 
 /// A data syscall's exit: `ret` bytes moved on fd `args(regs).a0`, copied when the socket
@@ -193,14 +214,32 @@ pub(crate) fn on_data<const FETCH: bool>(
         return;
     }
     let Some((tgid, tid)) = caller() else { return };
-    let a = args(regs);
+    let mut a = args(regs);
     if peeked(regs, sc, &a) {
         return;
+    }
+    let mut dir = dir;
+    if dir == EITHER_WAY {
+        // One end of a splice is a pipe: the other is a tracked socket, or not ours.
+        let out = SockKey {
+            tgid,
+            fd: a.a2 as u32,
+        };
+        dir = if SOCKETS.get_ptr_mut(out).is_some() {
+            direction::EGRESS
+        } else {
+            direction::INGRESS
+        };
+        splice_socket_first(&mut a, dir);
     }
     let fd = a.a0 as u32;
     // A pointer into the entry, not a copy: flags are set and records counted in place.
     let sock = match SOCKETS.get_ptr_mut(SockKey { tgid, fd }) {
         Some(sock) => sock,
+        // Adoption needs the socket noted by the socket layer for this very call, which
+        // sendfile and splice do not go through on every kernel: their bytes count only on
+        // sockets already known.
+        None if matches!(layout, Layout::Unseen) => return,
         None => match adopt(tgid, fd) {
             Some(sock) => sock,
             None => return,
@@ -280,6 +319,7 @@ pub(crate) fn capture<const FETCH: bool, const IOV: u32>(
             };
             Buffer::Vectored { iov, count }
         }
+        Layout::Unseen => Buffer::Unseen,
     };
     emit_data::<FETCH, IOV>(&Moved {
         tgid,

@@ -1,5 +1,6 @@
 //! The agent against Debian's nginx: wrk with keep-alive at full speed (the agent's count of
-//! wrk's requests equals wrk's own count), and pipelined requests sent in one write.
+//! wrk's requests equals wrk's own count), pipelined requests sent in one write, and response
+//! bodies sent with sendfile (nginx as Debian configures it) or splice.
 use std::{process::Command, time::Duration};
 
 use anyhow::{Context as _, Result};
@@ -7,7 +8,7 @@ use tests::{
     agent::Agent,
     net::free_port,
     require_root,
-    servers::{Nginx, app_server},
+    servers::{Nginx, NginxTuning, app_server, python},
     servers_dir, unique,
 };
 
@@ -112,5 +113,128 @@ fn pipelined_requests_in_one_write() -> Result<()> {
         m.client_count(&client_service, nginx_port, "GET", "/users/{id}", "404")
     })?;
     assert_eq!((app, ngx, c_app, c_ngx), (5.0, 7.0, 5.0, 7.0));
+    Ok(())
+}
+
+/// Bodies that never pass through the server's memory: nginx with `sendfile on` (Debian's
+/// nginx.conf, and the official image's, have it) sends the head with `writev` and the file
+/// with `sendfile`, and a server that splices its bodies from a pipe (proxies, Go's
+/// `io.Copy` between connections). The agent sees their byte counts only; without them the
+/// server's parser takes the next response head for the body it still waits for, and the
+/// server's counts come out a fraction of the client's. Keep-alive connections mix a small
+/// body (one send) with a large one (many), so each response must end exactly where its
+/// body does.
+#[test]
+fn sendfile_and_splice_bodies_counted_exactly() -> Result<()> {
+    if !require_root("sendfile_and_splice_bodies_counted_exactly") {
+        return Ok(());
+    }
+    let agent = Agent::start(&[])?;
+    let port = free_port();
+    let tag = unique("sf");
+    let (small, large) = (format!("{tag}-small.html"), format!("{tag}-large.bin"));
+    let tuning = NginxTuning {
+        server_extra: "sendfile on; tcp_nopush on;".to_owned(),
+        ..NginxTuning::default()
+    };
+    let large_body = vec![b'L'; 1 << 20];
+    let _nginx = Nginx::start_tuned(
+        port,
+        &[(&small, &[b's'; 1024][..]), (&large, &large_body)],
+        &tuning,
+    )?;
+    let splice_port = free_port();
+    let splice_service = unique("it-splice");
+    let _splice = python(
+        &["splice_http.py", &splice_port.to_string()],
+        &[("OTEL_SERVICE_NAME", &splice_service)],
+        &servers_dir(),
+        splice_port,
+    )?;
+
+    // One curl, one connection per server: large and small bodies alternate.
+    let rounds = 10;
+    for (p, paths) in [
+        (port, [format!("/{large}"), format!("/{small}")]),
+        (splice_port, ["/large".to_owned(), "/small".to_owned()]),
+    ] {
+        let mut curl = Command::new("curl");
+        curl.args(["-sS", "--fail"]);
+        for _ in 0..rounds {
+            for path in &paths {
+                curl.args(["-o", "/dev/null", &format!("http://127.0.0.1:{p}{path}")]);
+            }
+        }
+        let out = curl.output().context("running curl")?;
+        assert!(
+            out.status.success(),
+            "curl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // wrk at full speed on the small file: every response one writev and one sendfile.
+    let connections = 4;
+    let out = Command::new("wrk")
+        .args(["-t1", &format!("-c{connections}"), "-d2s"])
+        .arg(format!("http://127.0.0.1:{port}/{small}"))
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let sent = wrk_requests(&text).with_context(|| format!("no count in wrk output:\n{text}"))?;
+    assert!(sent > 100.0, "wrk made only {sent} requests:\n{text}");
+
+    let n = f64::from(rounds);
+    let small_route = format!("/{small}");
+    let large_route = format!("/{large}");
+    let server_large = agent.settle(n, WAIT, |m| {
+        m.server_count("nginx", "GET", &large_route, "200")
+    })?;
+    let client_large = agent.settle(n, WAIT, |m| {
+        m.client_count("curl", port, "GET", &large_route, "200")
+    })?;
+    let client_small = agent.settle(n, WAIT, |m| {
+        m.client_count("curl", port, "GET", &small_route, "200")
+    })?;
+    let wrk = agent.settle(sent, WAIT, |m| {
+        m.client_count("wrk", port, "GET", &small_route, "200")
+    })?;
+    let server_small = agent.settle(n + sent, WAIT, |m| {
+        m.server_count("nginx", "GET", &small_route, "200")
+    })?;
+    let spliced = [
+        agent.settle(n, WAIT, |m| {
+            m.server_count(&splice_service, "GET", "/large", "200")
+        })?,
+        agent.settle(n, WAIT, |m| {
+            m.server_count(&splice_service, "GET", "/small", "200")
+        })?,
+        agent.settle(n, WAIT, |m| {
+            m.client_count("curl", splice_port, "GET", "/large", "200")
+        })?,
+        agent.settle(n, WAIT, |m| {
+            m.client_count("curl", splice_port, "GET", "/small", "200")
+        })?,
+    ];
+    let m = agent.metrics()?;
+    assert_eq!(
+        m.value("apm_events_lost_total"),
+        0.0,
+        "ring buffer overflowed"
+    );
+    assert_eq!(
+        (server_large, client_large, client_small, wrk),
+        (n, n, n, sent),
+        "nginx's large bodies (server, client), curl's small ones, wrk's"
+    );
+    // nginx also answered the requests in flight when wrk stopped (at most one per connection).
+    assert!(
+        server_small >= n + sent && server_small <= n + sent + f64::from(connections),
+        "nginx served {server_small} small files, curl and wrk completed {}",
+        n + sent
+    );
+    assert_eq!(
+        spliced, [n; 4],
+        "spliced bodies: server large, small; client large, small"
+    );
     Ok(())
 }

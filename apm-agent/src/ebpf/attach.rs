@@ -129,6 +129,14 @@ pub const SOCKET_FEXIT_PROGRAMS: &[SocketProgram] = &[
         "unix_stream_recvmsg",
         Hook::Fexit,
     ),
+    // sendfile and splice into TCP sockets (counted, not copied): before 6.5 they do not go
+    // through inet_sendmsg.
+    SocketProgram {
+        name: "apm_inet_sendpage_exit",
+        target: "inet_sendpage",
+        hook: Hook::Fexit,
+        narrow: None,
+    },
 ];
 
 /// The 8-iovec variants of the data programs, with the program each stands for.

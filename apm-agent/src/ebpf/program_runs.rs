@@ -16,7 +16,7 @@ use aya::Ebpf;
 
 /// The programs whose skipped runs are counted, by the name they are exported under. The
 /// variant of a program for older kernels is counted under its main name.
-pub const TRACKED: [&str; 19] = [
+pub const TRACKED: [&str; 20] = [
     "apm_sock_send_data",
     "apm_sock_recv_data",
     "apm_inet_sendmsg_exit",
@@ -25,6 +25,7 @@ pub const TRACKED: [&str; 19] = [
     "apm_inet_recvmsg_exit",
     "apm_inet6_recvmsg_exit",
     "apm_unix_stream_recvmsg_exit",
+    "apm_inet_sendpage_exit",
     "apm_tcp_state",
     "apm_sys_enter",
     "apm_sys_exit",

@@ -77,7 +77,7 @@ const TLS_PLAINTEXT_RECORDS: Family = Family::counter(
 );
 const CAPTURE_SKIPPED: Family = Family::counter(
     "apm_capture_skipped_total",
-    "Socket sends and receives not copied: outside a read/write-family syscall (sendfile, splice, io_uring, kernel sockets).",
+    "Socket sends and receives not copied: outside a read/write-family, sendfile or splice syscall (io_uring, kernel sockets).",
 );
 const BLOCKED_AT_ATTACH: Family = Family::counter(
     "apm_capture_blocked_at_attach_total",

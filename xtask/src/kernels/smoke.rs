@@ -34,6 +34,14 @@ pub const SMOKE: &[SmokeTest] = &[
         target: "tls_openssl",
         test: "nginx_https_under_curl_counted_once_on_both_sides",
     },
+    // Bodies sent with sendfile (nginx as Debian configures it) and splice: counted, not
+    // copied, through each path's own hook (the socket tracepoint, inet_sendpage before 6.5,
+    // the syscall exit).
+    SmokeTest {
+        label: "sendfile",
+        target: "http_nginx",
+        test: "sendfile_and_splice_bodies_counted_exactly",
+    },
     // The perf-event profiler program and its stack maps.
     SmokeTest {
         label: "profiler",
