@@ -84,6 +84,11 @@ const TEST_PYTHON_PACKAGES: &[&str] = &[
     // deploy/ manifests: validated offline against the Kubernetes schemas this package ships
     // (tests/tests/deploy_manifests.rs); its PyYAML also reads them for the test's own checks.
     "kubernetes-validate==1.37.0",
+    // An HTTP/2 server that accepts `Upgrade: h2c` (tests/servers/h2c_upgrade.py): no Debian
+    // server here does (nginx speaks h2c with prior knowledge only).
+    "h2==4.2.0",
+    "hpack==4.1.0",
+    "hyperframe==6.1.0",
 ];
 /// The Node packages of the tests (tests/servers/grpc_echo.js), outside the build tree like
 /// [`TEST_VENV`]; the tests find them at the same path (`NODE_MODULES` in tests/src/grpc.rs).
@@ -243,7 +248,7 @@ fn ensure_test_venv() -> Result<()> {
         "import grpc, google.protobuf.json_format, \
          opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc, \
          opentelemetry.proto.collector.metrics.v1.metrics_service_pb2_grpc, \
-         pg8000, mysql.connector, kubernetes_validate, yaml",
+         pg8000, mysql.connector, kubernetes_validate, yaml, h2.connection",
     )
     .map(drop)
 }

@@ -198,6 +198,7 @@ macro_rules! parsers {
                 match self {
                     $(Self::$variant(p) => p.on_segment(seg, out, stats),)*
                 }
+                self.switch_protocol(seg, out, stats);
             }
 
             pub fn on_close(&mut self, ts_ns: u64, out: &mut ParserOut, stats: &mut ParseStats) {
@@ -232,6 +233,27 @@ macro_rules! parsers {
             }
         }
     };
+}
+
+impl Parser {
+    /// A connection that changed protocol in `seg`: an HTTP/1 request upgraded to cleartext
+    /// HTTP/2 by a 101 (`Upgrade: h2c`) goes on with the HTTP/2 parser, which reads the rest
+    /// of the segment.
+    fn switch_protocol(&mut self, seg: &Segment<'_>, out: &mut ParserOut, stats: &mut ParseStats) {
+        let Self::Http1(http1) = self else { return };
+        let Some(up) = http1.take_h2c() else { return };
+        let at = up.at.min(seg.data.len());
+        let rest = Segment {
+            data: &seg.data[at..],
+            total_len: seg.total_len.saturating_sub(up.at as u64),
+            ..*seg
+        };
+        let mut http2 = http2::Http2Parser::upgraded(http1.side(), *up);
+        if rest.total_len > 0 {
+            http2.on_segment(&rest, out, stats);
+        }
+        *self = Self::Http2(http2);
+    }
 }
 
 // The registration list, in detection order. HTTP/2 first: its preface is a definite match

@@ -25,6 +25,8 @@ pub(crate) struct Head<'a> {
     pub user_agent: Option<&'a [u8]>,
     pub traceparent: Option<&'a [u8]>,
     pub tracestate: Option<&'a [u8]>,
+    /// `Upgrade` names `h2c`: a request asking for cleartext HTTP/2, or the 101 that grants it.
+    pub upgrade_h2c: bool,
 }
 
 /// Outcome of parsing the bytes available so far.
@@ -132,6 +134,12 @@ fn fill_headers<'a>(head: &mut Head<'a>, headers: &[httparse::Header<'a>]) {
         match name.len() {
             0 => break,
             4 if name.eq_ignore_ascii_case(b"host") => head.host = Some(h.value),
+            7 if name.eq_ignore_ascii_case(b"upgrade") => {
+                head.upgrade_h2c = h
+                    .value
+                    .split(|b| *b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"));
+            }
             10 if name.eq_ignore_ascii_case(b"connection") => {
                 head.connection_close = h
                     .value

@@ -98,6 +98,8 @@ struct Pending {
     tid: u32,
     seq: u64,
     trust: Trust,
+    /// The request asked to continue in cleartext HTTP/2 (`Upgrade: h2c`).
+    upgrade_h2c: bool,
 }
 
 /// The response being read.
@@ -107,6 +109,8 @@ struct Open {
     trust: Trust,
     /// No request was waiting for it.
     orphan: bool,
+    /// A 101 whose `Upgrade` names `h2c`.
+    h2c: bool,
 }
 
 /// What a parsed head means for the rest of its message.
@@ -131,6 +135,26 @@ struct HeadInfo {
     content_length: Option<u64>,
     chunked: bool,
     truncated: bool,
+    upgrade_h2c: bool,
+}
+
+/// A request upgraded to cleartext HTTP/2 (`Upgrade: h2c` answered by a 101): it goes on as
+/// stream 1 of the HTTP/2 connection that follows (RFC 7540 §3.2), whose response it waits
+/// for. The connection's parser becomes the HTTP/2 one (see `Parser::on_segment`).
+#[derive(Debug)]
+pub struct H2cUpgrade {
+    pub method: Method,
+    pub path: String,
+    pub host: Option<String>,
+    pub user_agent: Option<String>,
+    pub traceparent: Option<TraceParent>,
+    pub tracestate: Option<String>,
+    pub start_ns: u64,
+    pub tid: u32,
+    pub seq: u64,
+    /// Where the HTTP/2 bytes start in the segment that carried the 101 (the server's
+    /// SETTINGS often follow it in the same write).
+    pub at: usize,
 }
 
 /// HTTP/1.x parser for one connection.
@@ -142,6 +166,8 @@ pub struct Http1Parser {
     open: Option<Open>,
     errors: ErrorStreak,
     upgraded: bool,
+    /// Set by a 101 that switched the connection to HTTP/2, until the caller takes it.
+    h2c: Option<Box<H2cUpgrade>>,
     /// Sequence number of the next request head.
     next_seq: u64,
 }
@@ -240,6 +266,11 @@ impl Http1Parser {
                                 Next::Done => {
                                     r.state = State::Idle;
                                     self.message_end(kind, seg.ts_ns, Trust::default(), out);
+                                    if let Some(h2c) = self.h2c.as_mut() {
+                                        // The rest of the segment is HTTP/2's.
+                                        h2c.at = usize::try_from(pos).unwrap_or(usize::MAX);
+                                        return;
+                                    }
                                 }
                             }
                         }
@@ -325,6 +356,7 @@ impl Http1Parser {
             content_length: head.content_length,
             chunked: head.chunked,
             truncated,
+            upgrade_h2c: head.upgrade_h2c,
         }
     }
 
@@ -383,6 +415,7 @@ impl Http1Parser {
                     tid,
                     seq,
                     trust,
+                    upgrade_h2c: info.upgrade_h2c,
                 });
                 if info.truncated {
                     Next::Body(Body::Unknown)
@@ -413,6 +446,7 @@ impl Http1Parser {
                     status: info.status,
                     trust,
                     orphan: request.is_none(),
+                    h2c: info.status == 101 && info.upgrade_h2c,
                 });
                 if no_body {
                     Next::Done
@@ -432,6 +466,17 @@ impl Http1Parser {
     }
 
     /// A message of `kind` ended at `end_ns`. A response completes the oldest pending request.
+    /// The upgrade to HTTP/2 the last segment completed, if any: the caller continues the
+    /// connection with `Http2Parser::upgraded`.
+    pub fn take_h2c(&mut self) -> Option<Box<H2cUpgrade>> {
+        self.h2c.take()
+    }
+
+    /// Which end of the connection the observed process is.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
     fn message_end(&mut self, kind: Kind, end_ns: u64, extra: Trust, out: &mut ParserOut) {
         if kind == Kind::Request {
             return;
@@ -448,6 +493,22 @@ impl Http1Parser {
         trust.insert(extra);
         if open.status == 101 {
             self.upgraded = true;
+            if open.h2c && p.upgrade_h2c {
+                // Not over: its response comes as HTTP/2 on stream 1.
+                self.h2c = Some(Box::new(H2cUpgrade {
+                    method: p.method,
+                    path: p.path,
+                    host: p.host,
+                    user_agent: p.user_agent,
+                    traceparent: p.traceparent,
+                    tracestate: p.tracestate,
+                    start_ns: p.start_ns,
+                    tid: p.tid,
+                    seq: p.seq,
+                    at: 0,
+                }));
+                return;
+            }
         }
         out.done.push(Request {
             protocol: Protocol::Http1,
@@ -505,6 +566,7 @@ impl ProtocolParser for Http1Parser {
             open: None,
             errors: ErrorStreak::default(),
             upgraded: false,
+            h2c: None,
             next_seq: 0,
         }
     }

@@ -15,8 +15,11 @@
 //! trailers were lost is not reported (the lost block is counted), since its status would
 //! be a guess.
 //!
-//! Not covered: `Upgrade: h2c` (the connection is detected as HTTP/1 and given up at the
-//! 101), connections that began before the agent (their HPACK tables are unknown: no
+//! `Upgrade: h2c` (RFC 7540 §3.2): the connection starts as HTTP/1; the 101 that grants the
+//! upgrade hands it to this parser ([`Http2Parser::upgraded`]), the upgraded request open as
+//! stream 1, and the client's preface follows as on any HTTP/2 connection.
+//!
+//! Not covered: connections that began before the agent (their HPACK tables are unknown: no
 //! preface, never detected).
 mod frames;
 mod headers;
@@ -377,6 +380,39 @@ impl Conn {
         for b in self.blocks.both_mut() {
             *b = None;
         }
+    }
+}
+
+impl Http2Parser {
+    /// The HTTP/2 connection an HTTP/1 request switched to with `Upgrade: h2c`: that request
+    /// is stream 1, half-closed by the client, and its response comes in HTTP/2 frames. Its
+    /// start was reported by the HTTP/1 parser under `up.seq`, which it keeps.
+    pub fn upgraded(side: Side, up: super::http1::H2cUpgrade) -> Self {
+        let mut parser = <Self as ProtocolParser>::new(side);
+        let request = Fields {
+            method: Some(up.method),
+            path: Some(up.path),
+            authority: up.host,
+            status: None,
+            user_agent: up.user_agent,
+            traceparent: up.traceparent,
+            tracestate: up.tracestate,
+            grpc: false,
+            grpc_status: None,
+        };
+        parser.conn.next_seq = up.seq + 1;
+        let stream = Stream {
+            seq: up.seq,
+            start_ns: up.start_ns,
+            tid: up.tid,
+            request: Some(request),
+            status: None,
+            grpc_status: None,
+            response_lost: false,
+        };
+        // An empty table has room.
+        let _ = parser.conn.streams.open(1, stream);
+        parser
     }
 }
 

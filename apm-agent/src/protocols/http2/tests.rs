@@ -1062,3 +1062,115 @@ fn grpcio_connection_bytes() {
         assert!(!c.p.gave_up());
     }
 }
+
+/// `Upgrade: h2c` (RFC 7540 §3.2), as curl does it: an HTTP/1.1 request asking for h2c, the
+/// 101 with the server's SETTINGS and stream 1's response in the same write, then the client's
+/// preface and a second request on stream 3. Both requests come out as HTTP/2 exchanges, the
+/// upgraded one with its HTTP/1 start, on either side.
+#[test]
+fn upgrade_h2c_continues_as_http2_with_the_request_as_stream_1() {
+    for side in [Side::Server, Side::Client] {
+        let (client_dir, server_dir) = match side {
+            Side::Server => (IN, OUT),
+            Side::Client => (OUT, IN),
+        };
+        let mut peers = Peers::new();
+        let upgrade = b"GET /users/7?q=secret HTTP/1.1\r\nHost: example.test:8080\r\n\
+            Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
+            HTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n";
+        let mut switched =
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+                .to_vec();
+        switched.extend(settings(&[(3, 100)]));
+        switched.extend(peers.response(1, "200", false));
+        switched.extend(data(1, b"hello", true));
+        let segments: Vec<(Direction, Vec<u8>)> = vec![
+            (client_dir, upgrade.to_vec()),
+            (server_dir, switched),
+            (client_dir, client_start()),
+            (client_dir, peers.request(3, "POST", "/orders", true)),
+            (server_dir, cat(&[peers.response(3, "201", true)])),
+        ];
+        let mut parser = None;
+        let (mut out, mut stats) = (ParserOut::default(), ParseStats::default());
+        for (i, (direction, data)) in segments.iter().enumerate() {
+            let seg = Segment {
+                direction: *direction,
+                data,
+                total_len: data.len() as u64,
+                ts_ns: 1000 + 100 * i as u64,
+                tid: 42,
+            };
+            let p = parser.get_or_insert_with(|| match Parser::detect(&seg) {
+                Detection::Match(p) => p,
+                other => panic!("{side:?}: first segment not detected: {other:?}"),
+            });
+            p.on_segment(&seg, &mut out, &mut stats);
+        }
+        let parser = parser.expect("a parser");
+        assert_eq!(parser.protocol(), Protocol::Http2, "{side:?}");
+        let done: Vec<_> = out
+            .done
+            .iter()
+            .map(|r| {
+                let h = r.http().expect("http");
+                (
+                    h.method.as_str(),
+                    h.path.clone(),
+                    h.status,
+                    h.version,
+                    r.seq,
+                )
+            })
+            .collect();
+        assert_eq!(
+            done,
+            vec![
+                ("GET", "/users/7".to_owned(), 200, HttpVersion::Http2, 0),
+                ("POST", "/orders".to_owned(), 201, HttpVersion::Http2, 1),
+            ],
+            "{side:?}"
+        );
+        // The upgraded request started with its HTTP/1 head and ended with stream 1's DATA.
+        assert_eq!((out.done[0].start_ns, out.done[0].end_ns), (1000, 1100));
+        assert_eq!(out.started.len(), 2, "{side:?}");
+        assert_eq!(stats, ParseStats::default(), "{side:?}");
+    }
+}
+
+/// A 101 to another protocol (WebSocket) is the end of the HTTP/1 exchange, as before: the
+/// handshake is reported with its 101 and the connection is left alone.
+#[test]
+fn upgrade_to_websocket_stays_an_http1_exchange() {
+    let mut parser = Parser::new(Protocol::Http1, Side::Server).expect("http1");
+    let (mut out, mut stats) = (ParserOut::default(), ParseStats::default());
+    let segments: [(Direction, &[u8]); 3] = [
+        (
+            IN,
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        ),
+        (
+            OUT,
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x05hello",
+        ),
+        (IN, b"\x81\x85abcd1234x"),
+    ];
+    for (direction, data) in segments {
+        let seg = Segment {
+            direction,
+            data,
+            total_len: data.len() as u64,
+            ts_ns: 1,
+            tid: 1,
+        };
+        parser.on_segment(&seg, &mut out, &mut stats);
+    }
+    assert_eq!(parser.protocol(), Protocol::Http1);
+    assert!(parser.gave_up());
+    let statuses: Vec<u16> = out
+        .done
+        .iter()
+        .map(|r| r.http().expect("http").status)
+        .collect();
+    assert_eq!(statuses, vec![101]);
+}
