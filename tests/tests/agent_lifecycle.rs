@@ -25,7 +25,8 @@ const WAIT: Duration = Duration::from_secs(20);
 /// and
 /// - `sockets`: three at the socket layer (send, receive, TCP state) and the dynamic
 ///   loader's library-load uprobe;
-/// - `sockets-fexit`: seven there (three sends, three receives, TCP state), the loader's
+/// - `sockets-fexit`: eight there (three sends, three receives, `inet_sendpage` for
+///   sendfile and splice, TCP state), the loader's
 ///   uprobe, and the catch-up program on `sys_exit` (loaded for good, attached only during
 ///   its window after the start);
 /// - `syscalls`: `sys_enter`, `sys_exit`, and two that note the socket of each send and
@@ -38,7 +39,7 @@ fn expected_programs(agent: &Agent) -> Result<usize> {
     Ok(if path("sockets") {
         common + 3 + 1
     } else if path("sockets-fexit") {
-        common + 7 + 1 + 1
+        common + 8 + 1 + 1
     } else {
         let btf = std::fs::read("/sys/kernel/btf/vmlinux").unwrap_or_default();
         let needle = b"btf_trace_sock_send_length\0";
