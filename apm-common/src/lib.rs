@@ -295,9 +295,10 @@ pub struct ConnEvent {
     pub comm: [u8; 16],
 }
 
-/// A [`kind::CONN_TUPLE`] record: both endpoints of a tracked IPv4 TCP connection (or of an
-/// IPv6 socket whose peer is an IPv4-mapped address), as the
+/// A [`kind::CONN_TUPLE`] record: both endpoints of a tracked TCP connection, as the
 /// kernel's socket has them (so that the two ends of a same-host connection can be paired).
+/// An IPv6 socket whose peer is an IPv4-mapped address is reported as IPv4, the way its
+/// IPv4 peer's socket has it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TupleEvent {
@@ -307,10 +308,11 @@ pub struct TupleEvent {
     /// Ports in host byte order.
     pub local_port: u32,
     pub remote_port: u32,
-    /// IPv4 addresses in network byte order.
-    pub local_addr: u32,
-    pub remote_addr: u32,
-    pub _pad: u32,
+    /// `AF_INET` (2: the addresses are in the first four bytes) or `AF_INET6` (10).
+    pub family: u32,
+    /// Addresses in network byte order.
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
     /// The socket's [`SockInfo::id`].
     pub id: u64,
 }
@@ -370,7 +372,7 @@ const _: () = assert!(core::mem::size_of::<DataEventScratch>() == 48 + SCRATCH_P
 const _: () = assert!(core::mem::size_of::<ConnEvent>() == 80);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 32);
 const _: () = assert!(core::mem::size_of::<SampleKey>() == 16);
-const _: () = assert!(core::mem::size_of::<TupleEvent>() == 40);
+const _: () = assert!(core::mem::size_of::<TupleEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<LastSock>() == 16);
 const _: () = assert!(core::mem::size_of::<SslCall>() == 32);
 const _: () = assert!(core::mem::size_of::<SslKey>() == 16);

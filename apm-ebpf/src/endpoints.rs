@@ -96,6 +96,12 @@ pub(crate) const SKC_FAMILY: u64 = 16;
 /// unconnected/connected datagram and unix sockets.
 pub(crate) const SKC_STATE: u64 = 18;
 
+/// `skc_v6_daddr` and `skc_v6_rcv_saddr` (`struct in6_addr`), after `skc_prot` and
+/// `skc_net`: at 56 and 72 from 5.10 to 6.18 on x86-64 (BTF of 6.18: bit offsets 448 and
+/// 576).
+const SKC_V6_DADDR: u64 = 56;
+const SKC_V6_RCV_SADDR: u64 = 72;
+
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 /// `LOOPBACK4_IPV6` (127.0.0.6), as a network-order address field reads on this
@@ -134,25 +140,38 @@ pub(crate) fn send_tuple_of(key: SockKey, sock: *mut SockInfo, info: SockInfo, s
     ) else {
         return;
     };
-    // An IPv6 socket talking to an IPv4-mapped address (a dual-stack listener's IPv4
-    // client, as Go, Java and gRPC servers have; a client connecting to `::ffff:a.b.c.d`)
-    // keeps the IPv4 addresses in the same fields as an IPv4 socket. Any other IPv6 socket
-    // holds a placeholder there: its endpoints are not read.
-    let unmapped = |a: u32| a == 0 || a == LOOPBACK4_IPV6;
-    if family == Some(AF_INET6) && (unmapped(remote_addr) || unmapped(local_addr)) {
-        set_flags(sock, sock_flags::TUPLE_DONE);
-        return;
-    }
-    set_flags(sock, sock_flags::TUPLE_DONE);
-    output(&TupleEvent {
+    let mut event = TupleEvent {
         kind: kind::CONN_TUPLE,
         tgid: key.tgid,
         fd: key.fd,
         local_port: u32::from(num),
         remote_port: u32::from(u16::from_be(dport)),
-        local_addr,
-        remote_addr,
-        _pad: 0,
+        family: u32::from(AF_INET),
+        local_addr: [0; 16],
+        remote_addr: [0; 16],
         id: info.id,
-    });
+    };
+    // An IPv6 socket talking to an IPv4-mapped address (a dual-stack listener's IPv4
+    // client, as Go, Java and gRPC servers have; a client connecting to `::ffff:a.b.c.d`)
+    // keeps the IPv4 addresses in the same fields as an IPv4 socket, and is reported as the
+    // IPv4 connection its peer sees. Any other IPv6 socket holds a placeholder there: its
+    // addresses are the IPv6 ones.
+    let unmapped = |a: u32| a == 0 || a == LOOPBACK4_IPV6;
+    if family == Some(AF_INET6) && (unmapped(remote_addr) || unmapped(local_addr)) {
+        // SAFETY: kernel reads through the checked helper, as above.
+        let read_v6 =
+            |off: u64| unsafe { bpf_probe_read_kernel((sk + off) as *const [u8; 16]) }.ok();
+        let (Some(remote), Some(local)) = (read_v6(SKC_V6_DADDR), read_v6(SKC_V6_RCV_SADDR)) else {
+            set_flags(sock, sock_flags::TUPLE_DONE);
+            return;
+        };
+        event.family = u32::from(AF_INET6);
+        event.remote_addr = remote;
+        event.local_addr = local;
+    } else {
+        event.remote_addr[..4].copy_from_slice(&remote_addr.to_ne_bytes());
+        event.local_addr[..4].copy_from_slice(&local_addr.to_ne_bytes());
+    }
+    set_flags(sock, sock_flags::TUPLE_DONE);
+    output(&event);
 }

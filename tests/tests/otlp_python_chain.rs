@@ -2,16 +2,22 @@
 //! with no trace header anywhere: the agent alone assembles one trace per request — A's
 //! server span, A's client span under it (same thread), B's server span under A's client span
 //! (both ends of the connection seen on this host) — and the independent receiver reads it.
-use std::{collections::BTreeMap, time::Duration};
+//! Over IPv4 and over IPv6 only (`[::1]`): the two ends are paired by their sockets'
+//! addresses, whichever family.
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::Duration,
+};
 
 use anyhow::Result;
 use serde_json::Value;
 use tests::{
     agent::Agent,
-    net::free_port,
+    net::{free_port, free_port6},
     pyotlp::{PyReceiver, attr, id, kind},
     require_root,
-    servers::{curl, python},
+    servers::{curl, python_at},
     servers_dir, unique,
 };
 
@@ -23,25 +29,47 @@ fn two_services_one_trace_without_headers() -> Result<()> {
     if !require_root("two_services_one_trace_without_headers") {
         return Ok(());
     }
+    chain(Ipv4Addr::LOCALHOST.into())
+}
+
+#[test]
+fn two_services_one_trace_without_headers_over_ipv6() -> Result<()> {
+    if !require_root("two_services_one_trace_without_headers_over_ipv6") {
+        return Ok(());
+    }
+    chain(Ipv6Addr::LOCALHOST.into())
+}
+
+/// The chain with both services listening on `host` only, A calling B there.
+fn chain(host: IpAddr) -> Result<()> {
     let receiver = PyReceiver::start()?;
     let agent = Agent::start(&["--otlp-endpoint", &receiver.http_endpoint()])?;
-    let (port_a, port_b) = (free_port(), free_port());
+    let port = || {
+        if host.is_ipv6() {
+            free_port6()
+        } else {
+            free_port()
+        }
+    };
+    let (port_a, port_b) = (port(), port());
     let (svc_a, svc_b) = (unique("it-chain-a"), unique("it-chain-b"));
     let dir = servers_dir();
-    let _b = python(
+    let host_env = host.to_string();
+    let _b = python_at(
         &["chain.py", &port_b.to_string()],
-        &[("OTEL_SERVICE_NAME", &svc_b)],
+        &[("OTEL_SERVICE_NAME", &svc_b), ("CHAIN_HOST", &host_env)],
         &dir,
-        port_b,
+        SocketAddr::new(host, port_b),
     )?;
-    let _a = python(
+    let _a = python_at(
         &["chain.py", &port_a.to_string(), &port_b.to_string()],
-        &[("OTEL_SERVICE_NAME", &svc_a)],
+        &[("OTEL_SERVICE_NAME", &svc_a), ("CHAIN_HOST", &host_env)],
         &dir,
-        port_a,
+        SocketAddr::new(host, port_a),
     )?;
+    let front = SocketAddr::new(host, port_a);
     for i in 1..=K {
-        let out = curl(&[&format!("http://127.0.0.1:{port_a}/front/{i}")])?;
+        let out = curl(&["-g", &format!("http://{front}/front/{i}")])?;
         assert_eq!(out.stdout, b"front:back", "the chain answered");
     }
 

@@ -5,7 +5,7 @@
 //! them), counted as an overflow.
 use std::{
     collections::hash_map::Entry,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
 use apm_common::DataEventHeader;
@@ -277,23 +277,25 @@ impl RecordSeq {
 /// Both ends of a TCP connection, as this side's socket sees them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Endpoints {
-    pub local: SocketAddrV4,
-    pub remote: SocketAddrV4,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
 }
 
 impl Endpoints {
-    /// From the kernel's addresses (network byte order) and ports (host order).
-    pub fn from_kernel(
-        local_addr: u32,
-        local_port: u32,
-        remote_addr: u32,
-        remote_port: u32,
-    ) -> Self {
-        let addr = |a: u32| Ipv4Addr::from(a.to_ne_bytes());
-        Self {
-            local: SocketAddrV4::new(addr(local_addr), local_port as u16),
-            remote: SocketAddrV4::new(addr(remote_addr), remote_port as u16),
-        }
+    /// From the kernel's record: its family, addresses (network byte order) and ports (host
+    /// order). None for a family other than IPv4 and IPv6.
+    pub fn from_kernel(t: &apm_common::TupleEvent) -> Option<Self> {
+        const AF_INET: u32 = 2;
+        const AF_INET6: u32 = 10;
+        let ip = |a: &[u8; 16]| match t.family {
+            AF_INET => Some(IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))),
+            AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(*a))),
+            _ => None,
+        };
+        Some(Self {
+            local: SocketAddr::new(ip(&t.local_addr)?, t.local_port as u16),
+            remote: SocketAddr::new(ip(&t.remote_addr)?, t.remote_port as u16),
+        })
     }
 
     /// The same connection seen from the other end.

@@ -170,12 +170,7 @@ impl Pipeline {
                 if let Ok(conn) = conn
                     && (conn.id == 0 || conn.id == t.id)
                 {
-                    conn.endpoints = Some(Endpoints::from_kernel(
-                        t.local_addr,
-                        t.local_port,
-                        t.remote_addr,
-                        t.remote_port,
-                    ));
+                    conn.endpoints = Endpoints::from_kernel(&t);
                 }
             }
         }

@@ -86,8 +86,8 @@ impl Consumers {
             if req.trust.contains(Trust::HEAD_TRUNCATED) {
                 stats.head_truncated += 1;
             }
-            let remote = peer.or(conn.endpoints.map(|e| SocketAddr::V4(e.remote)));
-            let local = conn.endpoints.map(|e| SocketAddr::V4(e.local));
+            let remote = peer.or(conn.endpoints.map(|e| e.remote));
+            let local = conn.endpoints.map(|e| e.local);
             match &req.detail {
                 Detail::Http(http) => {
                     let server = match (req.side, http.host.as_deref()) {

@@ -364,7 +364,7 @@ fn bounded_insert<K: std::hash::Hash + Eq, V>(
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, SocketAddrV4};
+    use std::net::{Ipv4Addr, SocketAddr};
 
     use super::*;
     use crate::{request::TraceParent, traces::sampling::Root};
@@ -390,8 +390,8 @@ mod tests {
     fn ep(local: u16, remote: u16) -> Endpoints {
         let lo = Ipv4Addr::LOCALHOST;
         Endpoints {
-            local: SocketAddrV4::new(lo, local),
-            remote: SocketAddrV4::new(lo, remote),
+            local: SocketAddr::new(lo.into(), local),
+            remote: SocketAddr::new(lo.into(), remote),
         }
     }
 
