@@ -11,7 +11,7 @@
 //!   on the first CPU (its endpoints then wait for the connection's next syscall).
 use apm_common::{LastSock, SockInfo, SockKey, TupleEvent, kind, sock_flags};
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_kernel_buf},
     macros::{btf_tracepoint, kprobe},
     programs::{BtfTracePointContext, ProbeContext},
 };
@@ -158,19 +158,29 @@ pub(crate) fn send_tuple_of(key: SockKey, sock: *mut SockInfo, info: SockInfo, s
     // addresses are the IPv6 ones.
     let unmapped = |a: u32| a == 0 || a == LOOPBACK4_IPV6;
     if family == Some(AF_INET6) && (unmapped(remote_addr) || unmapped(local_addr)) {
+        // Read straight into the record: a 16-byte value carried through an `Option` is
+        // shifted bytewise by LLVM, which 5.10's verifier refuses on a stack pointer.
         // SAFETY: kernel reads through the checked helper, as above.
-        let read_v6 =
-            |off: u64| unsafe { bpf_probe_read_kernel((sk + off) as *const [u8; 16]) }.ok();
-        let (Some(remote), Some(local)) = (read_v6(SKC_V6_DADDR), read_v6(SKC_V6_RCV_SADDR)) else {
+        let read = unsafe {
+            bpf_probe_read_kernel_buf((sk + SKC_V6_DADDR) as *const u8, &mut event.remote_addr)
+                .and_then(|()| {
+                    bpf_probe_read_kernel_buf(
+                        (sk + SKC_V6_RCV_SADDR) as *const u8,
+                        &mut event.local_addr,
+                    )
+                })
+        };
+        if read.is_err() {
             set_flags(sock, sock_flags::TUPLE_DONE);
             return;
-        };
+        }
         event.family = u32::from(AF_INET6);
-        event.remote_addr = remote;
-        event.local_addr = local;
     } else {
-        event.remote_addr[..4].copy_from_slice(&remote_addr.to_ne_bytes());
-        event.local_addr[..4].copy_from_slice(&local_addr.to_ne_bytes());
+        // SAFETY: writes of four bytes inside the 16-byte fields.
+        unsafe {
+            core::ptr::write_unaligned(event.remote_addr.as_mut_ptr().cast::<u32>(), remote_addr);
+            core::ptr::write_unaligned(event.local_addr.as_mut_ptr().cast::<u32>(), local_addr);
+        }
     }
     set_flags(sock, sock_flags::TUPLE_DONE);
     output(&event);
