@@ -3,9 +3,8 @@ http:// URLs: the HTTP/1.1 request is answered with a 101, its response comes as
 stream 1, and later requests of the connection are HTTP/2 streams. With the `h2` library
 (sans-I/O: this file does the socket work). Usage: python3 h2c_upgrade.py PORT.
 GET /hello answers 200, anything else 404; a request without the upgrade gets HTTP/1.1."""
-import socket
+import socketserver
 import sys
-import threading
 
 import h2.config
 import h2.connection
@@ -71,14 +70,15 @@ def serve(sock):
                 return
 
 
-def main():
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", int(sys.argv[1])))
-    srv.listen(64)
-    while True:
-        sock, _ = srv.accept()
-        threading.Thread(target=serve, args=(sock,), daemon=True).start()
+class Handler(socketserver.BaseRequestHandler):
+    def handle(self):
+        serve(self.request)
 
 
-main()
+class Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+    request_queue_size = 64
+
+
+Server(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()

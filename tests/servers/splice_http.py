@@ -3,9 +3,8 @@ as proxies and Go's io.Copy between sockets do: the body's bytes never pass thro
 server's own memory. Usage: python3 splice_http.py PORT. GET /small answers 300 bytes,
 GET /large 200 KiB (spliced in pieces of at most the pipe's 64 KiB), anything else 404."""
 import os
-import socket
+import socketserver
 import sys
-import threading
 
 BODIES = {b"/small": 300, b"/large": 200 * 1024}
 
@@ -45,14 +44,15 @@ def serve(conn):
             send_spliced(conn, length)
 
 
-def main():
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", int(sys.argv[1])))
-    srv.listen(64)
-    while True:
-        conn, _ = srv.accept()
-        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+class Handler(socketserver.BaseRequestHandler):
+    def handle(self):
+        serve(self.request)
 
 
-main()
+class Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+    request_queue_size = 64
+
+
+Server(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()

@@ -3,7 +3,7 @@
 //! bodies sent with sendfile (nginx as Debian configures it) or splice.
 use std::{process::Command, time::Duration};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use tests::{
     agent::Agent,
     net::free_port,
@@ -14,13 +14,24 @@ use tests::{
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// wrk's own count of completed requests ("N requests in ...").
-fn wrk_requests(output: &str) -> Option<f64> {
-    output
+/// Runs wrk (one thread, `connections` keep-alive connections, 2 s) against `url`; returns
+/// its own count of completed requests ("N requests in ..."), at least 100 of them.
+fn run_wrk(connections: u32, url: &str) -> Result<f64> {
+    let out = Command::new("wrk")
+        .args(["-t1", &format!("-c{connections}"), "-d2s", url])
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let sent: f64 = text
         .lines()
         .find(|l| l.contains("requests in"))
         .and_then(|l| l.split_whitespace().next())
         .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no count in wrk output:\n{text}"))?;
+    if sent <= 100.0 {
+        bail!("wrk made only {sent} requests:\n{text}");
+    }
+    Ok(sent)
 }
 
 #[test]
@@ -35,14 +46,7 @@ fn wrk_keepalive_counts_match_wrk() -> Result<()> {
     let connections = 4;
     let wakeups_before = agent.metrics()?.value("apm_ring_wakeups_total");
     let started = std::time::Instant::now();
-    let out = Command::new("wrk")
-        .args(["-t1", &format!("-c{connections}"), "-d2s"])
-        .arg(format!("http://127.0.0.1:{port}/{file}"))
-        .output()
-        .context("running wrk")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let sent = wrk_requests(&text).with_context(|| format!("no count in wrk output:\n{text}"))?;
-    assert!(sent > 100.0, "wrk made only {sent} requests:\n{text}");
+    let sent = run_wrk(connections, &format!("http://127.0.0.1:{port}/{file}"))?;
     let route = format!("/{file}");
     let client = agent.settle(sent, WAIT, |m| {
         m.client_count("wrk", port, "GET", &route, "200")
@@ -174,14 +178,7 @@ fn sendfile_and_splice_bodies_counted_exactly() -> Result<()> {
     }
     // wrk at full speed on the small file: every response one writev and one sendfile.
     let connections = 4;
-    let out = Command::new("wrk")
-        .args(["-t1", &format!("-c{connections}"), "-d2s"])
-        .arg(format!("http://127.0.0.1:{port}/{small}"))
-        .output()
-        .context("running wrk")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let sent = wrk_requests(&text).with_context(|| format!("no count in wrk output:\n{text}"))?;
-    assert!(sent > 100.0, "wrk made only {sent} requests:\n{text}");
+    let sent = run_wrk(connections, &format!("http://127.0.0.1:{port}/{small}"))?;
 
     let n = f64::from(rounds);
     let small_route = format!("/{small}");

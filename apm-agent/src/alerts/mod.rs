@@ -295,16 +295,13 @@ impl Alerts {
         let mut fed: HashMap<RouteId, WindowFigures> = HashMap::new();
         for row in rows.iter().filter(|r| r.side == "server") {
             let id = (row.service.clone(), row.method, row.route.clone());
-            if !self.routes.contains_key(&id) {
-                if self.routes.len() >= self.cfg.max_routes {
-                    self.overflows += 1;
-                    continue;
-                }
-                self.routes.insert(id.clone(), RouteTrack::default());
+            let (budget, overflows) = (self.cfg.max_routes, &mut self.overflows);
+            if admit(&mut self.routes, &id, budget, overflows, Default::default) {
+                fed.insert(id, WindowFigures::of(row, elapsed_s));
             }
-            fed.insert(id, WindowFigures::of(row, elapsed_s));
         }
         self.evaluate_objectives(rows, now_unix);
+        let forget_after = self.forget_after();
         let ids: Vec<RouteId> = self.routes.keys().cloned().collect();
         for id in ids {
             let w = fed
@@ -324,9 +321,6 @@ impl Alerts {
                 .all(|r| !self.active.contains_key(&(id.clone(), *r)));
             if let Some(track) = self.routes.get_mut(&id) {
                 track.learn(self.alpha, latency);
-                // A route silent for two half-lives, with no alert, is forgotten: its budget
-                // slot goes to routes that still have traffic.
-                let forget_after = 2 * u64::from(self.cfg.baseline_half_life_windows);
                 if quiet && track.idle > forget_after {
                     self.routes.remove(&id);
                 }
@@ -341,22 +335,22 @@ impl Alerts {
         let mut fed: HashMap<RouteId, WindowFigures> = HashMap::new();
         for d in deps {
             let id = (d.service.clone(), "", d.name());
-            if !self.dependencies.contains_key(&id) {
-                if self.dependencies.len() >= self.cfg.max_routes {
-                    self.dependency_overflows += 1;
-                    continue;
-                }
-                self.dependencies.insert(
-                    id.clone(),
-                    DependencyTrack {
-                        kind: d.kind,
-                        labels: d.labels.iter().cloned().collect(),
-                        track: RouteTrack::default(),
-                    },
-                );
+            let admitted = admit(
+                &mut self.dependencies,
+                &id,
+                self.cfg.max_routes,
+                &mut self.dependency_overflows,
+                || DependencyTrack {
+                    kind: d.kind,
+                    labels: d.labels.iter().cloned().collect(),
+                    track: RouteTrack::default(),
+                },
+            );
+            if admitted {
+                fed.insert(id, WindowFigures::latency(d.calls, d.p95_ms, elapsed_s));
             }
-            fed.insert(id, WindowFigures::latency(d.calls, d.p95_ms, elapsed_s));
         }
+        let forget_after = self.forget_after();
         let ids: Vec<RouteId> = self.dependencies.keys().cloned().collect();
         for id in ids {
             let w = fed
@@ -375,12 +369,17 @@ impl Alerts {
             let quiet = !self.active.contains_key(&(id.clone(), rule));
             if let Some(dep) = self.dependencies.get_mut(&id) {
                 dep.track.learn(self.alpha, quiet);
-                let forget_after = 2 * u64::from(self.cfg.baseline_half_life_windows);
                 if quiet && dep.track.idle > forget_after {
                     self.dependencies.remove(&id);
                 }
             }
         }
+    }
+
+    /// Windows after which a silent route or dependency with no alert is forgotten (two
+    /// half-lives of its baseline): its budget slot goes to those that still have traffic.
+    fn forget_after(&self) -> u64 {
+        2 * u64::from(self.cfg.baseline_half_life_windows)
     }
 
     /// The latency rule on a track: its rule window's p95 above `latency_ratio` times its
@@ -593,6 +592,26 @@ impl Alerts {
 }
 
 /// A label value in the text exposition format.
+/// Tracks `id` in `map` (made by `make` when new) unless that would take the map past
+/// `budget` entries: then counts the refusal in `overflows`. Returns whether `id` is tracked.
+fn admit<V>(
+    map: &mut HashMap<RouteId, V>,
+    id: &RouteId,
+    budget: usize,
+    overflows: &mut u64,
+    make: impl FnOnce() -> V,
+) -> bool {
+    if map.contains_key(id) {
+        return true;
+    }
+    if map.len() >= budget {
+        *overflows += 1;
+        return false;
+    }
+    map.insert(id.clone(), make());
+    true
+}
+
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")

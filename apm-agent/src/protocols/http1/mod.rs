@@ -86,17 +86,17 @@ impl Reader {
 
 /// A request waiting for its response.
 #[derive(Debug)]
-struct Pending {
-    method: Method,
-    path: String,
-    host: Option<String>,
-    user_agent: Option<String>,
-    traceparent: Option<TraceParent>,
-    tracestate: Option<String>,
+pub(crate) struct Pending {
+    pub(crate) method: Method,
+    pub(crate) path: String,
+    pub(crate) host: Option<String>,
+    pub(crate) user_agent: Option<String>,
+    pub(crate) traceparent: Option<TraceParent>,
+    pub(crate) tracestate: Option<String>,
     version_minor: u8,
-    start_ns: u64,
-    tid: u32,
-    seq: u64,
+    pub(crate) start_ns: u64,
+    pub(crate) tid: u32,
+    pub(crate) seq: u64,
     trust: Trust,
     /// The request asked to continue in cleartext HTTP/2 (`Upgrade: h2c`).
     upgrade_h2c: bool,
@@ -143,15 +143,8 @@ struct HeadInfo {
 /// for. The connection's parser becomes the HTTP/2 one (see `Parser::on_segment`).
 #[derive(Debug)]
 pub struct H2cUpgrade {
-    pub method: Method,
-    pub path: String,
-    pub host: Option<String>,
-    pub user_agent: Option<String>,
-    pub traceparent: Option<TraceParent>,
-    pub tracestate: Option<String>,
-    pub start_ns: u64,
-    pub tid: u32,
-    pub seq: u64,
+    /// The upgraded request, as it waited for its response.
+    pub(crate) request: Pending,
     /// Where the HTTP/2 bytes start in the segment that carried the 101 (the server's
     /// SETTINGS often follow it in the same write).
     pub at: usize,
@@ -495,18 +488,7 @@ impl Http1Parser {
             self.upgraded = true;
             if open.h2c && p.upgrade_h2c {
                 // Not over: its response comes as HTTP/2 on stream 1.
-                self.h2c = Some(Box::new(H2cUpgrade {
-                    method: p.method,
-                    path: p.path,
-                    host: p.host,
-                    user_agent: p.user_agent,
-                    traceparent: p.traceparent,
-                    tracestate: p.tracestate,
-                    start_ns: p.start_ns,
-                    tid: p.tid,
-                    seq: p.seq,
-                    at: 0,
-                }));
+                self.h2c = Some(Box::new(H2cUpgrade { request: p, at: 0 }));
                 return;
             }
         }

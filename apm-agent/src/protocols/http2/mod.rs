@@ -388,6 +388,7 @@ impl Http2Parser {
     /// is stream 1, half-closed by the client, and its response comes in HTTP/2 frames. Its
     /// start was reported by the HTTP/1 parser under `up.seq`, which it keeps.
     pub fn upgraded(side: Side, up: super::http1::H2cUpgrade) -> Self {
+        let up = up.request;
         let mut parser = <Self as ProtocolParser>::new(side);
         let request = Fields {
             method: Some(up.method),
