@@ -174,7 +174,7 @@ pub fn run_checks() -> Vec<Item> {
         .map_err(Clone::clone)
         .and_then(|loaded| loaded.tls.clone());
     items.push(item(
-        "attach: OpenSSL uprobes (optional)",
+        "attach: TLS uprobes (optional)",
         tls.is_ok(),
         false,
         tls.unwrap_or_else(|e| format!("{e}: no TLS plaintext")),
@@ -330,7 +330,7 @@ const SYSTEM_LIBSSL: [&str; 5] = [
 struct Loaded {
     /// Programs attached.
     attached: usize,
-    /// The OpenSSL uprobes: what was hooked, or why not.
+    /// The TLS uprobes: what was hooked, or why not.
     tls: Result<String, String>,
     features: Features,
     /// Why this capture path.
@@ -338,6 +338,9 @@ struct Loaded {
     /// Iovecs gathered per vectored call ([`crate::ebpf::Probes::iovecs_per_call`]).
     iovecs: String,
 }
+
+/// What [`Probes::load_tls`] verifies.
+const TLS_PROGRAMS: &str = "10 programs verified (OpenSSL 6, Go crypto/tls 4)";
 
 /// The tracepoints the capture paths use, through BTF.
 const BTF_TRACEPOINTS: [&str; 5] = [
@@ -368,12 +371,12 @@ fn load_and_attach(path: CapturePath) -> Result<Loaded, String> {
         .map_err(|e| error_chain(&e))
         .and_then(
             |()| match SYSTEM_LIBSSL.iter().map(Path::new).find(|p| p.exists()) {
-                None => Ok("6 programs verified; no system libssl to hook".to_owned()),
+                None => Ok(format!("{TLS_PROGRAMS}; no system libssl to hook")),
                 Some(lib) => probes
                     .attach_tls(lib)
                     .map(|n| {
                         format!(
-                            "6 programs verified; {n} functions hooked in {} (then detached)",
+                            "{TLS_PROGRAMS}; {n} functions hooked in {} (then detached)",
                             lib.display()
                         )
                     })

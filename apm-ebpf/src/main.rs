@@ -1,7 +1,7 @@
 //! Kernel side of the agent: programs that copy the first bytes of socket traffic into a ring
 //! buffer (at the socket layer, `socket_layer.rs`, or at syscall exit, `sockets.rs`: the two
-//! capture paths), TLS plaintext from OpenSSL uprobes, process lifecycle tracepoints and the
-//! CPU profiler.
+//! capture paths), TLS plaintext from OpenSSL and Go `crypto/tls` uprobes, process lifecycle
+//! tracepoints and the CPU profiler.
 #![no_std]
 #![no_main]
 // BPF inline assembly (the atomic add in maps.rs) is still a nightly feature.
@@ -10,6 +10,7 @@
 mod capture;
 mod catch_up;
 mod endpoints;
+mod go_tls;
 mod libraries;
 mod maps;
 mod process;

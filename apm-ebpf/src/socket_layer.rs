@@ -379,7 +379,10 @@ fn take_in(key: SockKey, tid: u32, sk: u64, cookie: u64) -> Option<*mut SockInfo
         addr,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     });
-    SOCKETS.get_ptr_mut(key)
+    let sock = SOCKETS.get_ptr_mut(key)?;
+    // A Go TLS handshake that named this socket before its first (encrypted) bytes.
+    crate::go_tls::claim_go(key, sock);
+    Some(sock)
 }
 
 /// Tells the agent that the connection of entry `info` at `key` ended.

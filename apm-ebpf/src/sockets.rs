@@ -408,7 +408,11 @@ fn adopt(tgid: u32, fd: u32) -> Option<*mut SockInfo> {
         addr: [0; 16],
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     });
-    SOCKETS.get_ptr_mut(SockKey { tgid, fd })
+    let key = SockKey { tgid, fd };
+    let sock = SOCKETS.get_ptr_mut(key)?;
+    // A Go TLS call that named this socket before its first bytes (see go_tls.rs).
+    crate::go_tls::claim_go(key, sock);
+    Some(sock)
 }
 
 /// Peer address of a `struct sockaddr` in user memory: (family, port, address bytes).

@@ -21,8 +21,8 @@ use tests::{
 
 const WAIT: Duration = Duration::from_secs(20);
 /// Kernel programs `agent` loads, by the capture path it reports: one for the profiler, six
-/// OpenSSL uprobes (five entries, one shared return), three for processes (exec, exit, fork),
-/// and
+/// OpenSSL uprobes (five entries, one shared return), four Go `crypto/tls` uprobes (write,
+/// read, read's returns, handshake), three for processes (exec, exit, fork), and
 /// - `sockets`: three at the socket layer (send, receive, TCP state) and the dynamic
 ///   loader's library-load uprobe;
 /// - `sockets-fexit`: eight there (three sends, three receives, `inet_sendpage` for
@@ -35,7 +35,7 @@ const WAIT: Duration = Duration::from_secs(20);
 fn expected_programs(agent: &Agent) -> Result<usize> {
     let m = agent.metrics()?;
     let path = |p: &str| m.sum("apm_capture_path", &[("path", p)]) == 1.0;
-    let common = 1 + 6 + 3;
+    let common = 1 + 6 + 4 + 3;
     Ok(if path("sockets") {
         common + 3 + 1
     } else if path("sockets-fexit") {
@@ -306,14 +306,14 @@ fn sigkill_with_openssl_hooked_leaves_no_link_perf_event_or_uprobe() -> Result<(
         .filter_map(|p| field(&p, "id"))
         .filter(|id| progs.contains(id))
         .collect();
-    // Five entries and one shared return; on the socket-layer capture path also the
-    // loader's library-load hook.
+    // OpenSSL's five entries and one shared return, Go's four (loaded, attached only to Go
+    // executables); on the socket-layer capture path also the loader's library-load hook.
     let metrics = agent.metrics()?;
     let sockets_path = metrics.sum("apm_capture_path", &[("path", "syscalls")]) == 0.0;
     assert_eq!(
         uprobe_progs.len(),
-        if sockets_path { 7 } else { 6 },
-        "OpenSSL uprobe programs: {uprobe_progs:?}"
+        if sockets_path { 11 } else { 10 },
+        "TLS uprobe programs: {uprobe_progs:?}"
     );
     let links = links_of(&progs)?;
     let uprobe_links = links

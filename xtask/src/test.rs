@@ -21,8 +21,8 @@ pub struct TestArgs {
 }
 
 /// Integration tests run a second time with `APM_CAPTURE_PATH=syscalls`: HTTP (an app, nginx
-/// under wrk, forked servers), connections opened before the agent, databases, TLS and
-/// process churn.
+/// under wrk, forked servers), connections opened before the agent, databases, TLS (OpenSSL
+/// and Go) and process churn.
 const FALLBACK_PATH_TESTS: &[&str] = &[
     "http_app",
     "http_nginx",
@@ -31,6 +31,7 @@ const FALLBACK_PATH_TESTS: &[&str] = &[
     "db_postgres",
     "db_redis",
     "tls_openssl",
+    "tls_go",
     "process_churn",
     // 32 iovecs per call on every path: grpcio's 24-iovec writes whole on the syscalls too.
     "grpc_python",

@@ -1,9 +1,13 @@
-//! The OpenSSL uprobes (see apm-ebpf/src/tls.rs): loaded once, attached to each distinct
-//! `libssl.so` file the agent finds mapped. A uprobe lives on the file (its inode), not on a
-//! process: every process that maps the file, now or later, is covered.
+//! The TLS uprobes: OpenSSL's (see apm-ebpf/src/tls.rs), loaded once, attached to each
+//! distinct `libssl.so` file the agent finds mapped, and Go's (apm-ebpf/src/go_tls.rs),
+//! attached to each Go executable that links `crypto/tls`. A uprobe lives on the file (its
+//! inode), not on a process: every process that maps the file, now or later, is covered.
 use std::path::Path;
 
-use aya::programs::{UProbe, uprobe::UProbeScope};
+use aya::programs::{
+    UProbe,
+    uprobe::{UProbeAttachLocation, UProbeScope},
+};
 
 use super::{LoadError, Probes};
 
@@ -20,6 +24,25 @@ pub const TLS_RETURN: &str = "apm_ssl_return";
 /// Its variant for kernels without the atomic fetch-add (see apm-ebpf/src/maps.rs).
 pub const TLS_RETURN_NOFETCH: &str = "apm_ssl_return_nofetch";
 
+/// The Go `crypto/tls` programs (apm-ebpf/src/go_tls.rs), with their variants for kernels
+/// without the atomic fetch-add.
+pub const GO_TLS_WRITE: (&str, &str) = ("apm_go_tls_write", "apm_go_tls_write_nofetch");
+pub const GO_TLS_READ: &str = "apm_go_tls_read";
+pub const GO_TLS_READ_RETURN: (&str, &str) =
+    ("apm_go_tls_read_return", "apm_go_tls_read_return_nofetch");
+pub const GO_TLS_HANDSHAKE: &str = "apm_go_tls_handshake";
+
+/// Where the Go programs go in one executable: file offsets, what a uprobe is attached at
+/// (found by `tls::go_binary`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoTlsSites {
+    pub write: u64,
+    pub read: u64,
+    /// Each `RET` instruction of `(*Conn).Read`.
+    pub read_returns: Vec<u64>,
+    pub handshake: Option<u64>,
+}
+
 /// The loader hook of the `sockets` capture path (see apm-ebpf/src/libraries.rs):
 /// (program, function of the dynamic loader).
 pub const LOADER_HOOK: (&str, &str) = ("apm_dl_debug_state", "_dl_debug_state");
@@ -32,6 +55,13 @@ pub enum UprobeError {
     #[error("{path}: neither SSL_read nor SSL_write could be hooked: {source}")]
     NoFunctions {
         path: String,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("{path}: Go crypto/tls not hooked at {what}: {source}")]
+    Go {
+        path: String,
+        what: &'static str,
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
@@ -57,7 +87,8 @@ impl Probes {
         let names = TLS_FUNCTIONS
             .iter()
             .map(|(_, program)| *program)
-            .chain([self.tls_return()]);
+            .chain([self.tls_return()])
+            .chain(self.go_programs());
         for name in names {
             self.uprobe(name)?
                 .load()
@@ -83,6 +114,67 @@ impl Probes {
                 path: target.display().to_string(),
                 source: Box::new(source),
             })
+    }
+
+    /// The Go programs this kernel accepts: (write, read, read return, handshake).
+    fn go_programs(&self) -> [&'static str; 4] {
+        let pick = |(fetch, nofetch): (&'static str, &'static str)| {
+            if self.features.fetch_add {
+                fetch
+            } else {
+                nofetch
+            }
+        };
+        [
+            pick(GO_TLS_WRITE),
+            GO_TLS_READ,
+            pick(GO_TLS_READ_RETURN),
+            GO_TLS_HANDSHAKE,
+        ]
+    }
+
+    /// Hooks the Go executable at `target` where `hooks` says (file offsets). All or
+    /// nothing: a failure detaches what this call attached. Returns the probes attached.
+    pub fn attach_go_tls(
+        &mut self,
+        target: &Path,
+        hooks: &GoTlsSites,
+    ) -> Result<usize, UprobeError> {
+        let [write, read, read_return, handshake] = self.go_programs();
+        // The returns before the entry: an entry without its returns would leave its call
+        // noted until the goroutine's next read.
+        let mut plan: Vec<(&'static str, u64, &'static str)> = hooks
+            .read_returns
+            .iter()
+            .map(|off| (read_return, *off, "a RET of (*Conn).Read"))
+            .collect();
+        plan.push((read, hooks.read, "(*Conn).Read"));
+        plan.push((write, hooks.write, "(*Conn).Write"));
+        if let Some(off) = hooks.handshake {
+            plan.push((handshake, off, "the handshake"));
+        }
+        let mut attached = Vec::with_capacity(plan.len());
+        for (program, offset, what) in plan {
+            let result = self.uprobe(program)?.attach(
+                UProbeAttachLocation::AbsoluteOffset(offset),
+                target,
+                UProbeScope::AllProcesses,
+            );
+            match result {
+                Ok(link) => attached.push((program, link)),
+                Err(source) => {
+                    for (program, link) in attached {
+                        let _ = self.uprobe(program)?.detach(link);
+                    }
+                    return Err(UprobeError::Go {
+                        path: target.display().to_string(),
+                        what,
+                        source: Box::new(source),
+                    });
+                }
+            }
+        }
+        Ok(attached.len())
     }
 
     /// The return program this kernel accepts (see [`TLS_RETURN_NOFETCH`]).

@@ -149,18 +149,12 @@ impl Pipeline {
                     self.selection
                         .decide_at_exec(&mut self.procs, p.tgid, &p.comm);
                 }
+                // Its executable may be a Go program with its own TLS (static: no library
+                // load follows).
+                self.queue_tls_scan(p.tgid);
             }
             Event::ProcExit(p) => self.on_exit(&p, red),
-            Event::ProcExecMap(p) => {
-                // A process start maps several libraries: one look per process and batch.
-                if !self.ops.tls_scan.contains(&p.tgid) {
-                    if self.ops.tls_scan.len() < MAX_TLS_SCANS {
-                        self.ops.tls_scan.push(p.tgid);
-                    } else {
-                        self.published.tls.scans_dropped.fetch_add(1, Relaxed);
-                    }
-                }
-            }
+            Event::ProcExecMap(p) => self.queue_tls_scan(p.tgid),
             Event::ConnTuple(t) => {
                 // Sent just before the connection's first data: for a connection opened
                 // before the agent started, this creates its entry.
@@ -173,6 +167,19 @@ impl Pipeline {
                     conn.endpoints = Endpoints::from_kernel(&t);
                 }
             }
+        }
+    }
+
+    /// Asks for `tgid`'s executable and libraries to be looked at for TLS: a process start
+    /// maps several libraries, so one look per process and batch.
+    fn queue_tls_scan(&mut self, tgid: u32) {
+        if self.ops.tls_scan.contains(&tgid) {
+            return;
+        }
+        if self.ops.tls_scan.len() < MAX_TLS_SCANS {
+            self.ops.tls_scan.push(tgid);
+        } else {
+            self.published.tls.scans_dropped.fetch_add(1, Relaxed);
         }
     }
 

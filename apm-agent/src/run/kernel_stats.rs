@@ -73,7 +73,7 @@ const CONNECTIONS_ADOPTED: Family = Family::counter(
 );
 const TLS_PLAINTEXT_RECORDS: Family = Family::counter(
     "apm_tls_plaintext_records_total",
-    "Plaintext records read from OpenSSL calls.",
+    "Plaintext records read from OpenSSL and Go crypto/tls calls.",
 );
 const CAPTURE_SKIPPED: Family = Family::counter(
     "apm_capture_skipped_total",

@@ -1,4 +1,5 @@
-//! TLS plaintext: finds the OpenSSL libraries processes map and hooks each file once.
+//! TLS plaintext: finds the OpenSSL libraries processes map, and the Go executables that link
+//! `crypto/tls`, and hooks each file once.
 //!
 //! At start the libssl files in the loader's search path are hooked (see [`loader`]: a process
 //! started later is covered from its first call) and every process's maps are read once;
@@ -6,9 +7,11 @@
 //! On the `syscalls` capture path the report is each executable file mapping (`on_mmap` in
 //! apm-ebpf/src/sockets.rs); on the `sockets` path it comes from a uprobe on each dynamic
 //! loader's `_dl_debug_state` (apm-ebpf/src/libraries.rs), hooked here like a library: the
-//! host's loaders at start, a container's own when one of its processes shows it. The hooking
-//! runs on its own thread: parsing a library's symbols and attaching ten probes takes
+//! host's loaders at start, a container's own when one of its processes shows it. Go programs
+//! are mostly static (no loader, no libssl): every exec asks for its process's executable to
+//! be looked at too, once per file. The hooking runs on its own thread: parsing a library's symbols and attaching ten probes takes
 //! milliseconds the event thread must not spend.
+pub mod go_binary;
 pub mod libraries;
 pub mod loader;
 pub mod stats;
@@ -16,7 +19,7 @@ pub mod stats;
 use std::{
     collections::HashSet,
     fs::File,
-    os::fd::AsRawFd,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -33,6 +36,10 @@ use stats::TlsStats;
 
 /// The root directory the host's own processes see: the loader's search path is read there.
 const HOST_ROOT: &str = "/proc/1/root";
+
+/// Distinct executable files looked at for Go's `crypto/tls` (16 bytes each): a host runs
+/// hundreds of distinct programs over time, most of them not Go. Beyond, counted.
+const MAX_EXECUTABLES: usize = 16_384;
 
 /// Processes waiting to be looked at; beyond this, requests are dropped (counted).
 const QUEUE: usize = 4096;
@@ -58,6 +65,8 @@ struct Attacher {
     probes: Probes,
     /// Library files already handled (hooked or failed), by identity.
     seen: HashSet<(String, u64)>,
+    /// Executable files already looked at for Go's `crypto/tls`, by (device, inode).
+    executables: HashSet<(u64, u64)>,
     budget: usize,
     stats: Arc<TlsStats>,
 }
@@ -75,6 +84,7 @@ pub fn start(
     let attacher = Attacher {
         probes,
         seen: HashSet::new(),
+        executables: HashSet::new(),
         budget,
         stats: stats.clone(),
     };
@@ -125,6 +135,7 @@ impl Attacher {
         if tgid == std::process::id() {
             return;
         }
+        self.check_executable(tgid);
         let Ok(maps) = std::fs::read_to_string(format!("/proc/{tgid}/maps")) else {
             return;
         };
@@ -145,6 +156,60 @@ impl Attacher {
             }
             if self.hook(tgid, &lib) {
                 self.seen.insert(lib.identity);
+            }
+        }
+    }
+
+    /// Hooks the executable of `tgid` if it is a Go program using `crypto/tls`. Each file is
+    /// looked at once (one `stat` per exec after that); reading its sections is mapped, not
+    /// read, so the non-Go majority costs a few pages.
+    fn check_executable(&mut self, tgid: u32) {
+        let exe = format!("/proc/{tgid}/exe");
+        let Ok(meta) = std::fs::metadata(&exe) else {
+            return;
+        };
+        let identity = (meta.dev(), meta.ino());
+        if self.executables.contains(&identity) {
+            return;
+        }
+        if self.executables.len() >= MAX_EXECUTABLES {
+            self.stats.executables_overflow.fetch_add(1, Relaxed);
+            return;
+        }
+        // Opened once: a process that exits meanwhile cannot swap the file under the look.
+        let Ok(file) = File::open(&exe) else { return };
+        self.executables.insert(identity);
+        let path = std::fs::read_link(&exe)
+            .map(|p| p.display().to_string())
+            .unwrap_or(exe);
+        // SAFETY: a read-only private mapping of a file being executed (the kernel refuses
+        // writes to it while it runs); its bytes are only parsed.
+        let Ok(map) = (unsafe { memmap2::Mmap::map(&file) }) else {
+            return;
+        };
+        let hooks = match go_binary::inspect(&map) {
+            Ok(Some(hooks)) => hooks,
+            Ok(None) => return,
+            Err(e) => {
+                log::info!("TLS: Go program {path} (pid {tgid}) not hooked: {e}");
+                self.stats.hook_failures.fetch_add(1, Relaxed);
+                return;
+            }
+        };
+        drop(map);
+        let target = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        match self.probes.attach_go_tls(&target, &hooks.sites) {
+            Ok(probes) => {
+                self.stats.go_binaries_hooked.fetch_add(1, Relaxed);
+                log::info!(
+                    "TLS: hooked Go crypto/tls in {path} ({}, {probes} probes; first seen in \
+                     pid {tgid})",
+                    hooks.version
+                );
+            }
+            Err(e) => {
+                self.stats.hook_failures.fetch_add(1, Relaxed);
+                log::warn!("TLS: {e}");
             }
         }
     }

@@ -90,6 +90,12 @@ pub fn run(args: &TestKernelsArgs) -> Result<()> {
     } else {
         test_binaries()?
     };
+    // Built here: a Go build under emulation takes minutes.
+    let go_tls = if tests.iter().any(|t| t.target == "tls_go") {
+        Some(build_go_tls()?)
+    } else {
+        None
+    };
     let work = util::workspace_root();
     let results = util::target_dir().join("kernels");
     std::fs::create_dir_all(&results)?;
@@ -106,7 +112,7 @@ pub fn run(args: &TestKernelsArgs) -> Result<()> {
         let dir = results.join(&kernel.release);
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("steps.sh"), &script)?;
-        std::fs::write(dir.join("env.sh"), guest_env(&agent))?;
+        std::fs::write(dir.join("env.sh"), guest_env(&agent, go_tls.as_deref()))?;
         let rel = |f: &str| -> Result<String> {
             Ok(dir
                 .join(f)
@@ -172,7 +178,7 @@ pub fn run(args: &TestKernelsArgs) -> Result<()> {
         });
     }
     if args.kernels.iter().any(|k| k == "host") {
-        rows.push(run_on_host(&results, &script, &agent)?);
+        rows.push(run_on_host(&results, &script, &agent, go_tls.as_deref())?);
     }
     let expected: Vec<&str> = std::iter::once(smoke::CHECK)
         .chain(tests.iter().map(|t| t.label))
@@ -193,7 +199,12 @@ pub fn run(args: &TestKernelsArgs) -> Result<()> {
 }
 
 /// The host kernel: the same steps, natively.
-fn run_on_host(results: &Path, script: &str, agent: &Path) -> Result<report::Row> {
+fn run_on_host(
+    results: &Path,
+    script: &str,
+    agent: &Path,
+    go_tls: Option<&Path>,
+) -> Result<report::Row> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")?
         .trim()
         .to_owned();
@@ -201,7 +212,7 @@ fn run_on_host(results: &Path, script: &str, agent: &Path) -> Result<report::Row
     let dir = results.join("host");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("steps.sh"), script)?;
-    std::fs::write(dir.join("env.sh"), guest_env(agent))?;
+    std::fs::write(dir.join("env.sh"), guest_env(agent, go_tls))?;
     let started = Instant::now();
     let out = Command::new("sh")
         .arg("-c")
@@ -228,7 +239,7 @@ fn run_on_host(results: &Path, script: &str, agent: &Path) -> Result<report::Row
 /// The environment of the steps: the tests run the release agent and may not skip. The real
 /// Python's folder goes first on PATH: version-manager shims (pyenv's are shell scripts that
 /// start several processes) cost seconds per start under emulation.
-fn guest_env(agent: &Path) -> String {
+fn guest_env(agent: &Path, go_tls: Option<&Path>) -> String {
     let mut path = std::env::var("PATH").unwrap_or_default();
     if let Some(dir) = util::output(Command::new("python3").args([
         "-c",
@@ -236,11 +247,37 @@ fn guest_env(agent: &Path) -> String {
     ])) {
         path = format!("{}:{path}", dir.trim());
     }
-    format!(
+    let mut env = format!(
         "export APM_AGENT_BIN='{}' APM_INTEGRATION=require RUST_BACKTRACE=1 \
          PATH='{path}' HOME=/root TMPDIR=/tmp\n",
         agent.display()
-    )
+    );
+    if let Some(bin) = go_tls {
+        env.push_str(&format!("export APM_GO_TLS_BIN='{}'\n", bin.display()));
+    }
+    env
+}
+
+/// Builds the Go TLS test program (tests/servers/go_tls) into the target directory, for the
+/// `tls_go` tests in the guests (`APM_GO_TLS_BIN`).
+fn build_go_tls() -> Result<PathBuf> {
+    let dir = util::target_dir().join("go-tls");
+    std::fs::create_dir_all(&dir)?;
+    let out = dir.join("go_tls");
+    let status = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg("main.go")
+        .current_dir(util::workspace_root().join("tests/servers/go_tls"))
+        .env("GOCACHE", dir.join("cache"))
+        .env("HOME", &dir)
+        .env("GOFLAGS", "")
+        .status()
+        .context("running go build")?;
+    if !status.success() {
+        bail!("go build of tests/servers/go_tls failed: {status}");
+    }
+    Ok(out)
 }
 
 /// Builds the integration-test binaries and maps each test target to its executable.

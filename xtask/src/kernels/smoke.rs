@@ -34,6 +34,13 @@ pub const SMOKE: &[SmokeTest] = &[
         target: "tls_openssl",
         test: "nginx_https_under_curl_counted_once_on_both_sides",
     },
+    // Go's own crypto/tls: uprobes on a Go executable (entry, each RET of Read), the socket
+    // marked TLS before its handshake's first data on every capture path.
+    SmokeTest {
+        label: "tls-go",
+        target: "tls_go",
+        test: "go_crypto_tls_server_and_clients_counted_on_both_sides_over_h1_and_h2",
+    },
     // Bodies sent with sendfile (nginx as Debian configures it) and splice: counted, not
     // copied, through each path's own hook (the socket tracepoint, inet_sendpage before 6.5,
     // the syscall exit).
