@@ -3,12 +3,13 @@ http:// URLs: the HTTP/1.1 request is answered with a 101, its response comes as
 stream 1, and later requests of the connection are HTTP/2 streams. With the `h2` library
 (sans-I/O: this file does the socket work). Usage: python3 h2c_upgrade.py PORT.
 GET /hello answers 200, anything else 404; a request without the upgrade gets HTTP/1.1."""
-import socketserver
 import sys
 
 import h2.config
 import h2.connection
 import h2.events
+
+import threaded
 
 
 def answer(path):
@@ -70,15 +71,4 @@ def serve(sock):
                 return
 
 
-class Handler(socketserver.BaseRequestHandler):
-    def handle(self):
-        serve(self.request)
-
-
-class Server(socketserver.ThreadingTCPServer):
-    allow_reuse_address = True
-    daemon_threads = True
-    request_queue_size = 64
-
-
-Server(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+threaded.serve_forever(int(sys.argv[1]), serve)

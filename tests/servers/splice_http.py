@@ -3,8 +3,9 @@ as proxies and Go's io.Copy between sockets do: the body's bytes never pass thro
 server's own memory. Usage: python3 splice_http.py PORT. GET /small answers 300 bytes,
 GET /large 200 KiB (spliced in pieces of at most the pipe's 64 KiB), anything else 404."""
 import os
-import socketserver
 import sys
+
+import threaded
 
 BODIES = {b"/small": 300, b"/large": 200 * 1024}
 
@@ -44,15 +45,4 @@ def serve(conn):
             send_spliced(conn, length)
 
 
-class Handler(socketserver.BaseRequestHandler):
-    def handle(self):
-        serve(self.request)
-
-
-class Server(socketserver.ThreadingTCPServer):
-    allow_reuse_address = True
-    daemon_threads = True
-    request_queue_size = 64
-
-
-Server(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+threaded.serve_forever(int(sys.argv[1]), serve)
