@@ -2,10 +2,12 @@
 //!
 //! A Go binary is told by its `.go.buildinfo` section, which also gives the Go version: the
 //! probes read arguments from registers, the calling convention of Go 1.17 and later on
-//! amd64. The functions are found in the ELF symbol table (a binary built with `-ldflags=-s`
-//! has none, and is reported as such). Go's stacks move, so a return probe's rewritten
+//! amd64. The functions are found in the ELF symbol table or, in a binary built without one
+//! (`-ldflags=-s -w`), in Go's own function table, `.gopclntab` (see [`pclntab`]). Go's stacks move, so a return probe's rewritten
 //! return address is unsafe: the read's return program goes on each `RET` instruction of
 //! `(*Conn).Read`, found by decoding the function.
+mod pclntab;
+
 use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 use object::{Object, ObjectSection, ObjectSymbol, SectionKind};
 
@@ -41,8 +43,10 @@ pub enum GoBinaryError {
     BuildInfo,
     #[error("built with {0}: the probes need Go 1.17 or later (arguments in registers)")]
     TooOld(String),
-    #[error("built with {0} without a symbol table (stripped): its crypto/tls cannot be found")]
+    #[error("built with {0} without a symbol table (stripped) nor .gopclntab")]
     Stripped(String),
+    #[error("built with {0}: its .gopclntab function table is not in a known layout")]
+    Pclntab(String),
     #[error("{function} is not in the file's sections")]
     Outside { function: &'static str },
     #[error("{function}: no RET instruction found")]
@@ -60,30 +64,20 @@ pub fn inspect(data: &[u8]) -> Result<Option<GoTlsHooks>, GoBinaryError> {
     if minor_version(&version).is_some_and(|m| m < REGISTER_ABI_MINOR) {
         return Err(GoBinaryError::TooOld(version));
     }
-    let mut write = None;
-    let mut read = None;
-    let mut handshakes: [Option<(u64, u64)>; HANDSHAKES.len()] = [None; HANDSHAKES.len()];
-    let mut any_symbol = false;
-    for sym in file.symbols() {
-        any_symbol = true;
-        let Ok(name) = sym.name() else { continue };
-        let place = (sym.address(), sym.size());
-        match name {
-            WRITE => write = Some(place),
-            READ => read = Some(place),
-            _ => {
-                if let Some(i) = HANDSHAKES.iter().position(|h| *h == name) {
-                    handshakes[i] = Some(place);
-                }
-            }
-        }
-    }
-    if !any_symbol {
-        return Err(GoBinaryError::Stripped(version));
-    }
-    let (Some(write), Some(read)) = (write, read) else {
+    let wanted = [WRITE, READ, HANDSHAKES[0], HANDSHAKES[1], HANDSHAKES[2]];
+    let found = match symbols(&file, &wanted) {
+        Some(found) => found,
+        // Stripped (`-ldflags=-s`): Go's own function table stays, the runtime needs it.
+        None => match file.section_by_name(".gopclntab") {
+            Some(table) => pclntab::functions(table.data()?, text_start(&file), &wanted)
+                .ok_or_else(|| GoBinaryError::Pclntab(version.clone()))?,
+            None => return Err(GoBinaryError::Stripped(version)),
+        },
+    };
+    let (Some(write), Some(read)) = (found[0], found[1]) else {
         return Ok(None);
     };
+    let handshakes = [found[2], found[3], found[4]];
     let read_returns = returns(&file, read, READ)?;
     let handshake = match handshakes
         .iter()
@@ -102,6 +96,26 @@ pub fn inspect(data: &[u8]) -> Result<Option<GoTlsHooks>, GoBinaryError> {
             handshake,
         },
     }))
+}
+
+/// (address, size) of each of `wanted` in the ELF symbol table; None without one.
+fn symbols(file: &object::File<'_>, wanted: &[&str]) -> Option<Vec<Option<(u64, u64)>>> {
+    let mut found = vec![None; wanted.len()];
+    let mut any = false;
+    for sym in file.symbols() {
+        any = true;
+        let Ok(name) = sym.name() else { continue };
+        if let Some(i) = wanted.iter().position(|w| *w == name) {
+            found[i] = Some((sym.address(), sym.size()));
+        }
+    }
+    any.then_some(found)
+}
+
+/// Where `.text` starts: the base of the function table's entry offsets when its own field
+/// is relocated at run time (position-independent builds leave it 0 in the file).
+fn text_start(file: &object::File<'_>) -> u64 {
+    file.section_by_name(".text").map_or(0, |s| s.address())
 }
 
 /// The Go version in a `.go.buildinfo` section: after the 14-byte magic, the pointer size
