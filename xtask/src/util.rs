@@ -72,3 +72,25 @@ pub fn workspace_root() -> std::path::PathBuf {
     let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     here.parent().unwrap_or(here).to_path_buf()
 }
+
+/// Builds the Go TLS test program (tests/servers/go_tls) into the target directory: for the
+/// `tls_go` tests in the kernel matrix's guests (`APM_GO_TLS_BIN`) and the Go HTTPS bench case.
+pub fn build_go_tls() -> Result<std::path::PathBuf> {
+    let dir = target_dir().join("go-tls");
+    std::fs::create_dir_all(&dir)?;
+    let out = dir.join("go_tls");
+    let status = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg("main.go")
+        .current_dir(workspace_root().join("tests/servers/go_tls"))
+        .env("GOCACHE", dir.join("cache"))
+        .env("HOME", &dir)
+        .env("GOFLAGS", "")
+        .status()
+        .context("running go build")?;
+    if !status.success() {
+        bail!("go build of tests/servers/go_tls failed: {status}");
+    }
+    Ok(out)
+}

@@ -13,6 +13,8 @@ use crate::{prereq, util};
 
 /// Service name the FastAPI app gets through `OTEL_SERVICE_NAME` (the agent reads it).
 const FASTAPI_SERVICE: &str = "bench-overhead-app";
+/// Service name of the Go HTTPS server.
+const GO_SERVICE: &str = "bench-overhead-go";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum App {
@@ -20,6 +22,9 @@ enum App {
     Nginx,
     /// A FastAPI app under uvicorn (one worker, h11), `GET /users/{id}` returning small JSON.
     Fastapi,
+    /// A Go `net/http` server over HTTPS (Go's own `crypto/tls`: the Go uprobes), wrk as the
+    /// client (OpenSSL), at saturation only (the paced generator speaks plain HTTP).
+    GoHttps,
 }
 
 impl App {
@@ -27,6 +32,7 @@ impl App {
         match self {
             Self::Nginx => "nginx",
             Self::Fastapi => "fastapi",
+            Self::GoHttps => "go-https",
         }
     }
 }
@@ -221,10 +227,11 @@ pub fn run(args: &OverheadArgs) -> Result<()> {
     eprintln!("agent measured: {}", agent_bin.display());
     let wrk_cpu = (!args.no_pin).then_some(1);
     let mut loads = args.loads.clone();
-    if args.tls && loads.iter().any(|&l| l < 100) {
+    let saturation_only = args.tls || args.apps.contains(&App::GoHttps);
+    if saturation_only && loads.iter().any(|&l| l < 100) {
         // The constant-rate generator speaks plain HTTP only.
         eprintln!(
-            "--tls: measuring at saturation only (wrk speaks TLS, the paced generator does not)"
+            "HTTPS: measuring at saturation only (wrk speaks TLS, the paced generator does not)"
         );
         loads.retain(|&l| l == 100);
     }
@@ -239,7 +246,7 @@ pub fn run(args: &OverheadArgs) -> Result<()> {
         let cert_dir = tests::servers::temp_dir("bench-tls")?;
         let app_log = std::env::temp_dir().join(tests::unique("overhead-uvicorn"));
         // Held for the app's cases; dropping them stops the server.
-        let (_nginx, _uvicorn, pid, target) = match app {
+        let (_nginx, _server, pid, target) = match app {
             App::Nginx => {
                 let nginx = if args.tls {
                     let cert = tests::servers::SelfSigned::generate(&cert_dir)?;
@@ -278,6 +285,18 @@ pub fn run(args: &OverheadArgs) -> Result<()> {
                 };
                 (None, Some(uvicorn), pid, target)
             }
+            App::GoHttps => {
+                let go = go_https(port)?;
+                let pid = go.pid();
+                let target = Target {
+                    url: format!("https://127.0.0.1:{port}/hello"),
+                    port,
+                    path: "/hello".to_owned(),
+                    service: GO_SERVICE,
+                    wrk_cpu,
+                };
+                (None, Some(go), pid, target)
+            }
         };
         if !args.no_pin {
             pin_tree(pid, 0);
@@ -304,6 +323,22 @@ pub fn run(args: &OverheadArgs) -> Result<()> {
     }
     report(args, &cases);
     Ok(())
+}
+
+/// Starts the Go HTTPS server of tests/servers/go_tls (built into the target directory) on
+/// `port`, as [`GO_SERVICE`].
+fn go_https(port: u16) -> Result<tests::servers::Proc> {
+    let bin = util::build_go_tls()?;
+    let child = Command::new(bin)
+        .args(["server", &port.to_string()])
+        .env("OTEL_SERVICE_NAME", GO_SERVICE)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let proc = tests::servers::Proc::new(child);
+    tests::net::wait_port(port, Duration::from_secs(20))?;
+    Ok(proc)
 }
 
 /// Alternating off/on rounds of one app at one load (`saturation` is the rate the paced loads

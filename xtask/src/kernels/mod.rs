@@ -92,7 +92,7 @@ pub fn run(args: &TestKernelsArgs) -> Result<()> {
     };
     // Built here: a Go build under emulation takes minutes.
     let go_tls = if tests.iter().any(|t| t.target == "tls_go") {
-        Some(build_go_tls()?)
+        Some(util::build_go_tls()?)
     } else {
         None
     };
@@ -256,28 +256,6 @@ fn guest_env(agent: &Path, go_tls: Option<&Path>) -> String {
         env.push_str(&format!("export APM_GO_TLS_BIN='{}'\n", bin.display()));
     }
     env
-}
-
-/// Builds the Go TLS test program (tests/servers/go_tls) into the target directory, for the
-/// `tls_go` tests in the guests (`APM_GO_TLS_BIN`).
-fn build_go_tls() -> Result<PathBuf> {
-    let dir = util::target_dir().join("go-tls");
-    std::fs::create_dir_all(&dir)?;
-    let out = dir.join("go_tls");
-    let status = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&out)
-        .arg("main.go")
-        .current_dir(util::workspace_root().join("tests/servers/go_tls"))
-        .env("GOCACHE", dir.join("cache"))
-        .env("HOME", &dir)
-        .env("GOFLAGS", "")
-        .status()
-        .context("running go build")?;
-    if !status.success() {
-        bail!("go build of tests/servers/go_tls failed: {status}");
-    }
-    Ok(out)
 }
 
 /// Builds the integration-test binaries and maps each test target to its executable.
