@@ -113,8 +113,8 @@ pub fn apm_go_tls_read_return_nofetch(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// `(*Conn).handshakeContext` (and the exported handshake functions where it is missing):
-/// marks the socket before the handshake's bytes move.
+/// `(*Conn).serverHandshake` and `(*Conn).clientHandshake`: marks the socket before the
+/// handshake's bytes move.
 #[uprobe]
 pub fn apm_go_tls_handshake(ctx: ProbeContext) -> u32 {
     let Some((id, regs)) = caller(&ctx) else {

@@ -40,7 +40,8 @@ pub struct GoTlsSites {
     pub read: u64,
     /// Each `RET` instruction of `(*Conn).Read`.
     pub read_returns: Vec<u64>,
-    pub handshake: Option<u64>,
+    /// The server's and the client's handshake functions.
+    pub handshakes: Vec<u64>,
 }
 
 /// The loader hook of the `sockets` capture path (see apm-ebpf/src/libraries.rs):
@@ -150,8 +151,8 @@ impl Probes {
             .collect();
         plan.push((read, hooks.read, "(*Conn).Read"));
         plan.push((write, hooks.write, "(*Conn).Write"));
-        if let Some(off) = hooks.handshake {
-            plan.push((handshake, off, "the handshake"));
+        for off in &hooks.handshakes {
+            plan.push((handshake, *off, "a handshake"));
         }
         let mut attached = Vec::with_capacity(plan.len());
         for (program, offset, what) in plan {

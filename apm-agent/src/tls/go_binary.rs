@@ -19,11 +19,12 @@ const REGISTER_ABI_MINOR: u32 = 17;
 
 const WRITE: &str = "crypto/tls.(*Conn).Write";
 const READ: &str = "crypto/tls.(*Conn).Read";
-/// The handshake all others go through (1.17+), then the exported ones where it is missing.
-const HANDSHAKES: [&str; 3] = [
-    "crypto/tls.(*Conn).handshakeContext",
-    "crypto/tls.(*Conn).HandshakeContext",
-    "crypto/tls.(*Conn).Handshake",
+/// The two sides' handshakes, run once per connection (`handshakeContext` and the exported
+/// `Handshake*` are not hooked: `Read` and `Write` call them on every call, and each hit is a
+/// trap: three more per HTTP/1 request of a Go server, measured).
+const HANDSHAKES: [&str; 2] = [
+    "crypto/tls.(*Conn).serverHandshake",
+    "crypto/tls.(*Conn).clientHandshake",
 ];
 
 /// What one Go executable is hooked with.
@@ -64,7 +65,7 @@ pub fn inspect(data: &[u8]) -> Result<Option<GoTlsHooks>, GoBinaryError> {
     if minor_version(&version).is_some_and(|m| m < REGISTER_ABI_MINOR) {
         return Err(GoBinaryError::TooOld(version));
     }
-    let wanted = [WRITE, READ, HANDSHAKES[0], HANDSHAKES[1], HANDSHAKES[2]];
+    let wanted = [WRITE, READ, HANDSHAKES[0], HANDSHAKES[1]];
     let found = match symbols(&file, &wanted) {
         Some(found) => found,
         // Stripped (`-ldflags=-s`): Go's own function table stays, the runtime needs it.
@@ -77,23 +78,20 @@ pub fn inspect(data: &[u8]) -> Result<Option<GoTlsHooks>, GoBinaryError> {
     let (Some(write), Some(read)) = (found[0], found[1]) else {
         return Ok(None);
     };
-    let handshakes = [found[2], found[3], found[4]];
     let read_returns = returns(&file, read, READ)?;
-    let handshake = match handshakes
-        .iter()
-        .zip(HANDSHAKES)
-        .find_map(|(h, name)| Some(((*h)?, name)))
-    {
-        Some((place, name)) => Some(file_offset(&file, place.0, name)?),
-        None => None,
-    };
+    let mut handshakes = Vec::new();
+    for (place, name) in found[2..].iter().zip(HANDSHAKES) {
+        if let Some((addr, _)) = place {
+            handshakes.push(file_offset(&file, *addr, name)?);
+        }
+    }
     Ok(Some(GoTlsHooks {
         version,
         sites: GoTlsSites {
             write: file_offset(&file, write.0, WRITE)?,
             read: file_offset(&file, read.0, READ)?,
             read_returns,
-            handshake,
+            handshakes,
         },
     }))
 }
