@@ -1,13 +1,14 @@
 //! HPACK (RFC 7541) of one direction, with `loona-hpack`: each direction has its own dynamic
 //! table, which only stays right if every header block of that direction is decoded in
 //! order. A block that cannot be decoded (bytes of it not captured, lost in a gap, or not
-//! valid HPACK) leaves the table in an unknown state: from then on a block of that direction
-//! is trusted only if it names no dynamic-table entry at all (static-table indices and
-//! literals decode the same whatever the table holds; many servers, nginx among them, encode
-//! their responses that way), and every other block is counted as lost: a wrong table would
-//! name the wrong route.
+//! valid HPACK) leaves the table in an unknown state: from then on the direction is decoded
+//! with what its table gained since ([`PartialTable`]): static-table indices and literals
+//! decode the same whatever the table holds (many servers, nginx among them, encode their
+//! responses that way), entries inserted after the loss are learnt, and a block that names
+//! an entry from before it is counted as lost: a wrong table would name the wrong route.
 use loona_hpack::Decoder;
 
+use super::partial_table::PartialTable;
 use crate::request::{GrpcCode, Method, TraceParent};
 
 /// The dynamic table size every HPACK context starts with (SETTINGS_HEADER_TABLE_SIZE's
@@ -48,14 +49,15 @@ pub struct Fields {
 /// The HPACK decoding context of one direction.
 pub struct Hpack {
     decoder: Decoder<'static>,
-    /// A block was lost or undecodable: the dynamic table is unknown.
-    poisoned: bool,
+    /// Set when a block was lost or undecodable: the dynamic table is unknown, and only what
+    /// it gained since is known.
+    partial: Option<Box<PartialTable>>,
 }
 
 impl std::fmt::Debug for Hpack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hpack")
-            .field("poisoned", &self.poisoned)
+            .field("partial", &self.partial)
             .finish_non_exhaustive()
     }
 }
@@ -66,7 +68,7 @@ impl Default for Hpack {
         decoder.set_max_allowed_table_size(DEFAULT_TABLE_SIZE);
         Self {
             decoder,
-            poisoned: false,
+            partial: None,
         }
     }
 }
@@ -74,12 +76,19 @@ impl Default for Hpack {
 impl Hpack {
     #[cfg(test)]
     pub fn is_poisoned(&self) -> bool {
-        self.poisoned
+        self.partial.is_some()
     }
 
-    /// The table's state is no longer known (a block was lost).
+    /// The dynamic entries learnt since the table became unknown.
+    #[cfg(test)]
+    pub fn learnt(&self) -> Option<usize> {
+        self.partial.as_ref().map(|p| p.learnt())
+    }
+
+    /// The table's state is no longer known (a block was lost): what was learnt since an
+    /// earlier loss is unknown again too (the lost block may have inserted entries).
     pub fn poison(&mut self) {
-        self.poisoned = true;
+        self.partial = Some(Box::new(PartialTable::new()));
     }
 
     /// The decoding endpoint announced SETTINGS_HEADER_TABLE_SIZE = `size`: the encoder of
@@ -93,10 +102,10 @@ impl Hpack {
     }
 
     /// Decodes one complete header block. None when the block does not decode (which makes
-    /// the table unknown), or it names a dynamic-table entry while the table is unknown.
+    /// the table unknown), or it names a dynamic-table entry the agent does not know.
     pub fn decode(&mut self, block: &[u8]) -> Option<Fields> {
-        if self.poisoned && names_dynamic_entries(block) != Some(false) {
-            return None;
+        if let Some(partial) = self.partial.as_mut() {
+            return partial.decode(block);
         }
         let mut fields = Fields::default();
         let result = self
@@ -105,46 +114,16 @@ impl Hpack {
         match result {
             Ok(()) => Some(fields),
             Err(_) => {
-                self.poisoned = true;
+                self.poison();
                 None
             }
         }
     }
 }
 
-/// Does a header block name an entry of the dynamic table (an index past the static
-/// table's 61)? A walk over the representations (RFC 7541 §6), reading integers and skipping
-/// strings by their length, without decoding anything. None when the block is malformed.
-pub(super) fn names_dynamic_entries(block: &[u8]) -> Option<bool> {
-    /// Entries of the static table (RFC 7541 Appendix A).
-    const STATIC_ENTRIES: usize = 61;
-    let mut pos = 0;
-    while let Some(&first) = block.get(pos) {
-        let (prefix, literal) = match first {
-            b if b & 0x80 != 0 => (7, false), // indexed field
-            b if b & 0x40 != 0 => (6, true),  // literal, incremental indexing
-            b if b & 0x20 != 0 => (5, false), // dynamic table size update
-            _ => (4, true),                   // literal, not indexed / never indexed
-        };
-        let (index, used) = integer(block.get(pos..)?, prefix)?;
-        pos += used;
-        let is_size_update = first & 0xe0 == 0x20;
-        if !is_size_update && index > STATIC_ENTRIES {
-            return Some(true);
-        }
-        if literal {
-            if index == 0 {
-                pos += string_len(block.get(pos..)?)?;
-            }
-            pos += string_len(block.get(pos..)?)?;
-        }
-    }
-    Some(false)
-}
-
 /// An HPACK integer with an N-bit prefix (RFC 7541 §5.1): its value and the bytes it took.
 /// At most 4 continuation bytes, as decoders limit it.
-fn integer(buf: &[u8], prefix: u32) -> Option<(usize, usize)> {
+pub(super) fn integer(buf: &[u8], prefix: u32) -> Option<(usize, usize)> {
     let max = (1usize << prefix) - 1;
     let mut value = usize::from(*buf.first()?) & max;
     if value < max {
@@ -159,15 +138,8 @@ fn integer(buf: &[u8], prefix: u32) -> Option<(usize, usize)> {
     None
 }
 
-/// Bytes taken by a string literal (its length prefix and its octets).
-fn string_len(buf: &[u8]) -> Option<usize> {
-    let (len, used) = integer(buf, 7)?;
-    let total = used.checked_add(len)?;
-    (total <= buf.len()).then_some(total)
-}
-
 /// Keeps a header the agent reads, bounded; drops every other at once.
-fn keep(fields: &mut Fields, name: &[u8], value: &[u8]) {
+pub(super) fn keep(fields: &mut Fields, name: &[u8], value: &[u8]) {
     match name {
         b":method" => {
             fields.method = std::str::from_utf8(value).ok().map(Method::parse);

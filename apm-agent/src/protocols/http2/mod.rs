@@ -23,6 +23,7 @@
 //! preface, never detected).
 mod frames;
 mod headers;
+mod partial_table;
 mod streams;
 #[cfg(test)]
 mod tests;

@@ -859,23 +859,76 @@ fn framing_lost_past_the_capture_recovers_on_static_only_blocks() {
     ));
     assert_eq!(c.summary().len(), 1);
     assert_eq!(c.stats.header_blocks_lost, 1);
+    // The server goes on inserting (x-fresh, new): blocks that name only what it inserted
+    // since the loss decode again.
+    for stream in [7, 9] {
+        c.client_sent(&peers.request(stream, "GET", "/fresh", true));
+        let block = peers
+            .server
+            .encode([(&b":status"[..], &b"200"[..]), (b"x-fresh", b"1")]);
+        c.server_sent(&frame(
+            kind::HEADERS,
+            flag::END_HEADERS | flag::END_STREAM,
+            stream,
+            &block,
+        ));
+    }
+    assert_eq!(
+        c.summary(),
+        vec![
+            s("GET", "/small", 404),
+            s("GET", "/fresh", 200),
+            s("GET", "/fresh", 200)
+        ]
+    );
+    assert_eq!(c.stats.header_blocks_lost, 1);
     c.p.on_close(9000, &mut c.out, &mut c.stats);
     assert_eq!(c.stats.incomplete, 1, "/big's end went by unseen");
     assert_eq!(c.stats.parse_errors, 0);
 }
 
-/// The walk over a block's representations: static-only blocks, dynamic references, and
-/// malformed blocks.
+/// After a loss, the table's new entries are learnt: a block that names only entries
+/// inserted since decodes again; one naming an entry from before the loss does not; an entry
+/// inserted under an unknown name keeps the positions of the others right; a malformed block
+/// forgets what was learnt.
 #[test]
-fn dynamic_references_are_found_without_decoding() {
+fn unknown_table_recovers_as_the_peer_inserts() {
     let mut e = Encoder::new();
-    let first = e.encode([(&b":status"[..], &b"200"[..]), (b"x-new", b"v")]);
-    assert_eq!(headers::names_dynamic_entries(&first), Some(false));
-    let second = e.encode([(&b"x-new"[..], &b"v"[..])]);
-    assert_eq!(headers::names_dynamic_entries(&second), Some(true));
-    assert_eq!(headers::names_dynamic_entries(&[0x40, 0x05, b'a']), None);
-    assert_eq!(headers::names_dynamic_entries(&[0xff]), None);
-    assert_eq!(headers::names_dynamic_entries(&[]), Some(false));
+    let mut h = headers::Hpack::default();
+    // Seen, then a block goes by unseen: x-old is in the table, unknown to the agent.
+    let _ = h.decode(&e.encode([(&b":method"[..], &b"GET"[..]), (b":path", b"/a")]));
+    let _unseen = e.encode([(&b"x-old"[..], &b"1"[..])]);
+    h.poison();
+    // Static names and literals decode; x-new (a new name) is inserted, and learnt.
+    let first = e.encode([
+        (&b":method"[..], &b"POST"[..]),
+        (b":path", b"/b"),
+        (b"x-new", b"2"),
+    ]);
+    let got = h.decode(&first).expect("literals and static names decode");
+    assert_eq!(got.path.as_deref(), Some("/b"));
+    assert_eq!(h.learnt(), Some(1));
+    // Names the learnt entry by index (62): decodes.
+    let again = e.encode([(&b"x-new"[..], &b"2"[..]), (b":path", b"/c")]);
+    let got = h.decode(&again).expect("a learnt entry decodes");
+    assert_eq!(got.path.as_deref(), Some("/c"));
+    // Names x-old (63), from before the loss: lost, never guessed.
+    let old = e.encode([(&b":path"[..], &b"/b"[..]), (b"x-old", b"1")]);
+    assert_eq!(h.decode(&old), None);
+    // Inserted under x-old's name (index 63, unknown) with value "3": a placeholder at 62,
+    // x-new moves to 63 and still decodes there; the placeholder does not.
+    assert_eq!(h.decode(&[0x7f, 0x00, 0x01, b'3']), None);
+    assert_eq!(h.learnt(), Some(2));
+    assert!(
+        h.decode(&[0xbf, 0x84]).is_some(),
+        "x-new at 63, :path / static"
+    );
+    assert_eq!(h.decode(&[0xbe]), None);
+    // Malformed: what was learnt is forgotten.
+    assert_eq!(h.decode(&[0x40, 0x05, b'a']), None);
+    assert_eq!(h.learnt(), Some(0));
+    assert_eq!(h.decode(&[0xff]), None);
+    assert!(h.decode(&[]).is_some());
 }
 
 /// Server side over TLS: the server writes its SETTINGS before it reads the preface.
