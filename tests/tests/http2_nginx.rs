@@ -314,3 +314,80 @@ fn h2_over_tls_counts_per_route_on_both_sides() -> Result<()> {
     );
     Ok(())
 }
+
+/// A connection opened before the agent started (an HTTP/2 client keeps one for hours): no
+/// preface to see, and both HPACK tables hold entries the agent never saw. The client
+/// (Python's `h2`, which indexes what it sends) made a request with an `x-trace` header
+/// before the agent, and names it from its table in every later request. Those requests are
+/// read in part (method and path are known), counted exactly on both sides, and counted as
+/// read in part; nothing is counted as parse errors or unclassified.
+#[test]
+fn connection_opened_before_the_agent_is_counted_from_its_next_request() -> Result<()> {
+    if !require_root("connection_opened_before_the_agent_is_counted_from_its_next_request") {
+        return Ok(());
+    }
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let port = free_port();
+    let files = files();
+    let docs: Vec<(&str, &[u8])> = files.iter().map(|(n, c)| (*n, c.as_slice())).collect();
+    let _nginx = Nginx::start_http2(port, &docs, None)?;
+    let service = tests::unique("it-h2-held");
+    let paths = [
+        "/index.html",
+        "/mid.html",
+        "/index.html",
+        "/missing.html",
+        "/index.html",
+    ];
+    let mut child = Command::new(tests::pyotlp::python())
+        .arg(tests::servers_dir().join("h2_held_client.py"))
+        .arg(port.to_string())
+        .arg("/mid.html")
+        .args(paths)
+        .env("OTEL_SERVICE_NAME", &service)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+    let mut line = String::new();
+    stdout.read_line(&mut line)?;
+    ensure!(line.trim() == "ready 200", "h2_held_client.py: {line:?}");
+
+    let agent = Agent::start(&["--include", &format!("port={port}")])?;
+    let before = garbage(&agent.metrics()?);
+    writeln!(child.stdin.as_mut().expect("piped"), "go")?;
+    line.clear();
+    stdout.read_line(&mut line)?;
+    ensure!(
+        line.trim() == "done 200 200 200 404 200",
+        "h2_held_client.py: {line:?}"
+    );
+    let _ = child.wait();
+
+    for (route, status, n) in [
+        ("/index.html", "200", 3.0),
+        ("/mid.html", "200", 1.0),
+        ("/missing.html", "404", 1.0),
+    ] {
+        let server = agent.settle(n, WAIT, |m| m.server_count("nginx", "GET", route, status))?;
+        let client = agent.settle(n, WAIT, |m| {
+            m.client_count(&service, port, "GET", route, status)
+        })?;
+        agent.assert_exact_or_counted(server, n, &format!("nginx's {route} {status}"))?;
+        agent.assert_exact_or_counted(client, n, &format!("the client's {route} {status}"))?;
+    }
+    let m = agent.metrics()?;
+    // The request before the agent is not counted, on either side.
+    ensure!(m.server_count("nginx", "GET", "/mid.html", "200") == 1.0);
+    // Each request named x-trace from the table: read in part, at both ends.
+    let partial = m.value("apm_http2_header_blocks_partial_total");
+    ensure!(
+        partial == 10.0,
+        "{partial} header blocks read in part, 10 expected"
+    );
+    let after = garbage(&m);
+    agent.assert_unmoved_or_counted(before.0, after.0, "HTTP/2 parse errors")?;
+    agent.assert_unmoved_or_counted(before.1, after.1, "HTTP/2 header blocks lost")?;
+    agent.assert_unmoved_or_counted(before.2, after.2, "unclassified connections")?;
+    Ok(())
+}

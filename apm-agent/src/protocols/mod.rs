@@ -83,6 +83,8 @@ pub struct ParseStats {
     /// longer known. Their streams are followed to their end but not reported (a route is
     /// never guessed).
     pub header_blocks_lost: u64,
+    /// HTTP/2 header blocks read in part (some entries of an unknown HPACK table), and used.
+    pub header_blocks_partial: u64,
     /// HTTP/2 streams not followed because their connection already had the most open
     /// streams a connection may have.
     pub streams_overflow: u64,
@@ -96,6 +98,9 @@ pub struct ParseStats {
 pub enum Detected {
     /// This protocol, and the observed process is this side.
     Side(Side),
+    /// This protocol, seen from the middle of its stream (a connection older than the
+    /// agent): the parser starts as after lost records ([`ProtocolParser::on_gap`]).
+    MidStream(Side),
     /// A prefix too short to tell.
     Undecided,
     No,
@@ -166,6 +171,11 @@ macro_rules! parsers {
                     match <$parser as ProtocolParser>::detect(seg) {
                         Detected::Side(side) => {
                             return Detection::Match(Self::$variant(<$parser>::new(side)));
+                        }
+                        Detected::MidStream(side) => {
+                            let mut parser = <$parser>::new(side);
+                            parser.on_gap(&mut ParseStats::default());
+                            return Detection::Match(Self::$variant(parser));
                         }
                         Detected::Undecided => undecided = true,
                         Detected::No => {}

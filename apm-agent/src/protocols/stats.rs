@@ -24,6 +24,8 @@ counters! {
         pub head_truncated: AtomicU64,
         /// HTTP/2 header blocks that could not be read.
         pub header_blocks_lost: AtomicU64,
+        /// HTTP/2 header blocks read in part, and used.
+        pub header_blocks_partial: AtomicU64,
         /// HTTP/2 streams refused by the per-connection budget.
         pub streams_overflow: AtomicU64,
         /// HTTP/2 server pushes announced.
@@ -45,6 +47,8 @@ impl ProtocolCounters {
         self.resyncs.fetch_add(s.resyncs, Relaxed);
         self.header_blocks_lost
             .fetch_add(s.header_blocks_lost, Relaxed);
+        self.header_blocks_partial
+            .fetch_add(s.header_blocks_partial, Relaxed);
         self.streams_overflow.fetch_add(s.streams_overflow, Relaxed);
         self.push_promises.fetch_add(s.push_promises, Relaxed);
     }
@@ -102,6 +106,12 @@ const HEADER_BLOCKS_LOST: Family = Family::counter(
     "HTTP/2 header blocks whose headers could not be read (bytes past the capture or lost, undecodable, or decoded against an HPACK table in an unknown state); their streams are not reported.",
 );
 
+/// HTTP/2 only: header blocks read in part.
+const HEADER_BLOCKS_PARTIAL: Family = Family::counter(
+    "apm_http2_header_blocks_partial_total",
+    "HTTP/2 header blocks that named HPACK table entries the agent could not know (a connection older than the agent, or after a loss), used because what they gave (method and path of a request that is not a POST, status of a response to a request known not to be gRPC) is all that is reported.",
+);
+
 /// HTTP/2 only: server pushes announced.
 const PUSH_PROMISES: Family = Family::counter(
     "apm_http2_push_promises_total",
@@ -145,6 +155,11 @@ impl Stats for ProtocolStats {
             sum(|c| &c.streams_overflow),
         );
         out.add(&HEADER_BLOCKS_LOST, "", sum(|c| &c.header_blocks_lost));
+        out.add(
+            &HEADER_BLOCKS_PARTIAL,
+            "",
+            sum(|c| &c.header_blocks_partial),
+        );
         out.add(&PUSH_PROMISES, "", sum(|c| &c.push_promises));
     }
 }

@@ -362,6 +362,89 @@ pub fn plausible_frames(data: &[u8]) -> bool {
     headers > 0
 }
 
+/// Which head a header block is, by its first field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head {
+    Request,
+    Response,
+}
+
+/// What the first bytes seen of a connection say about it being the middle of an HTTP/2
+/// stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MidStream {
+    /// Whole frames, one of them this head.
+    Head(Head),
+    /// Whole frames, none a head that tells (WINDOW_UPDATE, PING, DATA...): the next
+    /// segments may.
+    Frames,
+    /// Not frames.
+    No,
+}
+
+/// Does `data`, the first bytes seen of a connection, look like the middle of an HTTP/2
+/// stream: whole frames as far as it goes ([`plausible_frames`]), one of them a HEADERS
+/// frame whose block starts with a pseudo-header named by the static table (`:method`,
+/// `:path`, `:scheme` or `:authority` for a request; `:status` for a response)? Pseudo-
+/// headers come first in a block (RFC 9113 §8.3), and encoders name them by the static
+/// table.
+pub fn mid_stream(data: &[u8]) -> MidStream {
+    if !plausible_frames(data) {
+        return MidStream::No;
+    }
+    mid_stream_head(data).map_or(MidStream::Frames, MidStream::Head)
+}
+
+/// The head of the first HEADERS frame of `data` (whole frames), if its first field tells.
+fn mid_stream_head(data: &[u8]) -> Option<Head> {
+    let mut pos = 0usize;
+    while let Some(h) = data.get(pos..pos + HEADER_LEN) {
+        let mut b = [0u8; HEADER_LEN];
+        b.copy_from_slice(h);
+        let header = FrameHeader::parse(&b);
+        let start = pos + HEADER_LEN;
+        pos = start + header.len as usize;
+        if header.kind != kind::HEADERS || header.stream == 0 {
+            continue;
+        }
+        // The head's first bytes are enough: the frame may run past the capture.
+        let payload = data.get(start..pos.min(data.len()))?;
+        let (block, _) = fragment(&header, payload)?;
+        return first_field_head(block);
+    }
+    None
+}
+
+/// The head a block is by its first field (after any table size updates).
+fn first_field_head(block: &[u8]) -> Option<Head> {
+    let mut rest = block;
+    loop {
+        let first = *rest.first()?;
+        // A table size update (001xxxxx): skip it (its integer may go on in more bytes).
+        if first & 0xe0 == 0x20 {
+            let used = if first & 0x1f == 0x1f {
+                1 + rest.get(1..)?.iter().position(|b| b & 0x80 == 0)? + 1
+            } else {
+                1
+            };
+            rest = rest.get(used..)?;
+            continue;
+        }
+        // The static index of its name: an indexed field (1xxxxxxx), a literal with
+        // incremental indexing (01xxxxxx), or without indexing / never indexed (000xxxxx).
+        let index = match first {
+            b if b & 0x80 != 0 => b & 0x7f,
+            b if b & 0x40 != 0 => b & 0x3f,
+            b => b & 0x0f,
+        };
+        return match index {
+            1..=7 => Some(Head::Request),
+            8..=14 => Some(Head::Response),
+            _ => None,
+        };
+    }
+}
+
 /// The header block fragment of a HEADERS or PUSH_PROMISE payload: padding (PADDED), the
 /// priority fields (HEADERS with PRIORITY) and the promised stream id (PUSH_PROMISE) taken
 /// off. None when the padding is longer than the payload (a connection error).

@@ -19,17 +19,22 @@
 //! upgrade hands it to this parser ([`Http2Parser::upgraded`]), the upgraded request open as
 //! stream 1, and the client's preface follows as on any HTTP/2 connection.
 //!
-//! Not covered: connections that began before the agent (their HPACK tables are unknown: no
-//! preface, never detected).
+//! A connection that began before the agent has no preface to see: it is taken for HTTP/2
+//! when a segment is whole frames one of which is a request or response head (its first
+//! field a pseudo-header of the static table), and read from there with both HPACK tables
+//! unknown (`partial_table.rs`): requests and responses whose reported fields can be read
+//! are counted, the rest as lost header blocks.
 mod frames;
 mod headers;
+mod hpack;
 mod partial_table;
 mod streams;
 #[cfg(test)]
 mod tests;
 
-use frames::{Event, Frame, FrameReader, PREFACE, Payload, flag, kind};
-use headers::{Fields, Hpack};
+use frames::{Event, Frame, FrameReader, Head, MidStream, PREFACE, Payload, flag, kind};
+use headers::Fields;
+use hpack::Hpack;
 use streams::{Stream, Streams};
 
 use super::{
@@ -248,13 +253,19 @@ impl Conn {
         } else {
             hpack.decode(buf)
         };
-        if fields.is_none() {
-            stats.header_blocks_lost += 1;
+        let id = block.stream;
+        // A block read against an unknown table, some of its fields missing: usable where
+        // what is missing cannot change what is reported (see `usable`).
+        let partial = fields.as_ref().is_some_and(|f| f.unknown);
+        let fields = fields.filter(|f| self.usable(half, id, f));
+        match &fields {
+            None => stats.header_blocks_lost += 1,
+            Some(_) if partial => stats.header_blocks_partial += 1,
+            Some(_) => {}
         }
         if block.push {
             return;
         }
-        let id = block.stream;
         match half {
             Half::Requests => {
                 // Trailers of a stream in flight or over, or not a client stream: nothing new.
@@ -312,6 +323,28 @@ impl Conn {
                     self.complete(id, end_ns, out, stats);
                 }
             }
+        }
+    }
+
+    /// Can a block of `half` on stream `id` be used with the fields read? A complete block
+    /// can. One that named entries of an unknown table (a connection older than the agent,
+    /// or a loss) can where the missing headers cannot matter: a request whose method and
+    /// path were read (a request has one of each, so neither is among the missing), unless
+    /// it is a POST, which may be a gRPC call whose content type is among them; a response
+    /// head whose status was read, to a request known not to be gRPC (whose status would be
+    /// in `grpc-status`, perhaps among the missing); trailers of such a request.
+    fn usable(&self, half: Half, id: u32, f: &Fields) -> bool {
+        if !f.unknown {
+            return true;
+        }
+        match half {
+            Half::Requests => {
+                f.method.is_some() && f.path.is_some() && f.method != Some(Method::Post)
+            }
+            Half::Responses => self.streams.get(id).is_some_and(|s| {
+                s.request.as_ref().is_some_and(|r| !r.grpc)
+                    && (s.status.is_some() || f.status.is_some())
+            }),
         }
     }
 
@@ -401,6 +434,7 @@ impl Http2Parser {
             tracestate: up.tracestate,
             grpc: false,
             grpc_status: None,
+            unknown: false,
         };
         parser.conn.next_seq = up.seq + 1;
         let stream = Stream {
@@ -442,7 +476,20 @@ impl ProtocolParser for Http2Parser {
         if !data.is_empty() && PREFACE.starts_with(data) && !seg.is_truncated() {
             return Detected::Undecided;
         }
-        Detected::No
+        // A connection older than the agent: frames, one of them a request or response head.
+        match frames::mid_stream(data) {
+            MidStream::Head(Head::Request) => Detected::MidStream(match seg.direction {
+                Direction::Egress => Side::Client,
+                Direction::Ingress => Side::Server,
+            }),
+            MidStream::Head(Head::Response) => Detected::MidStream(match seg.direction {
+                Direction::Egress => Side::Server,
+                Direction::Ingress => Side::Client,
+            }),
+            // Flow control or data first: a head may follow.
+            MidStream::Frames => Detected::Undecided,
+            MidStream::No => Detected::No,
+        }
     }
 
     fn new(side: Side) -> Self {

@@ -7,9 +7,10 @@
 //! older entry's name) is kept as a placeholder, so the positions stay right. Entries from
 //! before the loss lie beyond the learnt ones and stay unknown. Evictions need no tracking:
 //! an encoder only names entries its table still holds, and those are the newest, which keep
-//! their positions here whatever was evicted behind them. A block is decoded only when every
-//! field it names is known (never a guessed route); a block that names an unknown entry is
-//! still walked, so that its insertions keep the positions of later ones. As the peers go on
+//! their positions here whatever was evicted behind them. A block that names an unknown entry
+//! gives the fields it could read, flagged, and is still walked to its end, so that its
+//! insertions keep the positions of later ones (what such a block may be used for is the
+//! parser's call: a pseudo-header is never guessed). As the peers go on
 //! inserting (gRPC clients index `:path`, `content-type` and `te` at their first use), the
 //! learnt entries cover what they name and blocks decode again.
 use std::{borrow::Cow, collections::VecDeque};
@@ -123,14 +124,16 @@ impl PartialTable {
         self.entries.len()
     }
 
-    /// Decodes `block` if every field it names is known, learning its insertions either way.
-    /// A malformed block makes every position unknown again (its insertions cannot be
-    /// followed): the learnt entries are dropped.
+    /// Decodes `block`, learning its insertions; [`Fields::unknown`] when a field it names is
+    /// not known. A malformed block makes every position unknown again (its insertions cannot
+    /// be followed): the learnt entries are dropped, and the result is None.
     pub(super) fn decode(&mut self, block: &[u8]) -> Option<Fields> {
         let mut fields = Fields::default();
         match self.walk(block, &mut fields) {
-            Some(true) => Some(fields),
-            Some(false) => None,
+            Some(complete) => {
+                fields.unknown = !complete;
+                Some(fields)
+            }
             None => {
                 self.entries.clear();
                 self.bytes = 0;

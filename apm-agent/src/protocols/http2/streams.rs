@@ -45,6 +45,10 @@ pub struct Streams {
 pub struct Full;
 
 impl Streams {
+    pub fn get(&self, id: u32) -> Option<&Stream> {
+        self.open.get(&id)
+    }
+
     pub fn get_mut(&mut self, id: u32) -> Option<&mut Stream> {
         self.open.get_mut(&id)
     }

@@ -532,7 +532,8 @@ fn header_block_past_the_capture_is_lost() {
         ),
     ]);
     c.client_sent_total(&first[..4096], first.len() as u64);
-    // The next request names the entry the lost block added to the client's table.
+    // The next request names the entry the lost block added to the client's table: that
+    // field is unknown, but the method and path are read, and are all that is reported.
     let block = peers.request_block("GET", "/next", &[("x-session", "s1")]);
     c.client_sent(&frame(
         kind::HEADERS,
@@ -545,8 +546,9 @@ fn header_block_past_the_capture_is_lost() {
         peers.response(1, "200", true),
         peers.response(3, "200", true),
     ]));
-    assert_eq!(c.summary(), vec![]);
-    assert_eq!(c.stats.header_blocks_lost, 2);
+    assert_eq!(c.summary(), vec![s("GET", "/next", 200)]);
+    assert_eq!(c.stats.header_blocks_lost, 1);
+    assert_eq!(c.stats.header_blocks_partial, 1);
     assert_eq!(c.p.conn.streams.len(), 0, "stream ends followed");
     assert!(c.p.conn.hpack.requests.is_poisoned());
     assert!(!c.p.conn.hpack.responses.is_poisoned());
@@ -606,10 +608,14 @@ fn detection() {
         Http2Parser::detect(&seg(OUT, server_first)),
         Detected::Side(Side::Server)
     );
-    assert_eq!(Http2Parser::detect(&seg(IN, server_first)), Detected::No);
-    // A SETTINGS ACK, or a frame on a stream, is not a first frame.
+    // Read by the client, or a SETTINGS ACK: not a first frame, but frames, as in the middle
+    // of a connection older than the agent: a head may follow.
+    assert_eq!(
+        Http2Parser::detect(&seg(IN, server_first)),
+        Detected::Undecided
+    );
     let ack: &'static [u8] = &[0, 0, 0, 4, 1, 0, 0, 0, 0];
-    assert_eq!(Http2Parser::detect(&seg(OUT, ack)), Detected::No);
+    assert_eq!(Http2Parser::detect(&seg(OUT, ack)), Detected::Undecided);
     // MySQL's greeting (length, sequence id 0, protocol 10) is not HTTP/2.
     let mysql: &'static [u8] = b"\x4a\x00\x00\x00\x0a8.0.36\x00\x01\x00\x00\x00";
     assert_eq!(Http2Parser::detect(&seg(OUT, mysql)), Detected::No);
@@ -678,9 +684,12 @@ fn header_table_size_applies_to_the_other_direction() {
     let c = run(Some(16384));
     assert_eq!(c.summary(), vec![s("GET", "/t", 200), s("GET", "/u", 200)]);
     assert_eq!(c.stats, ParseStats::default());
+    // Without it the first block's size update is refused (lost); the second names the big
+    // entry, unknown now, but its method and path are read.
     let c = run(None);
-    assert_eq!(c.summary(), vec![]);
-    assert_eq!(c.stats.header_blocks_lost, 2);
+    assert_eq!(c.summary(), vec![s("GET", "/u", 200)]);
+    assert_eq!(c.stats.header_blocks_lost, 1);
+    assert_eq!(c.stats.header_blocks_partial, 1);
 }
 
 /// A server push: counted, not reported, and its header block still decoded so that the
@@ -759,15 +768,19 @@ fn gap_drops_streams_and_poisons_tables() {
         &block,
     ));
     c.server_sent(&peers.response(3, "200", true));
-    // A request naming an entry of the client's dynamic table (x-session): lost, not
-    // guessed. The response names none: it decodes, but has no request to complete.
-    assert_eq!(c.summary(), vec![]);
-    assert_eq!(c.stats.header_blocks_lost, 1);
-    // A request that names only static entries and literals decodes again.
+    // A request naming an entry of the client's dynamic table from before the gap
+    // (x-session): that field is unknown, its method and path are read.
+    assert_eq!(c.summary(), vec![s("GET", "/after", 200)]);
+    assert_eq!(c.stats.header_blocks_lost, 0);
+    assert_eq!(c.stats.header_blocks_partial, 1);
+    // A request that names only static entries and literals decodes whole.
     c.client_sent(&peers.request(5, "GET", "/static", true));
     c.server_sent(&peers.response(5, "200", true));
-    assert_eq!(c.summary(), vec![s("GET", "/static", 200)]);
-    assert_eq!(c.stats.header_blocks_lost, 1);
+    assert_eq!(
+        c.summary(),
+        vec![s("GET", "/after", 200), s("GET", "/static", 200)]
+    );
+    assert_eq!(c.stats.header_blocks_partial, 1);
     assert_eq!(c.p.conn.streams.len(), 0);
     assert!(!c.p.gave_up());
 }
@@ -845,23 +858,43 @@ fn framing_lost_past_the_capture_recovers_on_static_only_blocks() {
     assert!(c.p.conn.hpack.responses.is_poisoned());
     c.server_sent(&cat(&[on(static_only("404", true), 3)]));
     assert_eq!(c.summary(), vec![s("GET", "/small", 404)]);
-    // A block naming the server's dynamic table is not trusted.
+    // A response naming an entry of the server's table from before the loss (x-cache): its
+    // status is read, and to a request known not to be gRPC that is all that matters.
     c.client_sent(&peers.request(5, "GET", "/dyn", true));
     peers.server.encode([(&b"x-cache"[..], &b"HIT"[..])]); // in a block that went by unseen
-    let block = peers
-        .server
-        .encode([(&b":status"[..], &b"200"[..]), (b"x-cache", b"HIT")]);
+    let cached = |peers: &mut Peers| {
+        peers
+            .server
+            .encode([(&b":status"[..], &b"200"[..]), (b"x-cache", b"HIT")])
+    };
+    let block = cached(&mut peers);
     c.server_sent(&frame(
         kind::HEADERS,
         flag::END_HEADERS | flag::END_STREAM,
         5,
         &block,
     ));
-    assert_eq!(c.summary().len(), 1);
+    assert_eq!(c.summary().len(), 2);
+    assert_eq!(c.stats.header_blocks_partial, 1);
+    // To a gRPC call the unknown field may be its grpc-status: lost, not guessed.
+    let grpc = peers.request_block(
+        "POST",
+        "/pkg.Svc/Call",
+        &[("content-type", "application/grpc")],
+    );
+    c.client_sent(&frame(kind::HEADERS, flag::END_HEADERS, 7, &grpc));
+    let block = cached(&mut peers);
+    c.server_sent(&frame(
+        kind::HEADERS,
+        flag::END_HEADERS | flag::END_STREAM,
+        7,
+        &block,
+    ));
+    assert_eq!(c.summary().len(), 2);
     assert_eq!(c.stats.header_blocks_lost, 1);
     // The server goes on inserting (x-fresh, new): blocks that name only what it inserted
-    // since the loss decode again.
-    for stream in [7, 9] {
+    // since the loss decode whole again.
+    for stream in [9, 11] {
         c.client_sent(&peers.request(stream, "GET", "/fresh", true));
         let block = peers
             .server
@@ -877,11 +910,13 @@ fn framing_lost_past_the_capture_recovers_on_static_only_blocks() {
         c.summary(),
         vec![
             s("GET", "/small", 404),
+            s("GET", "/dyn", 200),
             s("GET", "/fresh", 200),
             s("GET", "/fresh", 200)
         ]
     );
     assert_eq!(c.stats.header_blocks_lost, 1);
+    assert_eq!(c.stats.header_blocks_partial, 1);
     c.p.on_close(9000, &mut c.out, &mut c.stats);
     assert_eq!(c.stats.incomplete, 1, "/big's end went by unseen");
     assert_eq!(c.stats.parse_errors, 0);
@@ -894,7 +929,7 @@ fn framing_lost_past_the_capture_recovers_on_static_only_blocks() {
 #[test]
 fn unknown_table_recovers_as_the_peer_inserts() {
     let mut e = Encoder::new();
-    let mut h = headers::Hpack::default();
+    let mut h = hpack::Hpack::default();
     // Seen, then a block goes by unseen: x-old is in the table, unknown to the agent.
     let _ = h.decode(&e.encode([(&b":method"[..], &b"GET"[..]), (b":path", b"/a")]));
     let _unseen = e.encode([(&b"x-old"[..], &b"1"[..])]);
@@ -912,18 +947,24 @@ fn unknown_table_recovers_as_the_peer_inserts() {
     let again = e.encode([(&b"x-new"[..], &b"2"[..]), (b":path", b"/c")]);
     let got = h.decode(&again).expect("a learnt entry decodes");
     assert_eq!(got.path.as_deref(), Some("/c"));
-    // Names x-old (63), from before the loss: lost, never guessed.
+    assert!(!got.unknown);
+    // Names x-old (63), from before the loss: read in part, flagged.
     let old = e.encode([(&b":path"[..], &b"/b"[..]), (b"x-old", b"1")]);
-    assert_eq!(h.decode(&old), None);
+    let got = h.decode(&old).expect("walked");
+    assert!(got.unknown);
+    assert_eq!(got.path.as_deref(), Some("/b"));
     // Inserted under x-old's name (index 63, unknown) with value "3": a placeholder at 62,
     // x-new moves to 63 and still decodes there; the placeholder does not.
-    assert_eq!(h.decode(&[0x7f, 0x00, 0x01, b'3']), None);
-    assert_eq!(h.learnt(), Some(2));
     assert!(
-        h.decode(&[0xbf, 0x84]).is_some(),
-        "x-new at 63, :path / static"
+        h.decode(&[0x7f, 0x00, 0x01, b'3'])
+            .is_some_and(|f| f.unknown)
     );
-    assert_eq!(h.decode(&[0xbe]), None);
+    assert_eq!(h.learnt(), Some(2));
+    let got = h
+        .decode(&[0xbf, 0x84])
+        .expect("x-new at 63, :path / static");
+    assert!(!got.unknown);
+    assert!(h.decode(&[0xbe]).is_some_and(|f| f.unknown));
     // Malformed: what was learnt is forgotten.
     assert_eq!(h.decode(&[0x40, 0x05, b'a']), None);
     assert_eq!(h.learnt(), Some(0));
@@ -1078,7 +1119,7 @@ fn grpc_content_types() {
     ] {
         let mut peers = Peers::new();
         let block = peers.request_block("POST", "/s/m", &[("content-type", value)]);
-        let mut hpack = headers::Hpack::default();
+        let mut hpack = hpack::Hpack::default();
         let fields = hpack.decode(&block).expect("decodes");
         assert_eq!(fields.grpc, grpc, "{value}");
     }
@@ -1226,4 +1267,91 @@ fn upgrade_to_websocket_stays_an_http1_exchange() {
         .map(|r| r.http().expect("http").status)
         .collect();
     assert_eq!(statuses, vec![101]);
+}
+
+/// A connection older than the agent: no preface, both tables already in use. Its first
+/// segment seen (a request head among other frames, from either end) is taken for HTTP/2
+/// mid-stream; requests whose method and path can be read are counted, with their
+/// responses, from both ends; a connection of other binary traffic is not taken for it.
+#[test]
+fn connection_older_than_the_agent_is_read_from_the_middle() {
+    for side in [Side::Server, Side::Client] {
+        let mut peers = Peers::new();
+        // Before the agent: the client's table gained x-trace, which later requests name.
+        let _ = peers.request_block("GET", "/old", &[("x-trace", "t1")]);
+        let mut traced = |stream: u32| {
+            let block = peers.request_block("GET", "/users/7", &[("x-trace", "t1")]);
+            frame(
+                kind::HEADERS,
+                flag::END_HEADERS | flag::END_STREAM,
+                stream,
+                &block,
+            )
+        };
+        let (first, second) = (traced(41), traced(43));
+        let (client_dir, server_dir) = match side {
+            Side::Server => (IN, OUT),
+            Side::Client => (OUT, IN),
+        };
+        let segments: Vec<(Direction, Vec<u8>)> = vec![
+            (
+                client_dir,
+                cat(&[frame(kind::WINDOW_UPDATE, 0, 0, &[0, 0, 0x10, 0]), first]),
+            ),
+            (
+                server_dir,
+                cat(&[peers.response(41, "200", false), data(41, b"{}", true)]),
+            ),
+            (client_dir, second),
+            (server_dir, peers.response(43, "404", true)),
+        ];
+        let (mut out, mut stats) = (ParserOut::default(), ParseStats::default());
+        let mut parser = None;
+        for (i, (direction, data)) in segments.iter().enumerate() {
+            let seg = Segment {
+                direction: *direction,
+                data,
+                total_len: data.len() as u64,
+                ts_ns: 1000 + 100 * i as u64,
+                tid: 7,
+            };
+            let p = parser.get_or_insert_with(|| match Parser::detect(&seg) {
+                Detection::Match(p) => p,
+                other => panic!("{side:?}: not detected: {other:?}"),
+            });
+            p.on_segment(&seg, &mut out, &mut stats);
+        }
+        let done: Vec<_> = out
+            .done
+            .iter()
+            .map(|r| {
+                let h = r.http().expect("http");
+                (r.side, h.method.as_str(), h.path.clone(), h.status)
+            })
+            .collect();
+        assert_eq!(
+            done,
+            vec![
+                (side, "GET", "/users/7".to_owned(), 200),
+                (side, "GET", "/users/7".to_owned(), 404),
+            ],
+            "{side:?}"
+        );
+        // The requests named x-trace from the unknown table: read in part.
+        assert_eq!(stats.header_blocks_partial, 2, "{side:?}");
+        assert_eq!(stats.header_blocks_lost, 0, "{side:?}");
+    }
+    // Frames without a head wait for more; bytes that are not frames are not HTTP/2.
+    let window = frame(kind::WINDOW_UPDATE, 0, 0, &[0, 0, 0x10, 0]);
+    let query = b"Q\0\0\0\x0eSELECT 1\0".to_vec();
+    for (data, want) in [(window, Detected::Undecided), (query, Detected::No)] {
+        let seg = Segment {
+            direction: IN,
+            data: &data,
+            total_len: data.len() as u64,
+            ts_ns: 0,
+            tid: 0,
+        };
+        assert_eq!(Http2Parser::detect(&seg), want, "{data:x?}");
+    }
 }
