@@ -4,7 +4,8 @@ python3 h2_held_client.py PORT PATH_BEFORE PATH...
   Connects to 127.0.0.1:PORT, GETs PATH_BEFORE with an `x-trace` header (both enter the
   client's HPACK table), prints "ready <status>", then waits for a line on stdin; then GETs
   each PATH in turn on the same connection, each with the same `x-trace` (named from the
-  table now), and prints "done <status> <status> ...". Exits after closing the connection."""
+  table now), prints "done <status> <status> ...", and waits for another line; then closes
+  the connection and exits."""
 import socket
 import sys
 
@@ -53,6 +54,8 @@ def main():
     sys.stdin.readline()
     statuses = [get(sock, conn, p, port) for p in paths]
     print("done", *statuses, flush=True)
+    # Held until told again: a client that lives on, as one with a long-lived connection.
+    sys.stdin.readline()
     conn.close_connection()
     sock.sendall(conn.data_to_send())
     sock.close()

@@ -318,9 +318,10 @@ fn h2_over_tls_counts_per_route_on_both_sides() -> Result<()> {
 /// A connection opened before the agent started (an HTTP/2 client keeps one for hours): no
 /// preface to see, and both HPACK tables hold entries the agent never saw. The client
 /// (Python's `h2`, which indexes what it sends) made a request with an `x-trace` header
-/// before the agent, and names it from its table in every later request. Those requests are
-/// read in part (method and path are known), counted exactly on both sides, and counted as
-/// read in part; nothing is counted as parse errors or unclassified.
+/// before the agent, and names it from its table in every later request (with new paths:
+/// a path requested before the agent would be named from the table too, and not counted).
+/// Those requests are read in part (method and path are known), counted exactly on both
+/// sides, and counted as read in part; nothing is counted as parse errors or unclassified.
 #[test]
 fn connection_opened_before_the_agent_is_counted_from_its_next_request() -> Result<()> {
     if !require_root("connection_opened_before_the_agent_is_counted_from_its_next_request") {
@@ -342,7 +343,7 @@ fn connection_opened_before_the_agent_is_counted_from_its_next_request() -> Resu
     let mut child = Command::new(tests::pyotlp::python())
         .arg(tests::servers_dir().join("h2_held_client.py"))
         .arg(port.to_string())
-        .arg("/mid.html")
+        .arg("/before.html")
         .args(paths)
         .env("OTEL_SERVICE_NAME", &service)
         .stdin(std::process::Stdio::piped())
@@ -351,7 +352,7 @@ fn connection_opened_before_the_agent_is_counted_from_its_next_request() -> Resu
     let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
     let mut line = String::new();
     stdout.read_line(&mut line)?;
-    ensure!(line.trim() == "ready 200", "h2_held_client.py: {line:?}");
+    ensure!(line.trim() == "ready 404", "h2_held_client.py: {line:?}");
 
     let agent = Agent::start(&["--include", &format!("port={port}")])?;
     let before = garbage(&agent.metrics()?);
@@ -362,7 +363,6 @@ fn connection_opened_before_the_agent_is_counted_from_its_next_request() -> Resu
         line.trim() == "done 200 200 200 404 200",
         "h2_held_client.py: {line:?}"
     );
-    let _ = child.wait();
 
     for (route, status, n) in [
         ("/index.html", "200", 3.0),
@@ -376,9 +376,12 @@ fn connection_opened_before_the_agent_is_counted_from_its_next_request() -> Resu
         agent.assert_exact_or_counted(server, n, &format!("nginx's {route} {status}"))?;
         agent.assert_exact_or_counted(client, n, &format!("the client's {route} {status}"))?;
     }
+    writeln!(child.stdin.as_mut().expect("piped"), "close")?;
+    let _ = child.wait();
     let m = agent.metrics()?;
-    // The request before the agent is not counted, on either side.
-    ensure!(m.server_count("nginx", "GET", "/mid.html", "200") == 1.0);
+    // The request before the agent is not counted, on either side. (Its path is in the
+    // client's table: requested again, it would be named from there, and not counted.)
+    ensure!(m.server_count("nginx", "GET", "/before.html", "404") == 0.0);
     // Each request named x-trace from the table: read in part, at both ends.
     let partial = m.value("apm_http2_header_blocks_partial_total");
     ensure!(

@@ -98,7 +98,9 @@ impl Consumers {
                             let (host, port) = split_host(host);
                             Some((host, port.unwrap_or(80)))
                         }
-                        (Side::Client, None) => peer.map(|p| {
+                        // A connection seeded at start has no open event, hence no peer:
+                        // its endpoints are read from the socket.
+                        (Side::Client, None) => remote.map(|p| {
                             (
                                 peer_ip.get_or_insert_with(|| p.ip().to_string()).as_str(),
                                 p.port(),
@@ -134,7 +136,7 @@ impl Consumers {
                 Detail::Db(db) => {
                     // server.address/port of a database call: the peer address.
                     let server = match req.side {
-                        Side::Client => peer.map_or(0, |p| {
+                        Side::Client => remote.map_or(0, |p| {
                             let ip = peer_ip.get_or_insert_with(|| p.ip().to_string());
                             red.peer_id(ip, p.port())
                         }),
